@@ -1,0 +1,1 @@
+//! The expression language (EXPRESSIONS.md). Under construction.

@@ -1,0 +1,9 @@
+//! defacto-core: the pure engine. Definitions, the expression language, normalization,
+//! identity resolution, interpretation, time rules and SCD2 history, with no I/O beyond
+//! reading YAML/JSON text handed to it. `defacto-jobs` does all storage and networking.
+
+pub mod canonical;
+pub mod expr;
+pub mod value;
+
+pub use value::{Instant, Kind, Value};

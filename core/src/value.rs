@@ -1,0 +1,278 @@
+//! Runtime values (EXPRESSIONS.md §1) and their conversions to and from JSON and text
+//! (EXPRESSIONS.md §7). Every stage of the engine — normalized event data, entity properties,
+//! expression results — speaks this one type.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+/// An instant, UTC, nanosecond precision.
+pub type Instant = DateTime<Utc>;
+
+/// A runtime value. Strings are reference counted because entity snapshots copy every
+/// property on every change; cloning a snapshot must not allocate per string.
+#[derive(Debug, Clone, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(Arc<str>),
+    DateTime(Instant),
+    /// A non-negative span.
+    Duration(Duration),
+    Array(Arc<Vec<Value>>),
+}
+
+/// The kind of a value, as named in error messages ("Cannot compare Null with Int").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Null,
+    Bool,
+    Int,
+    Float,
+    String,
+    DateTime,
+    Duration,
+    Array,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Null => "Null",
+            Kind::Bool => "Bool",
+            Kind::Int => "Int",
+            Kind::Float => "Float",
+            Kind::String => "String",
+            Kind::DateTime => "DateTime",
+            Kind::Duration => "Duration",
+            Kind::Array => "Array",
+        })
+    }
+}
+
+impl Value {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Value::Null => Kind::Null,
+            Value::Bool(_) => Kind::Bool,
+            Value::Int(_) => Kind::Int,
+            Value::Float(_) => Kind::Float,
+            Value::String(_) => Kind::String,
+            Value::DateTime(_) => Kind::DateTime,
+            Value::Duration(_) => Kind::Duration,
+            Value::Array(_) => Kind::Array,
+        }
+    }
+
+    pub fn str(s: impl Into<Arc<str>>) -> Value {
+        Value::String(s.into())
+    }
+
+    pub fn array(items: Vec<Value>) -> Value {
+        Value::Array(Arc::new(items))
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Equality of the `==` operator (EXPRESSIONS.md §5.2): numbers compare across Int and
+    /// Float, arrays are never equal, values of different kinds are unequal.
+    pub fn loose_eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a == b,
+            (Value::Int(a), Value::Float(b)) | (Value::Float(b), Value::Int(a)) => (*a as f64) == *b,
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::DateTime(a), Value::DateTime(b)) => a == b,
+            (Value::Duration(a), Value::Duration(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Structural identity used by `contains(array, x)` and by snapshot comparison: kinds must
+    /// match exactly, arrays compare element-wise, Null equals Null.
+    pub fn identical(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a == b || (a.is_nan() && b.is_nan()),
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::DateTime(a), Value::DateTime(b)) => a == b,
+            (Value::Duration(a), Value::Duration(b)) => a == b,
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.identical(y))
+            }
+            _ => false,
+        }
+    }
+
+    /// Converts JSON to a value (EXPRESSIONS.md §1): integers that fit 64 bits become Int,
+    /// other numbers Float, objects become Null.
+    pub fn from_json(json: &serde_json::Value) -> Value {
+        match json {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::Int(i)
+                } else {
+                    Value::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            serde_json::Value::String(s) => Value::str(s.as_str()),
+            serde_json::Value::Array(items) => {
+                Value::array(items.iter().map(Value::from_json).collect())
+            }
+            serde_json::Value::Object(_) => Value::Null,
+        }
+    }
+
+    /// Converts a value to JSON for ledger data and snapshots (EXPRESSIONS.md §7.2).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::String(s) => serde_json::Value::String(s.to_string()),
+            Value::DateTime(t) => serde_json::Value::String(timestamp_text(t)),
+            Value::Duration(d) => serde_json::Number::from_f64(d.as_secs_f64())
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(Value::to_json).collect())
+            }
+        }
+    }
+
+    /// Text of `to_string` (EXPRESSIONS.md §6.1): Null is empty, floats per §7.1, DateTime as
+    /// canonical timestamp text, Duration as whole seconds, Array as canonical JSON.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => float_text(*f),
+            Value::String(s) => s.to_string(),
+            Value::DateTime(t) => timestamp_text(t),
+            Value::Duration(d) => d.as_secs().to_string(),
+            Value::Array(_) => crate::canonical::to_canonical_json(&self.to_json()),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    /// Structural identity (see [`Value::identical`]); used by tests and change detection.
+    fn eq(&self, other: &Value) -> bool {
+        self.identical(other)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::str(s)
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::str(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Value {
+        Value::Int(i)
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Value {
+        Value::Float(f)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+/// Float to text (EXPRESSIONS.md §7.1): shortest round-trip decimal, never an exponent,
+/// integral values without a fraction. This is exactly Rust's `Display` for `f64`.
+pub fn float_text(f: f64) -> String {
+    f.to_string()
+}
+
+/// Canonical timestamp text (DEFINITIONS.md §0): `YYYY-MM-DDTHH:MM:SS[.f]+00:00`, the fraction
+/// omitted when zero, else 3, 6 or 9 digits (the fewest that are exact).
+pub fn timestamp_text(t: &Instant) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// An instant from epoch nanoseconds (i128 so that years 1–9999 fit).
+pub fn instant_from_nanos(nanos: i128) -> Option<Instant> {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let sub = nanos.rem_euclid(1_000_000_000) as u32;
+    let secs = i64::try_from(secs).ok()?;
+    Utc.timestamp_opt(secs, sub).single()
+}
+
+/// Epoch nanoseconds of an instant.
+pub fn instant_nanos(t: &Instant) -> i128 {
+    t.timestamp() as i128 * 1_000_000_000 + t.timestamp_subsec_nanos() as i128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_text_has_no_exponent() {
+        assert_eq!(float_text(1.0), "1");
+        assert_eq!(float_text(1.5), "1.5");
+        assert_eq!(float_text(1e20), "100000000000000000000");
+        assert_eq!(float_text(1e-7), "0.0000001");
+        assert_eq!(float_text(f64::NAN), "NaN");
+        assert_eq!(float_text(f64::INFINITY), "inf");
+        assert_eq!(float_text(f64::NEG_INFINITY), "-inf");
+        assert_eq!(float_text(0.1 + 0.2), "0.30000000000000004");
+    }
+
+    #[test]
+    fn timestamp_text_uses_fewest_fraction_groups() {
+        let t = |n: i128| timestamp_text(&instant_from_nanos(n).unwrap());
+        let base = 1_704_103_200i128 * 1_000_000_000; // 2024-01-01T10:00:00Z
+        assert_eq!(t(base), "2024-01-01T10:00:00+00:00");
+        assert_eq!(t(base + 500_000_000), "2024-01-01T10:00:00.500+00:00");
+        assert_eq!(t(base + 1_000), "2024-01-01T10:00:00.000001+00:00");
+        assert_eq!(t(base + 1), "2024-01-01T10:00:00.000000001+00:00");
+    }
+
+    #[test]
+    fn json_conversion_follows_the_spec() {
+        let v = Value::from_json(&serde_json::json!({"a": 1}));
+        assert!(v.is_null());
+        assert_eq!(Value::from_json(&serde_json::json!(3)), Value::Int(3));
+        assert_eq!(Value::from_json(&serde_json::json!(3.0)), Value::Float(3.0));
+        assert_eq!(Value::Float(f64::NAN).to_json(), serde_json::Value::Null);
+        assert_eq!(
+            Value::Duration(Duration::from_secs(30)).to_json(),
+            serde_json::json!(30.0)
+        );
+    }
+}
