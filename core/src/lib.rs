@@ -3,6 +3,7 @@
 //! reading YAML/JSON text handed to it. `defacto-jobs` does all storage and networking.
 
 pub mod canonical;
+pub mod definitions;
 pub mod expr;
 pub mod value;
 

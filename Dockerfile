@@ -1,0 +1,20 @@
+# One image with every defacto job binary. Build: docker build -t defacto .
+# Run:   docker run --rm -v "$PWD/examples/showcase:/defs" defacto --config /defs validate
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p defacto-jobs --bins \
+ && mkdir -p /out \
+ && find target/release -maxdepth 1 -type f -perm -u+x -exec cp {} /out/ \;
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /work --create-home defacto
+COPY --from=build /out/ /usr/local/bin/
+USER defacto
+WORKDIR /work
+ENTRYPOINT ["defacto"]
+CMD ["--help"]

@@ -1,0 +1,3 @@
+//! One module per job, each with the same shape: its options, `run`, and its result type.
+
+pub mod validate;

@@ -1,0 +1,34 @@
+//! Writing results: a job's human-readable report or its result JSON on stdout, and the same
+//! JSON in `--result-file` (Airflow reads `/airflow/xcom/return.json`).
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// Writes lines to stdout. A closed pipe (`defacto validate | head`) is not an error.
+pub fn print(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Result JSON, pretty-printed for stdout.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("results serialize") + "\n"
+}
+
+/// Writes the result JSON to `--result-file` when one is set, creating its folder.
+pub fn write_result_file<T: Serialize>(path: Option<&Path>, value: &T) -> Result<()> {
+    if let Some(path) = path {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec(value).expect("results serialize"))?;
+    }
+    Ok(())
+}
