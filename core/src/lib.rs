@@ -5,6 +5,8 @@
 pub mod canonical;
 pub mod definitions;
 pub mod expr;
+pub mod normalize;
+pub mod results;
 pub mod value;
 
 pub use value::{Instant, Kind, Value};

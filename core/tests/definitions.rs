@@ -348,7 +348,10 @@ fn relationship_checks() {
     let p = cust();
     p.edit(E, "cardinality: has_many }", "cardinality: has_many }")
         .edit(E, "cardinality: belongs_to }", "cardinality: has_many }");
-    one_error(&p, "cardinality mismatch");
+    // Each side of the pair reports the mismatch.
+    let r = p.result();
+    assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+    assert!(r.errors.iter().all(|e| e.contains("cardinality mismatch")));
     let p = cust();
     p.edit(E, "type: placed, target: order", "type: \"a:b\", target: order");
     one_error(&p, "must not contain ':'");
@@ -653,7 +656,7 @@ fn indent(text: &str) -> String {
 #[test]
 fn structural_errors_name_file_and_path() {
     let cases = [
-        ("starts: new\n", "", "entity is missing 'starts'"),
+        ("  starts: new\n", "", "entity is missing 'starts'"),
         ("identity: { key: {} }\n", "identity: {}\n", "at least one field"),
         (
             "new: { when: { make: { effects: [create] } } }",

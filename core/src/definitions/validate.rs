@@ -77,14 +77,6 @@ fn show(v: &Json) -> String {
     crate::canonical::to_canonical_json(v)
 }
 
-/// Where an effect sits, for reachability and warnings.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Place<'a> {
-    When(&'a str),
-    After(&'a str),
-    Always,
-}
-
 struct EntityCheck<'a> {
     defs: &'a Definitions,
     e: &'a Entity,
@@ -475,16 +467,7 @@ impl<'a> EntityCheck<'a> {
             .values()
             .flat_map(|h| transitions(&h.effects))
             .collect();
-        let edges = |state: &State| -> Vec<&str> {
-            let mut out: Vec<&str> = state
-                .when
-                .values()
-                .flat_map(|h| transitions(&h.effects))
-                .collect();
-            out.extend(state.after.iter().flat_map(|r| transitions(&r.effects)));
-            out.extend(always_targets.iter().copied());
-            out
-        };
+        let edges = |state: &'a State| state_edges(state, &always_targets);
         let mut seen: HashSet<&str> = HashSet::from([e.starts.as_str()]);
         let mut queue = VecDeque::from([e.starts.as_str()]);
         while let Some(s) = queue.pop_front() {
@@ -535,7 +518,7 @@ impl<'a> EntityCheck<'a> {
             }
         }
         let mut readers: Vec<&str> = Vec::new();
-        let mut add_handler = |h: &'a Handler, readers: &mut Vec<&'a str>| {
+        let add_handler = |h: &'a Handler, readers: &mut Vec<&'a str>| {
             readers.extend(h.guard.as_ref().map(Expr::text));
             for effect in &h.effects {
                 if let Some(c) = condition(effect) {
@@ -635,6 +618,19 @@ fn push_effect_exprs<'a>(out: &mut Vec<(String, &'a Expr)>, path: &str, effects:
             _ => {}
         }
     }
+}
+
+/// Outgoing edges of a state in the reachability graph (§7.2 item 10): its handlers' and
+/// time rules' transitions, plus every `always` transition.
+fn state_edges<'s>(state: &'s State, always_targets: &[&'s str]) -> Vec<&'s str> {
+    let mut out: Vec<&str> = state
+        .when
+        .values()
+        .flat_map(|h| transitions(&h.effects))
+        .collect();
+    out.extend(state.after.iter().flat_map(|r| transitions(&r.effects)));
+    out.extend(always_targets.iter().copied());
+    out
 }
 
 fn transitions(effects: &[Effect]) -> impl Iterator<Item = &str> {

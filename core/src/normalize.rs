@@ -1,0 +1,503 @@
+//! Normalization (PIPELINE.md §2): a raw event of a source becomes a normalized event — its
+//! event type, timestamp, mapped data, identity hints and content-derived event id — or a
+//! failure naming the reason. Each event is independent: one bad event never affects another.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
+use crate::expr::Scope;
+use crate::results::EventFailure;
+use crate::value::{float_text, instant_from_nanos, Instant, Value};
+
+/// Identity hints of one event: entity type (sorted) → identity field → hint value.
+pub type Hints = BTreeMap<String, IndexMap<String, String>>;
+
+/// A normalized event (PIPELINE.md §2.7) before it has a ledger sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormalizedEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub timestamp: Instant,
+    pub source: String,
+    /// Exactly one entry per mapping, in mapping order (nulls included).
+    pub data: IndexMap<String, Value>,
+    pub raw: Json,
+    pub hints: Hints,
+}
+
+/// Normalizes raw events with one definition set. `as_of` is the job's instant, which
+/// `now()` returns inside mapping expressions.
+pub struct Normalizer<'a> {
+    defs: &'a Definitions,
+    as_of: Instant,
+}
+
+impl<'a> Normalizer<'a> {
+    pub fn new(defs: &'a Definitions, as_of: Instant) -> Self {
+        Normalizer { defs, as_of }
+    }
+
+    pub fn source(&self, name: &str) -> Option<&'a Source> {
+        self.defs.sources.get(name)
+    }
+
+    /// Normalizes one raw event of `source` (the steps of §2.2, in order).
+    pub fn normalize(&self, source: &str, raw: &Json) -> Result<NormalizedEvent, EventFailure> {
+        let fail = |handler: Option<&str>, field: Option<&str>, error: String| {
+            EventFailure::normalization(raw, source, handler, field, error)
+        };
+        let Some(src) = self.defs.sources.get(source) else {
+            return Err(fail(
+                None,
+                None,
+                format!("Source '{source}' is not defined"),
+            ));
+        };
+        let event = lookup_event(src, raw).map_err(|(field, e)| fail(None, field, e))?;
+        let handler = Some(event.name.as_str());
+        let ts_field = &src.timestamp_field;
+        let timestamp = parse_timestamp_field(raw.get(ts_field.as_str()), ts_field)
+            .map_err(|e| fail(handler, Some(ts_field), e))?;
+        let data = self
+            .map_fields(event, raw)
+            .map_err(|(field, e)| fail(handler, Some(&field), e))?;
+        let event_id = event_id(&event.name, &data, src.event_id.as_deref());
+        let hints = extract_hints(self.defs, event, &data, self.as_of);
+        Ok(NormalizedEvent {
+            event_id,
+            event_type: event.name.clone(),
+            timestamp,
+            source: source.to_string(),
+            data,
+            raw: raw.clone(),
+            hints,
+        })
+    }
+
+    fn map_fields(
+        &self,
+        event: &SourceEvent,
+        raw: &Json,
+    ) -> Result<IndexMap<String, Value>, (String, String)> {
+        let mut data = IndexMap::with_capacity(event.mappings.len());
+        let mut raw_scope: Option<RawScope> = None;
+        for (field, mapping) in &event.mappings {
+            let value = match (&mapping.from, &mapping.compute) {
+                (Some(path), _) => Value::from_json(walk_path(raw, path).unwrap_or(&Json::Null)),
+                (None, Some(expr)) => {
+                    let scope = raw_scope.get_or_insert_with(|| RawScope::new(raw, self.as_of));
+                    expr.eval(scope).map_err(|e| {
+                        (
+                            field.clone(),
+                            format!("Compute expression failed for field '{field}': {e}"),
+                        )
+                    })?
+                }
+                (None, None) => Value::Null,
+            };
+            let value = coerce_mapped(field, mapping, value)?;
+            data.insert(field.clone(), value);
+        }
+        Ok(data)
+    }
+}
+
+/// §2.1: the event definition selected by the raw type field.
+fn lookup_event<'s>(src: &'s Source, raw: &Json) -> Result<&'s SourceEvent, (Option<&'s str>, String)> {
+    let field = src.event_type_field.as_str();
+    let Some(Json::String(raw_type)) = raw.get(field) else {
+        return Err((
+            Some(field),
+            format!("Missing or non-string event type field '{field}'"),
+        ));
+    };
+    src.event_for_raw_type(raw_type).ok_or_else(|| {
+        (
+            None,
+            format!(
+                "Unknown event type '{raw_type}' — not defined in source '{}'",
+                src.name
+            ),
+        )
+    })
+}
+
+fn coerce_mapped(field: &str, mapping: &Mapping, value: Value) -> Result<Value, (String, String)> {
+    let value = match (&mapping.target_type, value) {
+        (_, Value::Null) => Value::Null,
+        (Some(target), v) => coerce(v, target).map_err(|reason| {
+            (
+                field.to_string(),
+                format!("Type coercion failed for field '{field}' to '{target}': {reason}"),
+            )
+        })?,
+        (None, v) => v,
+    };
+    Ok(match (value, &mapping.default) {
+        (Value::Null, Some(default)) => Value::from_json(default),
+        (v, _) => v,
+    })
+}
+
+/// Walks a `from` dot path (§2.4): object keys, array indexes; anything else is absent.
+pub fn walk_path<'j>(raw: &'j Json, path: &str) -> Option<&'j Json> {
+    let mut node = raw;
+    for segment in path.split('.') {
+        node = match node {
+            Json::Object(m) => m.get(segment)?,
+            Json::Array(items) if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) => {
+                items.get(segment.parse::<usize>().ok()?)?
+            }
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// The coercions of the §2.4 table.
+pub fn coerce(v: Value, target: &str) -> Result<Value, String> {
+    let cannot = |v: &Value| format!("cannot convert {} to {target}", v.kind());
+    match target {
+        "string" => match v {
+            Value::String(_) => Ok(v),
+            Value::Int(i) => Ok(Value::str(i.to_string())),
+            Value::Float(f) => Ok(Value::str(float_text(f))),
+            Value::Bool(b) => Ok(Value::str(b.to_string())),
+            other => Err(cannot(&other)),
+        },
+        "number" => match v {
+            Value::Float(_) => Ok(v),
+            Value::Int(i) => Ok(Value::Float(i as f64)),
+            Value::String(ref s) => s
+                .parse::<f64>()
+                .map(Value::Float)
+                .map_err(|_| format!("'{s}' is not a number")),
+            other => Err(cannot(&other)),
+        },
+        "integer" => match v {
+            Value::Int(_) => Ok(v),
+            Value::Float(f) => Ok(Value::Int(f as i64)),
+            Value::String(ref s) => parse_int_text(s)
+                .map(Value::Int)
+                .ok_or_else(|| format!("'{s}' is not an integer")),
+            other => Err(cannot(&other)),
+        },
+        "boolean" => match v {
+            Value::Bool(_) => Ok(v),
+            Value::Int(i) => Ok(Value::Bool(i != 0)),
+            Value::String(ref s) => match s.to_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(Value::Bool(true)),
+                "false" | "0" | "no" => Ok(Value::Bool(false)),
+                _ => Err(format!("'{s}' is not a boolean (true/false, 1/0, yes/no)")),
+            },
+            other => Err(cannot(&other)),
+        },
+        "datetime" => match v {
+            Value::DateTime(_) => Ok(v),
+            Value::String(ref s) => parse_rfc3339(s)
+                .map(Value::DateTime)
+                .ok_or_else(|| format!("'{s}' is not an RFC 3339 timestamp with an offset")),
+            other => Err(cannot(&other)),
+        },
+        _ => Err(format!("unknown target type '{target}'")),
+    }
+}
+
+/// Optional sign followed by digits, fitting 64 bits.
+fn parse_int_text(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// §2.3: the event time from the timestamp field.
+pub fn parse_timestamp_field(v: Option<&Json>, field: &str) -> Result<Instant, String> {
+    let t = match v {
+        None => return Err(format!("Missing timestamp field '{field}'")),
+        Some(Json::String(s)) => parse_rfc3339(s).ok_or_else(|| {
+            format!(
+                "Failed to parse timestamp '{s}' in field '{field}': expected RFC 3339 with an offset, e.g. 2024-01-01T10:00:00Z; use a mapping with parse_datetime() for other formats"
+            )
+        })?,
+        Some(Json::Number(n)) => match n.as_i64() {
+            Some(secs) => instant_from_nanos(secs as i128 * 1_000_000_000)
+                .ok_or_else(|| "Timestamp out of range".to_string())?,
+            None => epoch_float(n.as_f64().unwrap_or(f64::NAN))?,
+        },
+        Some(other) => {
+            let kind = match other {
+                Json::Bool(_) => "boolean",
+                Json::Null => "null",
+                Json::Array(_) => "array",
+                _ => "object",
+            };
+            return Err(format!(
+                "Timestamp field '{field}' must be an ISO 8601 string or Unix epoch number, got {kind}"
+            ));
+        }
+    };
+    in_range(t)
+}
+
+/// PROPOSED (§2.3): instants outside years 1–9999 are rejected (this catches epochs in ms).
+fn in_range(t: Instant) -> Result<Instant, String> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err("Timestamp out of range (years 1 to 9999); epoch numbers are seconds, not milliseconds".into())
+    }
+}
+
+/// Epoch seconds with a fraction; floor semantics for negatives ([FIX P2]).
+fn epoch_float(f: f64) -> Result<Instant, String> {
+    if !f.is_finite() || f.abs() > 1e15 {
+        return Err("Timestamp out of range".into());
+    }
+    let secs = f.floor();
+    let nanos = ((f - secs) * 1e9) as i128;
+    instant_from_nanos(secs as i128 * 1_000_000_000 + nanos).ok_or_else(|| "Timestamp out of range".into())
+}
+
+/// RFC 3339 as §2.3 accepts it: `YYYY-MM-DD`, `T`/`t`/space, `HH:MM:SS`, an optional
+/// fraction of up to 9 digits, and a mandatory `Z`/`z`/`±HH:MM` offset.
+pub fn parse_rfc3339(s: &str) -> Option<Instant> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(range)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while end < b.len() && b[end].is_ascii_digit() {
+            end += 1;
+        }
+        let digits = end - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = s[start..end].parse::<u32>().ok()? * 10u32.pow(9 - digits as u32);
+        i = end;
+    }
+    let offset_secs: i64 = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && rest.as_bytes()[3] == b':' => {
+            let h = num(i + 1..i + 3)? as i64;
+            let m = num(i + 4..i + 6)? as i64;
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    // A leap second (:60) is accepted as the last nanosecond-carrying second, like chrono does.
+    let time = NaiveTime::from_hms_nano_opt(hour, minute, second.min(59), nanos)?;
+    let local = NaiveDateTime::new(date, time);
+    let utc = Utc.from_utc_datetime(&local) - chrono::Duration::seconds(offset_secs);
+    Some(DateTime::from(utc))
+}
+
+/// §2.6: `e_` + SHA-256 of `event_type|PAIRS`.
+pub fn event_id(event_type: &str, data: &IndexMap<String, Value>, fields: Option<&[String]>) -> String {
+    let mut pairs: Vec<(&String, &Value)> = data
+        .iter()
+        .filter(|(k, _)| fields.is_none_or(|f| f.iter().any(|x| x == *k)))
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::with_capacity(64);
+    text.push_str(event_type);
+    text.push_str("|[");
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push('[');
+        text.push_str(&serde_json::to_string(k).expect("string"));
+        text.push(',');
+        tagged(&mut text, v);
+        text.push(']');
+    }
+    text.push(']');
+    format!("e_{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// The tagged value form used in event ids (serde's externally tagged enum form).
+fn tagged(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("\"Null\""),
+        Value::String(s) => {
+            out.push_str("{\"String\":");
+            out.push_str(&serde_json::to_string(&**s).expect("string"));
+            out.push('}');
+        }
+        Value::Int(i) => out.push_str(&format!("{{\"Int\":{i}}}")),
+        Value::Float(f) => {
+            out.push_str("{\"Float\":");
+            out.push_str(&serde_json::to_string(f).expect("float"));
+            out.push('}');
+        }
+        Value::Bool(b) => out.push_str(&format!("{{\"Bool\":{b}}}")),
+        Value::DateTime(t) => {
+            let text = t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            out.push_str(&format!("{{\"DateTime\":\"{text}\"}}"));
+        }
+        Value::Duration(d) => out.push_str(&format!("{{\"Duration\":{}}}", d.as_secs_f64())),
+        Value::Array(items) => {
+            out.push_str("{\"Array\":[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                tagged(out, item);
+            }
+            out.push_str("]}");
+        }
+    }
+}
+
+/// §2.5: hints per entity type (sorted by name), fields in listed order.
+pub fn extract_hints(defs: &Definitions, event: &SourceEvent, data: &IndexMap<String, Value>, as_of: Instant) -> Hints {
+    let mut hints = Hints::new();
+    let mut types: Vec<(&String, &Vec<String>)> = event.hints.iter().collect();
+    types.sort_by(|a, b| a.0.cmp(b.0));
+    for (entity_type, fields) in types {
+        let entity = defs.entities.get(entity_type);
+        let mut values = IndexMap::new();
+        for field in fields {
+            let Some(text) = data.get(field).and_then(hint_text) else {
+                continue;
+            };
+            let value = match entity {
+                Some(e) => normalize_hint(e, field, text, as_of),
+                None => text,
+            };
+            values.insert(field.clone(), value);
+        }
+        if !values.is_empty() {
+            hints.insert(entity_type.clone(), values);
+        }
+    }
+    hints
+}
+
+/// The text of a hint value: String as is, Int decimal, Float per §7.1; other kinds none.
+pub fn hint_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_string()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(float_text(*f)),
+        _ => None,
+    }
+}
+
+/// Applies the identity field's `normalize` expression; a failure or a non-String result
+/// leaves the value as it was (§2.5 step 2).
+pub fn normalize_hint(entity: &Entity, field: &str, text: String, as_of: Instant) -> String {
+    let Some(expr) = entity.identity.get(field).and_then(|f| f.normalize.as_ref()) else {
+        return text;
+    };
+    let scope = ValueScope {
+        value: Value::str(text.as_str()),
+        now: as_of,
+    };
+    match expr.eval(&scope) {
+        Ok(Value::String(s)) => s.to_string(),
+        _ => text,
+    }
+}
+
+/// The scope of an identity `normalize` expression: only `value`.
+struct ValueScope {
+    value: Value,
+    now: Instant,
+}
+
+impl Scope for ValueScope {
+    fn variable(&self, name: &str) -> Option<&Value> {
+        (name == "value").then_some(&self.value)
+    }
+    fn now(&self) -> Instant {
+        self.now
+    }
+}
+
+/// The scope of a mapping `compute`: the raw event's top-level fields as the event map.
+struct RawScope {
+    fields: HashMap<String, Value>,
+    now: Instant,
+}
+
+impl RawScope {
+    fn new(raw: &Json, now: Instant) -> RawScope {
+        let fields = raw
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            .unwrap_or_default();
+        RawScope { fields, now }
+    }
+}
+
+impl Scope for RawScope {
+    fn event_field(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+    fn now(&self) -> Instant {
+        self.now
+    }
+}
+
+/// The outcome of deduplicating one call's normalized events (§2.9).
+#[derive(Debug, Default)]
+pub struct Deduplicated<T> {
+    /// Events to append, in canonical order (timestamp, then input order).
+    pub accepted: Vec<T>,
+    /// Event ids of the skipped duplicates, in input order.
+    pub duplicate_ids: Vec<String>,
+}
+
+/// Deduplicates the events of one call: sorted by timestamp (stable), an event whose id is
+/// already in the ledger (`known`) or earlier in the sorted call is a duplicate.
+pub fn dedup_call<T>(
+    events: Vec<(usize, T)>,
+    key: impl Fn(&T) -> (&str, Instant),
+    known: impl Fn(&str) -> bool,
+) -> Deduplicated<T> {
+    let mut sorted = events;
+    sorted.sort_by_key(|(i, e)| (key(e).1, *i));
+    let mut seen = std::collections::HashSet::new();
+    let mut accepted = Vec::new();
+    let mut duplicates: Vec<(usize, String)> = Vec::new();
+    for (i, e) in sorted {
+        let id = key(&e).0.to_string();
+        if known(&id) || !seen.insert(id.clone()) {
+            duplicates.push((i, id));
+        } else {
+            accepted.push(e);
+        }
+    }
+    duplicates.sort_by_key(|(i, _)| *i);
+    Deduplicated {
+        accepted,
+        duplicate_ids: duplicates.into_iter().map(|(_, id)| id).collect(),
+    }
+}
