@@ -118,7 +118,7 @@ fn lookup_event<'s>(src: &'s Source, raw: &Json) -> Result<&'s SourceEvent, (Opt
     };
     src.event_for_raw_type(raw_type).ok_or_else(|| {
         (
-            None,
+            Some(field),
             format!(
                 "Unknown event type '{raw_type}' — not defined in source '{}'",
                 src.name

@@ -48,6 +48,20 @@ pub struct Global {
     pub result_file: Option<PathBuf>,
 }
 
+impl Global {
+    /// The definitions path; a path that does not exist is a configuration error.
+    pub fn config_path(&self) -> Result<&std::path::Path, Error> {
+        if self.config.exists() {
+            Ok(&self.config)
+        } else {
+            Err(Error::Config(format!(
+                "the definitions folder '{}' does not exist (set --config or DEFACTO_CONFIG)",
+                self.config.display()
+            )))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Console,

@@ -94,6 +94,14 @@ fn bad_usage_exits_2() {
 }
 
 #[test]
+fn a_missing_config_folder_is_a_configuration_error() {
+    let dir = Dir::from_fixture("min");
+    let out = TestCommand::new(&dir).args(["--config", "no/such/folder", "validate"]).run();
+    out.assert_code(2);
+    assert!(out.stderr.contains("ConfigError") && out.stderr.contains("no/such/folder"), "{}", out.stderr);
+}
+
+#[test]
 fn the_examples_are_valid() {
     for example in ["quickstart", "showcase"] {
         let path = fixture::repo_root().join("examples").join(example);

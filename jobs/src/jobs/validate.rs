@@ -24,7 +24,7 @@ pub struct ValidateArgs {
 
 /// Validates the definitions of `--config`; the exit status is 0 when they are valid, else 1.
 pub fn run(global: &Global, args: &ValidateArgs) -> Result<i32> {
-    let result = validate_path(&global.config).result();
+    let result = validate_path(global.config_path()?).result();
     output::write_result_file(global.result_file.as_deref(), &result)?;
     match args.format {
         Format::Json => output::print(&output::to_json(&result))?,
