@@ -5,7 +5,11 @@
 pub mod canonical;
 pub mod definitions;
 pub mod expr;
+pub mod history;
+pub mod identity;
+pub mod interpret;
 pub mod normalize;
+pub mod replay;
 pub mod results;
 pub mod value;
 

@@ -1,10 +1,10 @@
-//! The parser (EXPRESSIONS.md §3): precedence climbing over the token stream.
+//! The parser (EXPRESSIONS.md §3): operator precedence parsing with explicit stacks.
 //!
-//! Recursion happens only where the grammar nests (parentheses, index brackets, call
-//! arguments, `if` parts); operator chains, `**` chains and prefix runs are built in loops.
-//! Both that nesting and the depth of the resulting tree are capped, so hostile input yields
-//! a `ParseError` rather than a stack overflow, here or later when the tree is evaluated,
-//! printed or dropped.
+//! Nothing here recurses: every open delimiter (parenthesis, index bracket, argument list,
+//! `if` part) pushes a frame with its own operand and operator stacks. Hostile nesting
+//! therefore cannot overflow the stack while parsing, and the depth of the resulting tree is
+//! capped at [`MAX_DEPTH`] so that evaluating, printing, comparing or dropping it (which do
+//! recurse) stays shallow too.
 
 use std::time::Duration;
 
@@ -16,30 +16,17 @@ use crate::value::Value;
 /// Maximum depth of a parsed tree (a leaf has depth 1).
 pub const MAX_DEPTH: u32 = 256;
 
-/// Maximum nesting of parenthesized/delimited sub-expressions. Not below `MAX_DEPTH`, so the
-/// printed form of any accepted tree (which nests at most once per tree level) parses again.
-const MAX_NESTING: u32 = MAX_DEPTH;
+/// Binding strength of the prefix operators: tighter than every binary operator.
+const PREFIX_PRECEDENCE: u8 = 7;
 
 pub(crate) fn parse(text: &str) -> Result<Ast, ParseError> {
-    let fail = |position: usize, message: String| ParseError {
+    let fail = |(position, message): (usize, String)| ParseError {
         text: text.to_string(),
         position,
         message,
     };
-    let tokens = tokenize(text).map_err(|(pos, msg)| fail(pos, msg))?;
-    let mut parser = Parser {
-        tokens,
-        next: 0,
-        nesting: 0,
-    };
-    let result = parser.parse_expr().and_then(|node| {
-        if parser.peek() == &Tok::Eof {
-            Ok(node.ast)
-        } else {
-            Err(parser.unexpected("after the expression"))
-        }
-    });
-    result.map_err(|(pos, msg)| fail(pos, msg))
+    let tokens = tokenize(text).map_err(fail)?;
+    Parser { tokens, next: 0 }.run().map_err(fail)
 }
 
 type PResult<T> = Result<T, (usize, String)>;
@@ -50,10 +37,135 @@ struct Node {
     depth: u32,
 }
 
+fn checked(ast: Ast, depth: u32, pos: usize) -> PResult<Node> {
+    if depth > MAX_DEPTH {
+        return Err((
+            pos,
+            format!("Expression nested too deeply (more than {MAX_DEPTH} levels)"),
+        ));
+    }
+    Ok(Node { ast, depth })
+}
+
+/// What ends the expression of a frame, and what the frame builds from it.
+enum Closer {
+    /// the whole input
+    End,
+    /// `( … )`
+    Paren,
+    /// `base[ … ]`
+    Index { base: Node, pos: usize },
+    /// `name( … , … )`
+    Args {
+        name: String,
+        pos: usize,
+        args: Vec<Ast>,
+        depth: u32,
+    },
+    /// `if … then`
+    IfCond { pos: usize },
+    /// `then … else`
+    IfThen { pos: usize, cond: Node },
+    /// `else …`: ends at the first token that cannot continue an expression.
+    IfElse { pos: usize, cond: Node, then: Node },
+}
+
+enum Pending {
+    Prefix(UnaryOp),
+    Binary(BinaryOp),
+}
+
+struct Frame {
+    closer: Closer,
+    stacks: Stacks,
+}
+
+impl Frame {
+    fn new(closer: Closer) -> Frame {
+        Frame {
+            closer,
+            stacks: Stacks {
+                operands: Vec::new(),
+                operators: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The operands and pending operators of one frame.
+struct Stacks {
+    operands: Vec<Node>,
+    operators: Vec<(Pending, usize)>,
+}
+
+impl Stacks {
+
+    /// Applies the operator on top of the stack to its operands.
+    fn reduce_one(&mut self) -> PResult<()> {
+        let Some((op, pos)) = self.operators.pop() else {
+            return Ok(());
+        };
+        let missing = || (pos, "Missing operand".to_string());
+        let node = match op {
+            Pending::Prefix(op) => {
+                let x = self.operands.pop().ok_or_else(missing)?;
+                checked(Ast::Unary(op, Box::new(x.ast)), x.depth + 1, pos)?
+            }
+            Pending::Binary(op) => {
+                let b = self.operands.pop().ok_or_else(missing)?;
+                let a = self.operands.pop().ok_or_else(missing)?;
+                let depth = a.depth.max(b.depth) + 1;
+                checked(Ast::Binary(op, Box::new(a.ast), Box::new(b.ast)), depth, pos)?
+            }
+        };
+        self.operands.push(node);
+        Ok(())
+    }
+
+    /// Reduces everything: the frame's complete expression.
+    fn finish(&mut self, pos: usize) -> PResult<Node> {
+        while !self.operators.is_empty() {
+            self.reduce_one()?;
+        }
+        match (self.operands.pop(), self.operands.is_empty()) {
+            (Some(node), true) => Ok(node),
+            _ => Err((pos, "Malformed expression".to_string())),
+        }
+    }
+
+    /// Pushes a binary operator after reducing every pending operator that binds at least as
+    /// tightly (strictly tighter for the right-associative `**`).
+    fn push_binary(&mut self, op: BinaryOp, pos: usize) -> PResult<()> {
+        let prec = op.precedence();
+        let right_assoc = op == BinaryOp::Pow;
+        while let Some((top, _)) = self.operators.last() {
+            let top_prec = match top {
+                Pending::Prefix(_) => PREFIX_PRECEDENCE,
+                Pending::Binary(b) => b.precedence(),
+            };
+            if top_prec > prec || (top_prec == prec && !right_assoc) {
+                self.reduce_one()?;
+            } else {
+                break;
+            }
+        }
+        self.operators.push((Pending::Binary(op), pos));
+        Ok(())
+    }
+}
+
 struct Parser {
     tokens: Vec<Token>,
     next: usize,
-    nesting: u32,
+}
+
+/// Where the parser is within the current frame.
+#[derive(PartialEq)]
+enum Expect {
+    /// prefix operators or an atom
+    Operand,
+    /// a binary operator, `[`, or the token that closes the frame
+    Operator,
 }
 
 impl Parser {
@@ -61,8 +173,8 @@ impl Parser {
         &self.tokens[self.next].tok
     }
 
-    fn peek_at(&self, offset: usize) -> &Tok {
-        let i = (self.next + offset).min(self.tokens.len() - 1);
+    fn peek_second(&self) -> &Tok {
+        let i = (self.next + 1).min(self.tokens.len() - 1);
         &self.tokens[i].tok
     }
 
@@ -79,134 +191,194 @@ impl Parser {
         pos
     }
 
-    fn unexpected(&self, context: &str) -> (usize, String) {
-        (
-            self.pos(),
-            format!("Unexpected {} {context}", describe(self.peek())),
-        )
+    fn found(&self) -> String {
+        describe(self.peek())
     }
 
-    fn expect(&mut self, tok: Tok, what: &str) -> PResult<()> {
-        if *self.peek() == tok {
+    fn run(mut self) -> PResult<Ast> {
+        let mut frames = vec![Frame::new(Closer::End)];
+        let mut expect = Expect::Operand;
+        loop {
+            let frame = &mut frames.last_mut().expect("the End frame is never popped").stacks;
+            if expect == Expect::Operand {
+                if let Some(op) = prefix_operator(self.peek()) {
+                    let pos = self.advance();
+                    frame.operators.push((Pending::Prefix(op), pos));
+                    continue;
+                }
+                match self.operand()? {
+                    Start::Node(node) => {
+                        frame.operands.push(node);
+                        expect = Expect::Operator;
+                    }
+                    Start::Frame(closer) => frames.push(Frame::new(closer)),
+                    Start::EmptyCall(name, pos) => {
+                        let call = make_call(name, Vec::new(), pos)?;
+                        frame.operands.push(checked(call, 1, pos)?);
+                        expect = Expect::Operator;
+                    }
+                }
+                continue;
+            }
+            if let Some(op) = binary_operator(self.peek()) {
+                let pos = self.advance();
+                frame.push_binary(op, pos)?;
+                expect = Expect::Operand;
+                continue;
+            }
+            if *self.peek() == Tok::Symbol(Symbol::LBracket) {
+                let pos = self.advance();
+                let base = frame.operands.pop().ok_or((pos, "Missing operand".to_string()))?;
+                frames.push(Frame::new(Closer::Index { base, pos }));
+                expect = Expect::Operand;
+                continue;
+            }
+            // Anything else must close the current frame.
+            let Frame {
+                closer,
+                stacks: mut frame,
+            } = frames.pop().expect("a frame is open");
+            let here = self.pos();
+            let node = match closer {
+                Closer::End => {
+                    if *self.peek() != Tok::Eof {
+                        return Err((here, format!("Unexpected {} after the expression", self.found())));
+                    }
+                    return Ok(frame.finish(here)?.ast);
+                }
+                Closer::Paren => {
+                    self.expect_symbol(Symbol::RParen, "')'")?;
+                    frame.finish(here)?
+                }
+                Closer::Index { base, pos } => {
+                    self.expect_symbol(Symbol::RBracket, "']'")?;
+                    let index = frame.finish(here)?;
+                    let depth = base.depth.max(index.depth) + 1;
+                    checked(Ast::Index(Box::new(base.ast), Box::new(index.ast)), depth, pos)?
+                }
+                Closer::Args {
+                    name,
+                    pos,
+                    mut args,
+                    depth,
+                } => {
+                    let comma = match self.peek() {
+                        Tok::Symbol(Symbol::Comma) => true,
+                        Tok::Symbol(Symbol::RParen) => false,
+                        _ => {
+                            return Err((
+                                here,
+                                format!(
+                                    "Expected ',' or ')' in the arguments of '{name}', found {}",
+                                    self.found()
+                                ),
+                            ))
+                        }
+                    };
+                    self.advance();
+                    let arg = frame.finish(here)?;
+                    let depth = depth.max(arg.depth);
+                    args.push(arg.ast);
+                    let trailing = comma && *self.peek() == Tok::Symbol(Symbol::RParen);
+                    if comma && !trailing {
+                        frames.push(Frame::new(Closer::Args {
+                            name,
+                            pos,
+                            args,
+                            depth,
+                        }));
+                        expect = Expect::Operand;
+                        continue;
+                    }
+                    if trailing {
+                        self.advance();
+                    }
+                    checked(make_call(name, args, pos)?, depth + 1, pos)?
+                }
+                Closer::IfCond { pos } => {
+                    self.expect_keyword(Keyword::Then, "'then'")?;
+                    let cond = frame.finish(here)?;
+                    frames.push(Frame::new(Closer::IfThen { pos, cond }));
+                    expect = Expect::Operand;
+                    continue;
+                }
+                Closer::IfThen { pos, cond } => {
+                    self.expect_keyword(Keyword::Else, "'else'")?;
+                    let then = frame.finish(here)?;
+                    frames.push(Frame::new(Closer::IfElse { pos, cond, then }));
+                    expect = Expect::Operand;
+                    continue;
+                }
+                Closer::IfElse { pos, cond, then } => {
+                    // The closing token belongs to an enclosing frame: not consumed.
+                    let otherwise = frame.finish(here)?;
+                    let depth = cond.depth.max(then.depth).max(otherwise.depth) + 1;
+                    let ast = Ast::If(
+                        Box::new(cond.ast),
+                        Box::new(then.ast),
+                        Box::new(otherwise.ast),
+                    );
+                    checked(ast, depth, pos)?
+                }
+            };
+            frames
+                .last_mut()
+                .expect("the End frame is never popped")
+                .stacks
+                .operands
+                .push(node);
+            expect = Expect::Operator;
+        }
+    }
+
+    fn expect_symbol(&mut self, symbol: Symbol, what: &str) -> PResult<()> {
+        if *self.peek() == Tok::Symbol(symbol) {
             self.advance();
             Ok(())
         } else {
-            Err((
-                self.pos(),
-                format!("Expected {what}, found {}", describe(self.peek())),
-            ))
+            Err((self.pos(), format!("Expected {what}, found {}", self.found())))
         }
     }
 
-    /// Wraps a new node, rejecting trees deeper than `MAX_DEPTH`.
-    fn node(&self, ast: Ast, depth: u32, pos: usize) -> PResult<Node> {
-        if depth > MAX_DEPTH {
-            return Err((
-                pos,
-                format!("Expression nested too deeply (more than {MAX_DEPTH} levels)"),
-            ));
+    fn expect_keyword(&mut self, keyword: Keyword, what: &str) -> PResult<()> {
+        if *self.peek() == Tok::Keyword(keyword) {
+            self.advance();
+            Ok(())
+        } else {
+            Err((self.pos(), format!("Expected {what}, found {}", self.found())))
         }
-        Ok(Node { ast, depth })
     }
 
-    /// A full expression, as found at top level and inside any delimiter.
-    fn parse_expr(&mut self) -> PResult<Node> {
-        if self.nesting >= MAX_NESTING {
-            return Err((
-                self.pos(),
-                format!("Expression nested too deeply (more than {MAX_NESTING} levels)"),
-            ));
-        }
-        self.nesting += 1;
-        let result = self.parse_binary(1);
-        self.nesting -= 1;
-        result
-    }
-
-    /// Left-associative levels 1–5 by precedence climbing. The recursion for a right operand
-    /// only goes to a tighter level, so its depth is bounded by the number of levels.
-    fn parse_binary(&mut self, min_prec: u8) -> PResult<Node> {
-        let mut left = self.parse_power()?;
-        while let Some(op) = self.peek_binary() {
-            if op.precedence() < min_prec {
-                break;
-            }
-            let pos = self.advance();
-            let right = self.parse_binary(op.precedence() + 1)?;
-            let depth = left.depth.max(right.depth) + 1;
-            left = self.node(
-                Ast::Binary(op, Box::new(left.ast), Box::new(right.ast)),
-                depth,
-                pos,
-            )?;
-        }
-        Ok(left)
-    }
-
-    /// Level 6: `a ** b ** c` is `a ** (b ** c)`.
-    fn parse_power(&mut self) -> PResult<Node> {
-        let first = self.parse_prefixed()?;
-        if *self.peek() != Tok::Symbol(Symbol::Pow) {
-            return Ok(first);
-        }
-        let mut operands = vec![first];
-        let mut positions = Vec::new();
-        while *self.peek() == Tok::Symbol(Symbol::Pow) {
-            positions.push(self.advance());
-            operands.push(self.parse_prefixed()?);
-        }
-        let mut acc = operands.pop().expect("at least two operands");
-        while let (Some(left), Some(pos)) = (operands.pop(), positions.pop()) {
-            let depth = left.depth.max(acc.depth) + 1;
-            acc = self.node(
-                Ast::Binary(BinaryOp::Pow, Box::new(left.ast), Box::new(acc.ast)),
-                depth,
-                pos,
-            )?;
-        }
-        Ok(acc)
-    }
-
-    /// Level 7: prefix `not`, `!`, `-` bind tighter than any binary operator.
-    fn parse_prefixed(&mut self) -> PResult<Node> {
-        let mut ops = Vec::new();
-        loop {
-            let op = match self.peek() {
-                Tok::Keyword(Keyword::Not) | Tok::Symbol(Symbol::Bang) => UnaryOp::Not,
-                Tok::Symbol(Symbol::Minus) => UnaryOp::Neg,
-                _ => break,
-            };
-            ops.push((op, self.advance()));
-        }
-        let mut node = self.parse_postfix()?;
-        while let Some((op, pos)) = ops.pop() {
-            let depth = node.depth + 1;
-            node = self.node(Ast::Unary(op, Box::new(node.ast)), depth, pos)?;
-        }
-        Ok(node)
-    }
-
-    /// Level 8: `atom[i][j]`.
-    fn parse_postfix(&mut self) -> PResult<Node> {
-        let mut node = self.parse_atom()?;
-        while *self.peek() == Tok::Symbol(Symbol::LBracket) {
-            let pos = self.advance();
-            let index = self.parse_expr()?;
-            self.expect(Tok::Symbol(Symbol::RBracket), "']'")?;
-            let depth = node.depth.max(index.depth) + 1;
-            node = self.node(
-                Ast::Index(Box::new(node.ast), Box::new(index.ast)),
-                depth,
-                pos,
-            )?;
-        }
-        Ok(node)
-    }
-
-    fn parse_atom(&mut self) -> PResult<Node> {
+    /// An atom, or the opening of a delimited construct.
+    fn operand(&mut self) -> PResult<Start> {
         let pos = self.pos();
-        let literal = match self.peek() {
-            Tok::Keyword(Keyword::If) => return self.parse_if(),
+        let value = match self.peek() {
+            Tok::Keyword(Keyword::If) => {
+                self.advance();
+                return Ok(Start::Frame(Closer::IfCond { pos }));
+            }
+            Tok::Symbol(Symbol::LParen) => {
+                self.advance();
+                return Ok(Start::Frame(Closer::Paren));
+            }
+            Tok::Name(segments)
+                if segments.len() == 1 && *self.peek_second() == Tok::Symbol(Symbol::LParen) =>
+            {
+                let name = segments[0].to_string();
+                return Ok(self.call_start(name));
+            }
+            Tok::Qualified(name) => {
+                if *self.peek_second() != Tok::Symbol(Symbol::LParen) {
+                    return Err((pos, format!("Expected '(' after function name '{name}'")));
+                }
+                let name = name.clone();
+                return Ok(self.call_start(name));
+            }
+            Tok::Name(segments) => {
+                let path = Path::new(segments).ok_or((pos, "Invalid path".to_string()))?;
+                self.advance();
+                return Ok(Start::Node(checked(Ast::Path(path), 1, pos)?));
+            }
             Tok::Keyword(Keyword::True) => Value::Bool(true),
             Tok::Keyword(Keyword::False) => Value::Bool(false),
             Tok::Keyword(Keyword::Null) => Value::Null,
@@ -214,110 +386,69 @@ impl Parser {
             Tok::Float(f) => Value::Float(*f),
             Tok::Int(i) => Value::Int(*i),
             Tok::Str(s) => Value::str(s.as_str()),
-            Tok::Name(segments) => {
-                if segments.len() == 1 && *self.peek_at(1) == Tok::Symbol(Symbol::LParen) {
-                    let name = segments[0].to_string();
-                    return self.parse_call(name);
-                }
-                let path = Path::new(segments).ok_or_else(|| (pos, "Invalid path".to_string()))?;
-                self.advance();
-                return Ok(Node {
-                    ast: Ast::Path(path),
-                    depth: 1,
-                });
+            _ => {
+                return Err((
+                    pos,
+                    format!("Unexpected {} where an expression was expected", self.found()),
+                ))
             }
-            Tok::Qualified(name) => {
-                if *self.peek_at(1) != Tok::Symbol(Symbol::LParen) {
-                    return Err((pos, format!("Expected '(' after function name '{name}'")));
-                }
-                let name = name.clone();
-                return self.parse_call(name);
-            }
-            Tok::Symbol(Symbol::LParen) => {
-                self.advance();
-                let inner = self.parse_expr()?;
-                self.expect(Tok::Symbol(Symbol::RParen), "')'")?;
-                return Ok(inner);
-            }
-            _ => return Err(self.unexpected("where an expression was expected")),
         };
         self.advance();
-        let literal = Literal::new(literal).ok_or_else(|| (pos, "Invalid literal".to_string()))?;
-        Ok(Node {
-            ast: Ast::Literal(literal),
-            depth: 1,
-        })
+        let literal = Literal::new(value).ok_or((pos, "Invalid literal".to_string()))?;
+        Ok(Start::Node(checked(Ast::Literal(literal), 1, pos)?))
     }
 
-    /// `if C then A else B`; `B` extends as far right as possible.
-    fn parse_if(&mut self) -> PResult<Node> {
+    /// Consumes `name (` and opens the argument list (or closes it at once on `)`).
+    fn call_start(&mut self, name: String) -> Start {
         let pos = self.advance();
-        let cond = self.parse_expr()?;
-        self.expect(Tok::Keyword(Keyword::Then), "'then'")?;
-        let then = self.parse_expr()?;
-        self.expect(Tok::Keyword(Keyword::Else), "'else'")?;
-        let otherwise = self.parse_expr()?;
-        let depth = cond.depth.max(then.depth).max(otherwise.depth) + 1;
-        self.node(
-            Ast::If(
-                Box::new(cond.ast),
-                Box::new(then.ast),
-                Box::new(otherwise.ast),
-            ),
-            depth,
-            pos,
-        )
-    }
-
-    /// `name(args)`, the current token being the name and the next one `(`. A trailing comma
-    /// is allowed.
-    fn parse_call(&mut self, name: String) -> PResult<Node> {
-        let pos = self.advance();
-        self.advance(); // `(`
-        let mut args = Vec::new();
-        let mut depth = 0;
-        while *self.peek() != Tok::Symbol(Symbol::RParen) {
-            let arg = self.parse_expr()?;
-            depth = depth.max(arg.depth);
-            args.push(arg.ast);
-            match self.peek() {
-                Tok::Symbol(Symbol::Comma) => {
-                    self.advance();
-                }
-                Tok::Symbol(Symbol::RParen) => {}
-                _ => {
-                    return Err((
-                        self.pos(),
-                        format!(
-                            "Expected ',' or ')' in the arguments of '{name}', found {}",
-                            describe(self.peek())
-                        ),
-                    ))
-                }
-            }
+        self.advance();
+        if *self.peek() == Tok::Symbol(Symbol::RParen) {
+            self.advance();
+            return Start::EmptyCall(name, pos);
         }
-        self.advance(); // `)`
-        let call = Call::new(&name, args)
-            .ok_or_else(|| (pos, format!("Invalid function name '{name}'")))?;
-        self.node(Ast::Call(Box::new(call)), depth + 1, pos)
-    }
-
-    fn peek_binary(&self) -> Option<BinaryOp> {
-        Some(match self.peek() {
-            Tok::Keyword(Keyword::Or) | Tok::Symbol(Symbol::OrOr) => BinaryOp::Or,
-            Tok::Keyword(Keyword::And) | Tok::Symbol(Symbol::AndAnd) => BinaryOp::And,
-            Tok::Symbol(Symbol::EqEq) => BinaryOp::Eq,
-            Tok::Symbol(Symbol::Ne) => BinaryOp::Ne,
-            Tok::Symbol(Symbol::Lt) => BinaryOp::Lt,
-            Tok::Symbol(Symbol::Le) => BinaryOp::Le,
-            Tok::Symbol(Symbol::Gt) => BinaryOp::Gt,
-            Tok::Symbol(Symbol::Ge) => BinaryOp::Ge,
-            Tok::Symbol(Symbol::Plus) => BinaryOp::Add,
-            Tok::Symbol(Symbol::Minus) => BinaryOp::Sub,
-            Tok::Symbol(Symbol::Star) => BinaryOp::Mul,
-            Tok::Symbol(Symbol::Slash) => BinaryOp::Div,
-            // `**` is consumed by `parse_power` and never reaches the climbing loop.
-            _ => return None,
+        Start::Frame(Closer::Args {
+            name,
+            pos,
+            args: Vec::new(),
+            depth: 0,
         })
     }
+}
+
+enum Start {
+    Node(Node),
+    Frame(Closer),
+    EmptyCall(String, usize),
+}
+
+fn make_call(name: String, args: Vec<Ast>, pos: usize) -> PResult<Ast> {
+    let call = Call::new(&name, args).ok_or((pos, format!("Invalid function name '{name}'")))?;
+    Ok(Ast::Call(Box::new(call)))
+}
+
+fn prefix_operator(tok: &Tok) -> Option<UnaryOp> {
+    match tok {
+        Tok::Keyword(Keyword::Not) | Tok::Symbol(Symbol::Bang) => Some(UnaryOp::Not),
+        Tok::Symbol(Symbol::Minus) => Some(UnaryOp::Neg),
+        _ => None,
+    }
+}
+
+fn binary_operator(tok: &Tok) -> Option<BinaryOp> {
+    Some(match tok {
+        Tok::Keyword(Keyword::Or) | Tok::Symbol(Symbol::OrOr) => BinaryOp::Or,
+        Tok::Keyword(Keyword::And) | Tok::Symbol(Symbol::AndAnd) => BinaryOp::And,
+        Tok::Symbol(Symbol::EqEq) => BinaryOp::Eq,
+        Tok::Symbol(Symbol::Ne) => BinaryOp::Ne,
+        Tok::Symbol(Symbol::Lt) => BinaryOp::Lt,
+        Tok::Symbol(Symbol::Le) => BinaryOp::Le,
+        Tok::Symbol(Symbol::Gt) => BinaryOp::Gt,
+        Tok::Symbol(Symbol::Ge) => BinaryOp::Ge,
+        Tok::Symbol(Symbol::Plus) => BinaryOp::Add,
+        Tok::Symbol(Symbol::Minus) => BinaryOp::Sub,
+        Tok::Symbol(Symbol::Star) => BinaryOp::Mul,
+        Tok::Symbol(Symbol::Slash) => BinaryOp::Div,
+        Tok::Symbol(Symbol::Pow) => BinaryOp::Pow,
+        _ => return None,
+    })
 }

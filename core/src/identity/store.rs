@@ -1,0 +1,178 @@
+//! Where identity lives: the key → entity mappings, the entities known to exist and the
+//! merge_log (PIPELINE.md §1). `IdentityStore` is the seam through which `defacto-jobs` keeps
+//! them in a database; `MemoryIdentity` keeps them in ordered in-memory maps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::key::Key;
+use crate::value::Instant;
+
+/// The identity stores of PIPELINE.md §1 as resolution uses them. Implementations must be
+/// read-your-writes: every call sees the effect of every earlier call.
+pub trait IdentityStore {
+    /// The entity `key` is mapped to. It must be current: a key never reads as mapped to an
+    /// entity recorded as merged away (a caching implementation re-reads such a key, §5.2).
+    fn get(&self, key: &Key) -> Option<String>;
+
+    /// Maps `key` to `id` unless it is mapped already, and returns the id it is mapped to
+    /// afterwards (`id`, or the mapping another writer made first). Registers `id` as an
+    /// entity of `key.entity_type`.
+    fn insert_if_absent(&mut self, key: Key, id: &str) -> String;
+
+    /// The keys mapped to `id`, in ascending key order.
+    fn keys_of(&self, id: &str) -> Vec<Key>;
+
+    /// Re-points every key of `from` to `to` (§11.1 step 1) and returns how many moved.
+    fn repoint(&mut self, from: &str, to: &str) -> usize;
+
+    /// The entity type of `id` when `id` is an entity: it has `event_entities` rows — in the
+    /// pure engine, some key was mapped to it once. Merged-away entities keep their type.
+    fn entity_type(&self, id: &str) -> Option<String>;
+
+    /// The winner `id` is recorded as merged into in merge_log.
+    fn merged_into(&self, id: &str) -> Option<String>;
+
+    /// The entities recorded in merge_log as merged into `id` (ascending).
+    fn merged_from(&self, id: &str) -> Vec<String>;
+
+    /// Records merge_log row `(from, into, ts)`; `false` (and nothing written) when `from` is
+    /// already recorded as merged away, so every entity has at most one winner (§11.2).
+    fn record_merge(&mut self, from: &str, into: &str, ts: Instant) -> bool;
+
+    /// Forgets entity `id` (erase, §12.1): deletes its key mappings and every merge_log row
+    /// naming it, and returns the deleted keys.
+    fn remove_entity(&mut self, id: &str) -> Vec<Key>;
+}
+
+/// One merge_log row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeLogRow {
+    pub from: String,
+    pub into: String,
+    pub timestamp: Instant,
+}
+
+/// Identity in memory; every iteration is ordered, so results never depend on hashing.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryIdentity {
+    ids: BTreeMap<Key, String>,
+    /// The reverse of `ids`, so that re-pointing costs the keys moved, not a scan.
+    keys: BTreeMap<String, BTreeSet<Key>>,
+    types: BTreeMap<String, String>,
+    winners: BTreeMap<String, (String, Instant)>,
+    losers: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl MemoryIdentity {
+    pub fn new() -> MemoryIdentity {
+        MemoryIdentity::default()
+    }
+
+    /// Every mapping, by ascending key.
+    pub fn mappings(&self) -> impl Iterator<Item = (&Key, &str)> {
+        self.ids.iter().map(|(k, id)| (k, id.as_str()))
+    }
+
+    /// Every merge_log row, by ascending `(from, into)`.
+    pub fn merge_log(&self) -> Vec<MergeLogRow> {
+        self.winners
+            .iter()
+            .map(|(from, (into, ts))| MergeLogRow {
+                from: from.clone(),
+                into: into.clone(),
+                timestamp: *ts,
+            })
+            .collect()
+    }
+
+    fn register(&mut self, id: &str, entity_type: &str) {
+        if !self.types.contains_key(id) {
+            self.types.insert(id.to_string(), entity_type.to_string());
+        }
+    }
+}
+
+impl IdentityStore for MemoryIdentity {
+    fn get(&self, key: &Key) -> Option<String> {
+        self.ids.get(key).cloned()
+    }
+
+    fn insert_if_absent(&mut self, key: Key, id: &str) -> String {
+        if let Some(stored) = self.ids.get(&key) {
+            return stored.clone();
+        }
+        self.register(id, &key.entity_type);
+        self.ids.insert(key.clone(), id.to_string());
+        self.keys.entry(id.to_string()).or_default().insert(key);
+        id.to_string()
+    }
+
+    fn keys_of(&self, id: &str) -> Vec<Key> {
+        self.keys.get(id).map(|keys| keys.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn repoint(&mut self, from: &str, to: &str) -> usize {
+        if from == to {
+            return 0;
+        }
+        let Some(mut moved) = self.keys.remove(from) else {
+            return 0;
+        };
+        if let Some(entity_type) = self.types.get(from).cloned() {
+            self.register(to, &entity_type);
+        }
+        for key in &moved {
+            if let Some(id) = self.ids.get_mut(key) {
+                *id = to.to_string();
+            }
+        }
+        let count = moved.len();
+        let target = self.keys.entry(to.to_string()).or_default();
+        if target.len() < moved.len() {
+            std::mem::swap(target, &mut moved);
+        }
+        target.append(&mut moved);
+        count
+    }
+
+    fn entity_type(&self, id: &str) -> Option<String> {
+        self.types.get(id).cloned()
+    }
+
+    fn merged_into(&self, id: &str) -> Option<String> {
+        self.winners.get(id).map(|(into, _)| into.clone())
+    }
+
+    fn merged_from(&self, id: &str) -> Vec<String> {
+        self.losers.get(id).map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn record_merge(&mut self, from: &str, into: &str, ts: Instant) -> bool {
+        if self.winners.contains_key(from) {
+            return false;
+        }
+        self.winners.insert(from.to_string(), (into.to_string(), ts));
+        self.losers.entry(into.to_string()).or_default().insert(from.to_string());
+        true
+    }
+
+    fn remove_entity(&mut self, id: &str) -> Vec<Key> {
+        let keys: Vec<Key> = self.keys.remove(id).map(|k| k.into_iter().collect()).unwrap_or_default();
+        for key in &keys {
+            self.ids.remove(key);
+        }
+        self.types.remove(id);
+        if let Some((into, _)) = self.winners.remove(id) {
+            if let Some(losers) = self.losers.get_mut(&into) {
+                losers.remove(id);
+                if losers.is_empty() {
+                    self.losers.remove(&into);
+                }
+            }
+        }
+        for loser in self.losers.remove(id).unwrap_or_default() {
+            self.winners.remove(&loser);
+        }
+        keys
+    }
+}

@@ -1,0 +1,570 @@
+//! Interpretation (PIPELINE.md §6) and time rules (§7.3): one entity's state machine applied
+//! to one event, or evaluated up to an instant. Each call works on one entity's working
+//! state and emits complete snapshots; nothing here knows about other entities, storage or
+//! ordering across entities.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+
+use crate::definitions::{Effect, Entity, Handler, TimeRuleKind};
+use crate::expr::{Expr, Scope};
+use crate::value::{Instant, Value};
+
+/// The working state of an entity that exists (§1 "working state").
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityState {
+    pub state: String,
+    /// Property values in declaration order.
+    pub properties: Vec<Value>,
+    pub last_event_time: Option<Instant>,
+    pub state_entered_time: Option<Instant>,
+    pub created_time: Option<Instant>,
+    /// Time-rule index → the reference instant at which it fired in this visit (§7.3).
+    pub marks: BTreeMap<usize, Instant>,
+}
+
+/// The greatest instant an entity has processed, and whether a time rule set it (§10.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub at: Instant,
+    pub by_rule: bool,
+}
+
+/// Everything the engine keeps per entity id between events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slot {
+    /// `None` while the entity does not exist (no `create` has run).
+    pub entity: Option<EntityState>,
+    pub horizon: Option<Horizon>,
+}
+
+impl Slot {
+    fn raise_horizon(&mut self, at: Instant, by_rule: bool) {
+        let keep = match self.horizon {
+            Some(h) if h.at > at => true,
+            // At an equal instant a rule firing is recorded (§7.3 step 2).
+            Some(h) if h.at == at => !by_rule || h.by_rule,
+            _ => false,
+        };
+        if !keep {
+            self.horizon = Some(Horizon { at, by_rule });
+        }
+    }
+}
+
+/// A relationship record attached to a snapshot (§6.6).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RelationshipRecord {
+    pub relationship_type: String,
+    pub target_entity_id: String,
+}
+
+/// The complete state of an entity after an event or a time-rule firing (§6.9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub state: String,
+    pub properties: Vec<Value>,
+    pub relationships: Vec<RelationshipRecord>,
+    pub last_event_time: Option<Instant>,
+    pub state_entered_time: Option<Instant>,
+    pub created_time: Option<Instant>,
+    pub valid_from: Instant,
+    /// True for a time-rule firing (counted by tick results).
+    pub from_rule: bool,
+    /// The firing applied a transition.
+    pub transitioned: bool,
+}
+
+impl Snapshot {
+    fn of(e: &EntityState, valid_from: Instant, relationships: Vec<RelationshipRecord>) -> Snapshot {
+        Snapshot {
+            state: e.state.clone(),
+            properties: e.properties.clone(),
+            relationships,
+            last_event_time: e.last_event_time,
+            state_entered_time: e.state_entered_time,
+            created_time: e.created_time,
+            valid_from,
+            from_rule: false,
+            transitioned: false,
+        }
+    }
+}
+
+/// An event as the interpreter sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct EventView<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub timestamp: Instant,
+    pub data: &'a IndexMap<String, Value>,
+}
+
+/// Identity lookups for `relate` (§6.6): the entity id a key `(type, field, value)` maps to,
+/// and the target type's `normalize` for hint values.
+pub trait RelateLookup {
+    fn lookup(&self, entity_type: &str, field: &str, value: &str) -> Option<String>;
+    fn normalize_hint(&self, entity_type: &str, field: &str, value: &str) -> String;
+}
+
+/// A lookup that never finds anything (entities without relationships, tests).
+pub struct NoRelations;
+
+impl RelateLookup for NoRelations {
+    fn lookup(&self, _: &str, _: &str, _: &str) -> Option<String> {
+        None
+    }
+    fn normalize_hint(&self, _: &str, _: &str, value: &str) -> String {
+        value.to_string()
+    }
+}
+
+/// One entity type's state machine.
+pub struct Machine<'d> {
+    pub def: &'d Entity,
+    /// The job's `as_of`, which `now()` returns.
+    pub now: Instant,
+}
+
+/// The cap on time-rule firings in one evaluation (§7.3 step 3).
+const MAX_FIRINGS: usize = 1000;
+
+impl<'d> Machine<'d> {
+    pub fn new(def: &'d Entity, now: Instant) -> Self {
+        Machine { def, now }
+    }
+
+    /// Interprets one event for one entity (§6.1). Snapshots are appended to `out`; on
+    /// failure the entity keeps the state it had after its pre-event time-rule evaluation
+    /// (snapshots of that evaluation stay in `out`) and the error is returned.
+    pub fn apply_event(
+        &self,
+        slot: &mut Slot,
+        event: &EventView<'_>,
+        relate: &dyn RelateLookup,
+        out: &mut Vec<Snapshot>,
+    ) -> Result<(), String> {
+        let existed = slot.entity.is_some();
+        if existed {
+            self.evaluate_rules(slot, event.timestamp, out)?;
+        }
+        let before = slot.entity.clone();
+        let result = self.run_handlers(slot, event, relate, out);
+        if slot.entity.is_some() {
+            slot.raise_horizon(event.timestamp, false);
+        }
+        if result.is_err() {
+            slot.entity = before;
+        }
+        result
+    }
+
+    fn run_handlers(
+        &self,
+        slot: &mut Slot,
+        event: &EventView<'_>,
+        relate: &dyn RelateLookup,
+        out: &mut Vec<Snapshot>,
+    ) -> Result<(), String> {
+        let def = self.def;
+        let mut handlers: [Option<&Handler>; 2] = [None, None];
+        handlers[0] = match &slot.entity {
+            Some(e) => def.states.get(&e.state).and_then(|s| s.when.get(event.event_type)),
+            None => def
+                .states
+                .get(&def.starts)
+                .and_then(|s| s.when.get(event.event_type))
+                .filter(|h| h.creates()),
+        };
+        handlers[1] = def.always.get(event.event_type);
+        let mut changed = false;
+        let mut records = Vec::new();
+        for handler in handlers.into_iter().flatten() {
+            if let Some(guard) = &handler.guard {
+                let scope = self.scope(event.data, slot.entity.as_ref());
+                match guard.eval(&scope) {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(Value::Bool(false)) => continue,
+                    Ok(other) => {
+                        return Err(format!(
+                            "guard must evaluate to boolean, got {} ({})",
+                            other.kind(),
+                            guard.text()
+                        ))
+                    }
+                    Err(e) => return Err(format!("guard evaluation failed: {e} ({})", guard.text())),
+                }
+            }
+            for effect in &handler.effects {
+                changed |= self.apply_effect(slot, effect, event, relate, &mut records)?;
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        let Some(entity) = slot.entity.as_mut() else {
+            return Ok(());
+        };
+        entity.last_event_time = Some(event.timestamp);
+        self.recompute(entity)?;
+        records.sort();
+        records.dedup();
+        out.push(Snapshot::of(entity, event.timestamp, records));
+        Ok(())
+    }
+
+    fn scope<'a>(&'a self, data: &'a IndexMap<String, Value>, entity: Option<&'a EntityState>) -> HandlerScope<'a> {
+        HandlerScope {
+            data: Some(data),
+            def: self.def,
+            properties: entity.map(|e| e.properties.as_slice()),
+            now: self.now,
+        }
+    }
+
+    fn property_index(&self, name: &str) -> Result<usize, String> {
+        self.def
+            .properties
+            .get_index_of(name)
+            .ok_or_else(|| format!("property '{name}' is not declared on '{}'", self.def.name))
+    }
+
+    fn apply_effect(
+        &self,
+        slot: &mut Slot,
+        effect: &Effect,
+        event: &EventView<'_>,
+        relate: &dyn RelateLookup,
+        records: &mut Vec<RelationshipRecord>,
+    ) -> Result<bool, String> {
+        let ts = event.timestamp;
+        match effect {
+            Effect::Create => {
+                if slot.entity.is_some() {
+                    return Ok(false);
+                }
+                slot.entity = Some(EntityState {
+                    state: self.def.starts.clone(),
+                    properties: self
+                        .def
+                        .properties
+                        .values()
+                        .map(|p| p.default.as_ref().map(Value::from_json).unwrap_or_default())
+                        .collect(),
+                    last_event_time: None,
+                    state_entered_time: Some(ts),
+                    created_time: Some(ts),
+                    marks: BTreeMap::new(),
+                });
+                Ok(true)
+            }
+            Effect::Transition { to } => {
+                let entity = slot
+                    .entity
+                    .as_mut()
+                    .ok_or_else(|| format!("transition to '{to}' but entity doesn't exist"))?;
+                entity.state = to.clone();
+                entity.state_entered_time = Some(ts);
+                entity.marks.clear();
+                Ok(true)
+            }
+            Effect::Set {
+                property,
+                from,
+                value,
+                compute,
+                condition,
+            } => {
+                if slot.entity.is_none() {
+                    return Err(format!("set property '{property}' but entity doesn't exist"));
+                }
+                if let Some(c) = condition {
+                    if !self.condition_holds(c, event.data, slot.entity.as_ref())? {
+                        return Ok(false);
+                    }
+                }
+                let idx = self.property_index(property)?;
+                let entity = slot.entity.as_ref().expect("checked above");
+                let new = if let Some(path) = from {
+                    self.read_from(path, Some(event.data), entity)
+                } else if let Some(v) = value {
+                    Value::from_json(v)
+                } else if let Some(expr) = compute {
+                    let scope = self.scope(event.data, Some(entity));
+                    expr.eval(&scope)
+                        .map_err(|e| format!("compute expression failed for '{property}': {e}"))?
+                } else {
+                    Value::Null
+                };
+                slot.entity.as_mut().expect("checked above").properties[idx] = new;
+                Ok(true)
+            }
+            Effect::Increment { property, by } => {
+                let entity = slot
+                    .entity
+                    .as_mut()
+                    .ok_or_else(|| format!("increment property '{property}' but entity doesn't exist"))?;
+                let idx = self
+                    .def
+                    .properties
+                    .get_index_of(property)
+                    .ok_or_else(|| format!("increment '{property}' failed: property is not declared"))?;
+                let by = Value::from_json(by);
+                entity.properties[idx] = add(&entity.properties[idx], &by)
+                    .map_err(|e| format!("increment '{property}' failed: {e}"))?;
+                Ok(true)
+            }
+            Effect::Relate {
+                relationship,
+                target,
+                hints,
+                condition,
+            } => {
+                if let Some(c) = condition {
+                    if !self.condition_holds(c, event.data, slot.entity.as_ref())? {
+                        return Ok(false);
+                    }
+                }
+                let mut keys: Vec<(&String, &Vec<String>)> = hints.iter().collect();
+                keys.sort_by(|a, b| a.0.cmp(b.0));
+                for field in keys.into_iter().flat_map(|(_, fields)| fields) {
+                    let Some(Value::String(v)) = event.data.get(field) else {
+                        continue;
+                    };
+                    let normalized = relate.normalize_hint(target, field, v);
+                    if let Some(id) = relate.lookup(target, field, &normalized) {
+                        records.push(RelationshipRecord {
+                            relationship_type: relationship.clone(),
+                            target_entity_id: id,
+                        });
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// An effect condition: true runs the effect; false, Null or any non-Bool skips it; an
+    /// evaluation error fails the event (§6.5).
+    fn condition_holds(
+        &self,
+        c: &Expr,
+        data: &IndexMap<String, Value>,
+        entity: Option<&EntityState>,
+    ) -> Result<bool, String> {
+        match c.eval(&self.scope(data, entity)) {
+            Ok(v) => Ok(matches!(v, Value::Bool(true))),
+            Err(e) => Err(format!("condition evaluation failed: {e} ({})", c.text())),
+        }
+    }
+
+    /// `set from`: `event.<f>` → data, `entity.<p>` → properties; only two segments count.
+    fn read_from(&self, path: &str, data: Option<&IndexMap<String, Value>>, entity: &EntityState) -> Value {
+        let mut parts = path.split('.');
+        let (Some(head), Some(key)) = (parts.next(), parts.next()) else {
+            return Value::Null;
+        };
+        match head {
+            "event" => data.and_then(|d| d.get(key)).cloned().unwrap_or_default(),
+            "entity" => self
+                .def
+                .properties
+                .get_index_of(key)
+                .map(|i| entity.properties[i].clone())
+                .unwrap_or_default(),
+            _ => Value::Null,
+        }
+    }
+
+    /// Computed properties (§6.7): every `compute` sees the properties as they were before
+    /// this pass; results are assigned together.
+    fn recompute(&self, entity: &mut EntityState) -> Result<(), String> {
+        let mut results = Vec::new();
+        {
+            let scope = HandlerScope {
+                data: None,
+                def: self.def,
+                properties: Some(&entity.properties),
+                now: self.now,
+            };
+            for (i, (name, prop)) in self.def.properties.iter().enumerate() {
+                if let Some(expr) = &prop.compute {
+                    let v = expr
+                        .eval(&scope)
+                        .map_err(|e| format!("computed property '{name}' failed: {e}"))?;
+                    results.push((i, v));
+                }
+            }
+        }
+        for (i, v) in results {
+            entity.properties[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Time rules up to `as_of` (§7.3): fires every due rule at its crossing instant,
+    /// following cascades. On error the entity is left as it was and nothing is emitted.
+    pub fn evaluate_rules(&self, slot: &mut Slot, as_of: Instant, out: &mut Vec<Snapshot>) -> Result<(), String> {
+        let Some(start) = slot.entity.as_ref() else {
+            return Ok(());
+        };
+        let has_rules = self
+            .def
+            .states
+            .get(&start.state)
+            .is_some_and(|s| !s.after.is_empty());
+        if !has_rules {
+            return Ok(());
+        }
+        let mut work = slot.clone();
+        let mark = out.len();
+        match self.fire_due_rules(&mut work, as_of, out) {
+            Ok(()) => {
+                *slot = work;
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    fn fire_due_rules(&self, slot: &mut Slot, as_of: Instant, out: &mut Vec<Snapshot>) -> Result<(), String> {
+        let mut firings = 0;
+        loop {
+            let entity = slot.entity.as_mut().expect("rules run on existing entities");
+            let Some(state) = self.def.states.get(&entity.state) else {
+                return Ok(());
+            };
+            let mut best: Option<(Instant, usize, Instant)> = None;
+            for (i, rule) in state.after.iter().enumerate() {
+                let reference = match rule.kind {
+                    TimeRuleKind::Inactivity => entity.last_event_time,
+                    TimeRuleKind::Expiration => entity.created_time,
+                    TimeRuleKind::StateDuration => entity.state_entered_time,
+                };
+                let Some(reference) = reference else { continue };
+                let Ok(threshold) = chrono::Duration::from_std(rule.threshold) else {
+                    continue;
+                };
+                let Some(crossing) = reference.checked_add_signed(threshold) else {
+                    continue;
+                };
+                let crossing = match entity.state_entered_time {
+                    Some(entered) if entered > crossing => entered,
+                    _ => crossing,
+                };
+                let eligible = crossing < as_of && entity.marks.get(&i) != Some(&reference);
+                if eligible && best.is_none_or(|(c, _, _)| crossing < c) {
+                    best = Some((crossing, i, reference));
+                }
+            }
+            let Some((crossing, index, reference)) = best else {
+                return Ok(());
+            };
+            let rule = &state.after[index];
+            let acts = rule
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::Transition { .. } | Effect::Set { .. }));
+            if !acts {
+                entity.marks.insert(index, reference);
+                continue;
+            }
+            firings += 1;
+            if firings > MAX_FIRINGS {
+                return Err(format!(
+                    "time rules of '{}' fired more than {MAX_FIRINGS} times in one evaluation (a zero-threshold cycle?)",
+                    self.def.name
+                ));
+            }
+            let mut transitioned = false;
+            for effect in &rule.effects {
+                match effect {
+                    Effect::Transition { to } => {
+                        entity.state = to.clone();
+                        entity.state_entered_time = Some(crossing);
+                        entity.last_event_time = Some(crossing);
+                        entity.marks.clear();
+                        transitioned = true;
+                    }
+                    Effect::Set {
+                        property,
+                        from,
+                        value,
+                        compute,
+                        ..
+                    } => {
+                        let idx = self.property_index(property)?;
+                        let new = if let Some(path) = from {
+                            self.read_from(path, None, entity)
+                        } else if let Some(v) = value {
+                            Value::from_json(v)
+                        } else if let Some(expr) = compute {
+                            let scope = HandlerScope {
+                                data: None,
+                                def: self.def,
+                                properties: Some(&entity.properties),
+                                now: self.now,
+                            };
+                            expr.eval(&scope).map_err(|e| {
+                                format!("time rule set of '{property}' failed: {e}")
+                            })?
+                        } else {
+                            Value::Null
+                        };
+                        entity.properties[idx] = new;
+                    }
+                    _ => {}
+                }
+            }
+            if !transitioned {
+                entity.marks.insert(index, reference);
+            }
+            self.recompute(entity)?;
+            let mut snapshot = Snapshot::of(entity, crossing, Vec::new());
+            snapshot.from_rule = true;
+            snapshot.transitioned = transitioned;
+            out.push(snapshot);
+            slot.raise_horizon(crossing, true);
+        }
+    }
+}
+
+/// `increment` arithmetic (§6.2): Int + Int (checked), any Float operand → Float.
+fn add(current: &Value, by: &Value) -> Result<Value, String> {
+    match (current, by) {
+        (Value::Int(a), Value::Int(b)) => a
+            .checked_add(*b)
+            .map(Value::Int)
+            .ok_or_else(|| "integer overflow".to_string()),
+        (Value::Int(a), Value::Float(b)) => Ok(Value::Float(*a as f64 + b)),
+        (Value::Float(a), Value::Int(b)) => Ok(Value::Float(a + *b as f64)),
+        (Value::Float(a), Value::Float(b)) => Ok(Value::Float(a + b)),
+        (a, b) => Err(format!("cannot add {} and {}", a.kind(), b.kind())),
+    }
+}
+
+/// The handler context (EXPRESSIONS.md §4): the event's data and the entity's properties.
+struct HandlerScope<'a> {
+    data: Option<&'a IndexMap<String, Value>>,
+    def: &'a Entity,
+    properties: Option<&'a [Value]>,
+    now: Instant,
+}
+
+impl Scope for HandlerScope<'_> {
+    fn event_field(&self, key: &str) -> Option<&Value> {
+        self.data?.get(key)
+    }
+    fn entity_field(&self, key: &str) -> Option<&Value> {
+        let props = self.properties?;
+        self.def.properties.get_index_of(key).map(|i| &props[i])
+    }
+    fn now(&self) -> Instant {
+        self.now
+    }
+}
