@@ -49,6 +49,11 @@ def daytime(rng, day, first_hour=8, last_hour=19):
     )
 
 
+def between(rng, shortest, longest):
+    """A random duration between two timedeltas, to the second."""
+    return timedelta(seconds=rng.randint(int(shortest.total_seconds()), int(longest.total_seconds())))
+
+
 def random_day(rng, first, last):
     """A random midnight between two dates (inclusive)."""
     return first + DAY * rng.randint(0, (last - first).days)
@@ -123,29 +128,29 @@ def quickstart_events(rng):
 
         # escalations: a real priority change, or a re-sent priority (ignored by the guard)
         if i % 7 == 3:
-            t += HOUR * rng.randint(1, 3)
+            t += between(rng, 1 * HOUR, 3 * HOUR)
             emit(t, "priority_changed", tid, priority="urgent" if priority != "urgent" else "high")
         elif i % 17 == 5:
-            t += MINUTE * rng.randint(10, 50)
+            t += between(rng, 10 * MINUTE, 50 * MINUTE)
             emit(t, "priority_changed", tid, priority=opened.get("priority", "normal"))
 
         if scenario == "direct":
-            t += HOUR * rng.randint(1, 6)
+            t += between(rng, 1 * HOUR, 6 * HOUR)
             emit(t, "ticket_solved", tid, agent=agent)
             continue
 
         # first response
         if scenario == "breach":
-            t += HOUR * rng.randint(26, 40)
+            t += between(rng, 26 * HOUR, 40 * HOUR)
         elif scenario == "recent":
-            t += HOUR * rng.randint(1, 5)
+            t += between(rng, 1 * HOUR, 5 * HOUR)
         else:
-            t += MINUTE * rng.randint(15, 480)
+            t += between(rng, 15 * MINUTE, 480 * MINUTE)
         emit(t, "agent_replied", tid, agent=agent)
 
         if scenario == "recent":
             if i % 2 == 0 and t + DAY < QS_END:
-                t += HOUR * rng.randint(2, 20)
+                t += between(rng, 2 * HOUR, 20 * HOUR)
                 emit(t, "customer_replied", tid)
             continue
         if scenario == "auto":
@@ -154,36 +159,40 @@ def quickstart_events(rng):
         rounds = {"quick": 0, "standard": rng.randint(1, 2), "breach": rng.randint(0, 1),
                   "reopen": rng.randint(0, 1)}[scenario]
         for r in range(rounds):
-            t += HOUR * rng.randint(2, 60)          # the customer answers (well within 5 days)
+            t += between(rng, 2 * HOUR, 60 * HOUR)          # the customer answers (well within 5 days)
             emit(t, "customer_replied", tid)
             if r == rounds - 1 and i % 3 == 0:
                 break                               # "thanks, that fixed it": solved straight away
-            t += MINUTE * rng.randint(20, 600)
+            t += between(rng, 20 * MINUTE, 600 * MINUTE)
             emit(t, "agent_replied", tid, agent=agent)
-        t += HOUR * rng.randint(1, 30)
+        t += between(rng, 1 * HOUR, 30 * HOUR)
         emit(t, "ticket_solved", tid, agent=agent)
 
         if scenario == "reopen":
-            t += HOUR * rng.randint(4, 60)          # within the 3 days before the ticket closes
+            t += between(rng, 4 * HOUR, 60 * HOUR)          # within the 3 days before the ticket closes
             emit(t, "customer_replied", tid)
-            t += MINUTE * rng.randint(30, 300)
+            t += between(rng, 30 * MINUTE, 300 * MINUTE)
             emit(t, "agent_replied", tid, agent=agent)
-            t += HOUR * rng.randint(2, 24)
+            t += between(rng, 2 * HOUR, 24 * HOUR)
             emit(t, "ticket_solved", tid, agent=agent)
 
         # satisfaction survey: answered while solved, or after the ticket closed
         r = rng.random()
         if r < 0.45:
-            t += HOUR * rng.randint(1, 40)
+            t += between(rng, 1 * HOUR, 40 * HOUR)
             emit(t, "satisfaction_rated", tid, score=rng.choices([5, 4, 3, 2, 1], [6, 4, 2, 1, 1])[0])
             if i % 9 == 1:                          # a second answer: ignored by the guard
-                t += HOUR * rng.randint(1, 20)
+                t += between(rng, 1 * HOUR, 20 * HOUR)
                 emit(t, "satisfaction_rated", tid, score=rng.randint(1, 5))
         elif r < 0.65:
-            t += HOUR * rng.randint(80, 140)
+            t += between(rng, 80 * HOUR, 140 * HOUR)
             emit(t, "satisfaction_rated", tid, score=rng.choices([5, 4, 3, 2, 1], [6, 4, 2, 1, 1])[0])
 
     events.sort(key=lambda e: (e[0], e[1]))
+    # ticket numbers in the order the tickets were opened
+    numbers = {}
+    for _, _, rec in events:
+        rec["ticket_id"] = numbers.setdefault(rec["ticket_id"], f"T-{1001 + len(numbers)}")
     return [e[2] for e in events]
 
 
@@ -277,16 +286,16 @@ class Showcase:
         while t < end and t <= SC_END:
             self.app_event(t, "logged_in", c["uid"], context={"device": c["device"]})
             last = t
-            t += HOUR * rng.randint(int(min_gap / HOUR), int(max_gap / HOUR))
+            t += HOUR * rng.randint(int(min_gap / HOUR), int(max_gap / HOUR)) + timedelta(seconds=rng.randint(-1800, 1800))
         return last
 
-    def subscription(self, c, t, plan=None, seats=None):
+    def subscription(self, c, t, plan=None, seats=None, tag="sub_created"):
         rng = self.rng
         sub = {"id": f"sub_{self.next_sub}", "plan": plan or rng.choice(["starter", "growth", "growth", "scale"]),
                "seats": seats or rng.randint(2, 30)}
         self.next_sub += 1
         c.setdefault("subs", []).append(sub)
-        self.bill_event(t, "customer.subscription.created", tag="sub_created",
+        self.bill_event(t, "customer.subscription.created", tag=tag,
                         customer={"email": c["email"], "name": c["name"]},
                         subscription={"id": sub["id"], "plan": sub["plan"], "quantity": str(sub["seats"]),
                                       "interval": "month"},
@@ -327,8 +336,9 @@ class Showcase:
         """Monthly renewal invoices after `start`, before `until`.
 
         failing: None, "recover" (one failure, paid on retry), "recover2" (two failures, then
-        paid) or "dunning" (two failures, never paid: the subscription's 14-day rule cancels it).
-        Returns the time dunning started (first failure) for "dunning".
+        paid), "dunning" (two failures, never paid: the subscription's 14-day rule cancels it) or
+        "cancel" (one failure, then the customer cancels). Returns the time of the first failure
+        for "dunning" and "cancel".
         """
         rng = self.rng
         k = 1
@@ -336,6 +346,8 @@ class Showcase:
         while t < until and t <= SC_END:
             if failing and k == 2:
                 inv = self.invoice(sub, t, paid=False, attempt=1)
+                if failing == "cancel":
+                    return t
                 if failing == "dunning":
                     self.invoice(sub, t + 3 * DAY, paid=False, attempt=2, invoice_id=inv)
                     return t
@@ -448,7 +460,7 @@ class Showcase:
             ("convert", {"dunning"}),
             ("convert", {"dunning", "order"}),
             ("convert", {"cancel", "order_refund_paid"}),
-            ("convert", {"cancel"}),
+            ("convert", {"fail_cancel"}),
             ("convert", {"cancel", "profile"}),
             ("convert", {"reactivate"}),
             ("convert", {"winback"}),
@@ -538,12 +550,12 @@ class Showcase:
         self.signup(c, signup_t, channel=channel)
 
         if outcome == "trialing":
-            self.logins(c, signup_t, SC_END, 20 * HOUR, 90 * HOUR)
+            self.logins(c, signup_t, SC_END, 30 * HOUR, 120 * HOUR)
             if "order" in features:
                 self.order(c, signup_t + DAY + HOUR * 3)
             return
         if outcome == "expire":                            # 14 days of trial, then nothing
-            self.logins(c, signup_t, signup_t + 12 * DAY, 24 * HOUR, 120 * HOUR)
+            self.logins(c, signup_t, signup_t + 12 * DAY, 36 * HOUR, 150 * HOUR)
             if "login_after_expiry" in features:
                 self.app_event(signup_t + 20 * DAY + HOUR * 5, "logged_in", c["uid"],
                                context={"device": c["device"]})
@@ -554,7 +566,7 @@ class Showcase:
     def trial_then_active(self, c, signup_t, conversion_day, features):
         rng = self.rng
         trial_end = min(signup_t + 12 * DAY, signup_t + DAY * conversion_day)
-        self.logins(c, signup_t, trial_end, 24 * HOUR, 100 * HOUR)
+        self.logins(c, signup_t, trial_end, 40 * HOUR, 150 * HOUR)
         start = daytime(rng, signup_t + DAY * conversion_day)
         sub = self.subscription(c, start)
 
@@ -579,26 +591,27 @@ class Showcase:
             self.renewals(sub, start, stop)
             return
 
-        failing = next((f for f in ("dunning", "fail_recover2", "fail_recover") if f in features), None)
+        failing = next((f for f in ("dunning", "fail_recover2", "fail_recover", "fail_cancel") if f in features), None)
         if failing:
-            failing = {"fail_recover": "recover", "fail_recover2": "recover2"}.get(failing, failing)
+            failing = {"fail_recover": "recover", "fail_recover2": "recover2", "fail_cancel": "cancel"}.get(failing, failing)
         dunning_start = self.renewals(sub, start, stop, failing)
-        if dunning_start is not None:
+        if dunning_start is not None and failing == "dunning":
             # the 14-day rule cancels the subscription; billing's own webhook follows a day later
             stop = dunning_start + 15 * DAY + HOUR * 2
             self.cancel(c, sub, stop, "payment_failed")
+        elif dunning_start is not None:
+            # payment failed, and instead of updating the card the customer cancels
+            stop = dunning_start + 5 * DAY + HOUR * 3
+            self.cancel(c, sub, stop, "too_expensive")
 
-        self.logins(c, start, stop, 6 * DAY, 20 * DAY)
+        self.logins(c, start, stop, 8 * DAY, 25 * DAY)
         if "late_login" in features:                        # sent by a phone that was offline
             self.app_event(datetime(2024, 3, 14, 21, 7, 41, tzinfo=UTC), "logged_in", c["uid"],
                            context={"device": "ios"}, tag="late_login")
 
         # plan and seat changes
         if "upgrade" in features:
-            nxt = {"starter": "growth", "growth": "scale", "scale": "scale"}[sub["plan"]]
-            if nxt == sub["plan"]:
-                sub["plan"] = "growth"
-                nxt = "scale"
+            nxt = {"starter": "growth", "growth": "scale", "scale": "growth"}[sub["plan"]]  # up, or down
             self.sub_update(c, sub, start + DAY * rng.randint(8, 25), plan=nxt)
         if "seats" in features:
             self.sub_update(c, sub, start + DAY * rng.randint(8, 25), seats=sub["seats"] + rng.randint(2, 6))
@@ -639,9 +652,9 @@ class Showcase:
         signup_t = daytime(rng, datetime(2024, 1, 15, tzinfo=UTC) if fast else datetime(2024, 2, 5, tzinfo=UTC))
         self.signup(c, signup_t, with_email=False, channel="organic")
         pay_day = 4 if fast else 18
-        self.logins(c, signup_t, signup_t + DAY * (pay_day - 1), 20 * HOUR, 80 * HOUR)
+        self.logins(c, signup_t, signup_t + DAY * (pay_day - 1), 30 * HOUR, 100 * HOUR)
         start = daytime(rng, signup_t + DAY * pay_day)
-        sub = self.subscription(c, start, plan="growth", seats=rng.randint(5, 15))
+        sub = self.subscription(c, start, plan="growth", seats=rng.randint(5, 15), tag="merge_billing")
         link = start + DAY * (5 if fast else 6) + HOUR * 2
         # typed on a phone: capitals and a stray space; the identity normalize takes care of it
         first, rest = c["email"].split(".", 1)
@@ -668,6 +681,24 @@ class Showcase:
         rng = self.rng
         app = sorted(self.app, key=lambda e: (e[0], e[1]))
         bill = sorted(self.bill, key=lambda e: (e[0], e[1]))
+
+        # number users, subscriptions, orders and invoices in order of first appearance
+        def renumber(stream, paths):
+            maps = {prefix: {} for _, _, prefix, _ in paths}
+            for e in stream:
+                for outer, inner, prefix, first in paths:
+                    holder = e[2].get(outer) if inner else e[2]
+                    key = inner or outer
+                    if isinstance(holder, dict) and key in holder:
+                        m = maps[prefix]
+                        old = holder[key]
+                        if old not in m:
+                            m[old] = first + len(m) if prefix == "" else f"{prefix}{first + len(m)}"
+                        holder[key] = m[old]
+
+        renumber(app, [("userId", None, "", 1001)])
+        renumber(bill, [("subscription", "id", "sub_", 2001), ("invoice", "subscription", "sub_", 2001),
+                        ("order", "id", "ord_", 3001), ("invoice", "id", "in_", 5001)])
 
         # malformed: an old SDK that sends `timestamp` instead of `occurred_at`
         bad_t = datetime(2024, 2, 21, 16, 2, 9, tzinfo=UTC)
@@ -717,7 +748,7 @@ def main():
     print(f"showcase/data/billing.jsonl     {len(bill)} events")
     for name, stream in (("app.jsonl", app), ("billing.jsonl", bill)):
         for line, e in enumerate(stream, 1):
-            if e[3] in ("malformed", "late_login", "duplicate", "merge_link", "signup_no_email"):
+            if e[3] in ("malformed", "late_login", "duplicate", "merge_link", "signup_no_email", "merge_billing"):
                 print(f"  {name}:{line}  {e[3]:<16} {json.dumps(e[2])[:110]}")
         if name == "billing.jsonl":
             dup = next(e for e in stream if e[3] == "duplicate")

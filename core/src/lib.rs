@@ -4,6 +4,7 @@
 
 pub mod canonical;
 pub mod definitions;
+pub mod engine;
 pub mod expr;
 pub mod history;
 pub mod identity;

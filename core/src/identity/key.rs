@@ -18,7 +18,11 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(entity_type: impl Into<String>, field: impl Into<String>, value: impl Into<String>) -> Key {
+    pub fn new(
+        entity_type: impl Into<String>,
+        field: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Key {
         Key {
             entity_type: entity_type.into(),
             field: field.into(),
@@ -117,7 +121,9 @@ impl IdentityFields {
     }
 }
 
-impl<T: Into<String>, F: Into<String>, I: IntoIterator<Item = F>> FromIterator<(T, I)> for IdentityFields {
+impl<T: Into<String>, F: Into<String>, I: IntoIterator<Item = F>> FromIterator<(T, I)>
+    for IdentityFields
+{
     fn from_iter<It: IntoIterator<Item = (T, I)>>(iter: It) -> Self {
         IdentityFields {
             types: iter

@@ -108,7 +108,12 @@ impl<S: IdentityStore> Resolver<S> {
 
     /// The derived id of a key under this resolver's salt.
     pub fn derived_id(&self, key: &Key) -> String {
-        derived_id(self.salt.as_deref(), &key.entity_type, &key.field, &key.value)
+        derived_id(
+            self.salt.as_deref(),
+            &key.entity_type,
+            &key.field,
+            &key.value,
+        )
     }
 
     /// The priority of a key (§5.3); `None` when its field is not a declared identity field.
@@ -128,7 +133,10 @@ impl<S: IdentityStore> Resolver<S> {
                 .iter()
                 .filter_map(|(field, value)| {
                     let position = self.fields.position(entity_type, field)?;
-                    Some((position, Key::new(entity_type.as_str(), field.as_str(), value.as_str())))
+                    Some((
+                        position,
+                        Key::new(entity_type.as_str(), field.as_str(), value.as_str()),
+                    ))
                 })
                 .collect();
             if keys.is_empty() {
@@ -141,7 +149,12 @@ impl<S: IdentityStore> Resolver<S> {
     }
 
     /// Steps 1–5 for the keys of one type (each with its field position).
-    fn resolve_keys(&mut self, keys: &[(usize, Key)], timestamp: Instant, merges: &mut Vec<Merge>) -> String {
+    fn resolve_keys(
+        &mut self,
+        keys: &[(usize, Key)],
+        timestamp: Instant,
+        merges: &mut Vec<Merge>,
+    ) -> String {
         loop {
             let mut found: Vec<String> = Vec::new();
             let mut unknown: Vec<(Rank, &Key)> = Vec::new();
@@ -158,7 +171,8 @@ impl<S: IdentityStore> Resolver<S> {
                     )),
                 }
             }
-            let mut entities: Vec<Contender> = found.into_iter().map(|id| self.contender(id)).collect();
+            let mut entities: Vec<Contender> =
+                found.into_iter().map(|id| self.contender(id)).collect();
             entities.sort_by(|a, b| a.rank.cmp(&b.rank));
             let best_new = unknown.iter().min_by(|a, b| a.0.cmp(&b.0));
             let winner = match (entities.first(), best_new) {
@@ -192,7 +206,10 @@ impl<S: IdentityStore> Resolver<S> {
     fn contender(&mut self, id: String) -> Contender {
         if let Some(&position) = self.anchors.get(&id) {
             return Contender {
-                rank: Rank { position, id: id.clone() },
+                rank: Rank {
+                    position,
+                    id: id.clone(),
+                },
                 id,
             };
         }
@@ -219,21 +236,29 @@ impl<S: IdentityStore> Resolver<S> {
     /// §11.1 steps 1 and 3.
     fn execute_merge(&mut self, from: &str, into: &str, timestamp: Instant) -> Option<Merge> {
         self.store.repoint(from, into);
-        self.store.record_merge(from, into, timestamp).then(|| Merge {
-            from: from.to_string(),
-            into: into.to_string(),
-            timestamp,
-        })
+        self.store
+            .record_merge(from, into, timestamp)
+            .then(|| Merge {
+                from: from.to_string(),
+                into: into.to_string(),
+                timestamp,
+            })
     }
 
     /// The checks of an explicit merge (§11.2, checks 1–3 in order); returns the type of `into`.
     pub fn check_merge(&self, from: &str, into: &str) -> Result<String, IdentityError> {
         if from == into {
-            return Err(IdentityError::SelfMerge { id: from.to_string() });
+            return Err(IdentityError::SelfMerge {
+                id: from.to_string(),
+            });
         }
         let into_type = match self.store.entity_type(into) {
             Some(t) if self.store.merged_into(into).is_none() => t,
-            _ => return Err(IdentityError::SurvivorNotFound { id: into.to_string() }),
+            _ => {
+                return Err(IdentityError::SurvivorNotFound {
+                    id: into.to_string(),
+                })
+            }
         };
         match self.store.entity_type(from) {
             Some(from_type) if from_type != into_type => Err(IdentityError::TypeMismatch {
@@ -248,7 +273,12 @@ impl<S: IdentityStore> Resolver<S> {
 
     /// Explicit merge (§11.2): after the checks, `from`'s keys move to `into`, which keeps its
     /// id and anchor, and merge_log records the pair unless `from` is merged away or unknown.
-    pub fn merge(&mut self, from: &str, into: &str, timestamp: Instant) -> Result<MergeOutcome, IdentityError> {
+    pub fn merge(
+        &mut self,
+        from: &str,
+        into: &str,
+        timestamp: Instant,
+    ) -> Result<MergeOutcome, IdentityError> {
         let entity_type = self.check_merge(from, into)?;
         let side = |hints: ClusterHints| TypedHints::from([(entity_type.clone(), hints)]);
         let event = SystemMerge {
@@ -306,7 +336,12 @@ impl<S: IdentityStore> Resolver<S> {
                 .fields
                 .position(&key.entity_type, &key.field)
                 .unwrap_or(usize::MAX);
-            keys.push((position, key.field.as_str(), self.derived_id(key), key.clone()));
+            keys.push((
+                position,
+                key.field.as_str(),
+                self.derived_id(key),
+                key.clone(),
+            ));
         }
         keys.sort();
         let mut hints = ClusterHints::new();
@@ -322,9 +357,10 @@ impl<S: IdentityStore> Resolver<S> {
         self.fields.types().find_map(|(entity_type, fields)| {
             let mut names: Vec<&String> = fields.iter().collect();
             names.sort();
-            names
-                .into_iter()
-                .find_map(|field| self.store.get(&Key::new(entity_type.as_str(), field.as_str(), value)))
+            names.into_iter().find_map(|field| {
+                self.store
+                    .get(&Key::new(entity_type.as_str(), field.as_str(), value))
+            })
         })
     }
 

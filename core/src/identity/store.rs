@@ -108,7 +108,10 @@ impl IdentityStore for MemoryIdentity {
     }
 
     fn keys_of(&self, id: &str) -> Vec<Key> {
-        self.keys.get(id).map(|keys| keys.iter().cloned().collect()).unwrap_or_default()
+        self.keys
+            .get(id)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn repoint(&mut self, from: &str, to: &str) -> usize {
@@ -144,20 +147,31 @@ impl IdentityStore for MemoryIdentity {
     }
 
     fn merged_from(&self, id: &str) -> Vec<String> {
-        self.losers.get(id).map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.losers
+            .get(id)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn record_merge(&mut self, from: &str, into: &str, ts: Instant) -> bool {
         if self.winners.contains_key(from) {
             return false;
         }
-        self.winners.insert(from.to_string(), (into.to_string(), ts));
-        self.losers.entry(into.to_string()).or_default().insert(from.to_string());
+        self.winners
+            .insert(from.to_string(), (into.to_string(), ts));
+        self.losers
+            .entry(into.to_string())
+            .or_default()
+            .insert(from.to_string());
         true
     }
 
     fn remove_entity(&mut self, id: &str) -> Vec<Key> {
-        let keys: Vec<Key> = self.keys.remove(id).map(|k| k.into_iter().collect()).unwrap_or_default();
+        let keys: Vec<Key> = self
+            .keys
+            .remove(id)
+            .map(|k| k.into_iter().collect())
+            .unwrap_or_default();
         for key in &keys {
             self.ids.remove(key);
         }

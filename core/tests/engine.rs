@@ -1,0 +1,458 @@
+//! The in-memory engine end to end: ingest → resolve → build (FULL / INCREMENTAL) → tick.
+//! Contracts of groups C, D, E, F and G that involve several entities, builds or merges, and
+//! the property tests of determinism (workers, batching, incremental = full).
+
+use std::path::Path;
+
+use chrono::{TimeZone, Utc};
+use defacto_core::definitions::mode::BuildMode;
+use defacto_core::definitions::Definitions;
+use defacto_core::engine::{Engine, EntityKey};
+use defacto_core::history::HistoryRow;
+use defacto_core::identity::derived_id;
+use defacto_core::value::{timestamp_text, Instant};
+use defacto_core::Value;
+use proptest::prelude::*;
+use serde_json::{json, Value as Json};
+
+fn t(s: &str) -> Instant {
+    let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
+    let (m, d) = date.split_once('-').unwrap();
+    let (h, min) = time.split_once(':').unwrap();
+    Utc.with_ymd_and_hms(2024, m.parse().unwrap(), d.parse().unwrap(), h.parse().unwrap(), min.parse().unwrap(), 0)
+        .unwrap()
+}
+
+fn iso(s: &str) -> String {
+    timestamp_text(&t(s))
+}
+
+fn cust() -> Definitions {
+    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust")).unwrap()
+}
+
+fn engine() -> Engine {
+    Engine::new(cust())
+}
+
+fn app(ty: &str, at: &str, extra: Json) -> Json {
+    let mut raw = json!({"type": ty, "ts": iso(at)});
+    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw
+}
+
+fn bill(raw_type: &str, at: &str, extra: Json) -> Json {
+    let mut raw = json!({"event": raw_type, "created_at": iso(at)});
+    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw
+}
+
+fn email(v: &str) -> String {
+    derived_id(None, "customer", "email", v)
+}
+
+fn phone(v: &str) -> String {
+    derived_id(None, "customer", "phone", v)
+}
+
+fn ingest(e: &mut Engine, source: &str, raws: &[Json]) {
+    e.ingest(source, raws, t("01-10"));
+}
+
+fn rows<'a>(e: &'a Engine, id: &str) -> Vec<&'a HistoryRow> {
+    e.history
+        .iter()
+        .filter(|(k, _)| k.1 == id)
+        .flat_map(|(_, h)| h.rows.iter())
+        .collect()
+}
+
+fn prop(e: &Engine, row: &HistoryRow, name: &str) -> Value {
+    let i = e.definitions().entities["customer"].properties.get_index_of(name).unwrap();
+    row.properties[i].clone()
+}
+
+fn s1(e: &mut Engine) {
+    ingest(
+        e,
+        "app",
+        &[
+            app("signup", "01-01 10:00", json!({"email": "Alice@X.com"})),
+            app("upgrade", "01-02 10:00", json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"})),
+            app("login", "01-03 10:00", json!({"email": "alice@x.com", "n": 1})),
+        ],
+    );
+}
+
+// CONTRACTS G1, D2 (S1 resolves to A with the original casing kept in the property)
+#[test]
+fn s1_builds_customer_a() {
+    let mut e = engine();
+    s1(&mut e);
+    let r = e.build(t("01-04"), false);
+    assert_eq!(r.mode, BuildMode::Incremental);
+    assert_eq!(r.events_processed, 3);
+    assert_eq!(r.entities_created, 1);
+    assert!(r.failures.is_empty());
+    let a = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
+    let rows = rows(&e, a);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(prop(&e, rows[0], "email"), Value::str("Alice@X.com"));
+    assert_eq!(prop(&e, rows[2], "logins"), Value::Int(1));
+    let again = e.build(t("01-04"), false);
+    assert_eq!(again.mode, BuildMode::Skip);
+}
+
+// CONTRACTS C12 (duplicates never re-applied; a build after only duplicates is SKIP)
+#[test]
+fn duplicates_are_not_reapplied() {
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    e.build(t("01-10"), false);
+    ingest(&mut e, "app", &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))]);
+    e.build(t("01-10"), false);
+    let cursor = e.cursor();
+    let r = e.ingest("app", &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))], t("01-10"));
+    assert_eq!((r.events_ingested, r.duplicates_skipped), (0, 1));
+    assert_eq!(e.build(t("01-10"), false).mode, BuildMode::Skip);
+    assert_eq!(e.cursor(), cursor);
+    let rows = rows(&e, &email("a@x.com"));
+    assert_eq!(prop(&e, rows.last().unwrap(), "logins"), Value::Int(1));
+}
+
+// CONTRACTS C11
+#[test]
+fn dedup_accounting() {
+    let mut e = engine();
+    let five = [
+        app("signup", "01-02", json!({"email": "a@x.com"})),
+        app("signup", "01-01", json!({"email": "a@x.com"})),
+        app("nope", "01-01", json!({})),
+        json!({"type": "login", "email": "a@x.com"}),
+        app("login", "01-03", json!({"email": "a@x.com", "n": 1})),
+    ];
+    let r = e.ingest("app", &five, t("01-10"));
+    assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (2, 1, 2));
+    assert_eq!(r.failures.len(), 2);
+    let signup = e.ledger().iter().find(|x| x.event_type == "signup").unwrap();
+    assert_eq!(r.duplicate_ids, [signup.event_id.clone()]);
+    assert_eq!(signup.timestamp, t("01-01"));
+    let r = e.ingest("app", &five, t("01-10"));
+    assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (0, 3, 2));
+}
+
+fn s5() -> Vec<Json> {
+    vec![
+        app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
+        app("signup", "01-02 10:00", json!({"phone": "555"})),
+        app("link", "01-03 10:00", json!({"email": "a@x.com", "phone": "555"})),
+    ]
+}
+
+fn assert_s5_history(e: &Engine) {
+    let (ea, p5) = (email("a@x.com"), phone("555"));
+    let ea_rows = rows(e, &ea);
+    assert_eq!(ea_rows.len(), 1, "{ea_rows:#?}");
+    assert_eq!(ea_rows[0].valid_from, t("01-01 10:00"));
+    assert_eq!(ea_rows[0].valid_to, None);
+    assert_eq!(prop(e, ea_rows[0], "email"), Value::str("a@x.com"));
+    let p5_rows = rows(e, &p5);
+    assert_eq!(p5_rows.len(), 1, "{p5_rows:#?}");
+    assert_eq!(p5_rows[0].valid_from, t("01-02 10:00"));
+    assert_eq!(p5_rows[0].valid_to, Some(t("01-03 10:00")));
+    assert_eq!(p5_rows[0].merged_into.as_deref(), Some(ea.as_str()));
+    assert_eq!(prop(e, p5_rows[0], "email"), Value::Null);
+}
+
+// CONTRACTS D5
+#[test]
+fn identity_discovered_merge_in_one_build_and_one_at_a_time() {
+    let mut all = engine();
+    ingest(&mut all, "app", &s5());
+    let r = all.build(t("01-04"), false);
+    assert_eq!(r.merges_detected, 1);
+    assert_s5_history(&all);
+
+    let mut steps = engine();
+    let mut merges = 0;
+    for raw in s5() {
+        ingest(&mut steps, "app", &[raw]);
+        merges += steps.build(t("01-04"), false).merges_detected;
+    }
+    assert_eq!(merges, 1);
+    assert_s5_history(&steps);
+    assert_eq!(steps.history, all.history);
+
+    let mut full = engine();
+    ingest(&mut full, "app", &s5());
+    full.build(t("01-04"), true);
+    assert_eq!(full.history, all.history);
+}
+
+// CONTRACTS D5 (link first: no merge at all)
+#[test]
+fn link_first_starts_one_cluster() {
+    let mut e = engine();
+    let s = s5();
+    ingest(&mut e, "app", &[s[2].clone()]);
+    e.build(t("01-04"), false);
+    let mut merges = 0;
+    for raw in [s[0].clone(), s[1].clone()] {
+        ingest(&mut e, "app", &[raw]);
+        merges += e.build(t("01-04"), false).merges_detected;
+    }
+    assert_eq!(merges, 0);
+    assert!(rows(&e, &phone("555")).is_empty());
+    let ea = rows(&e, &email("a@x.com"));
+    assert_eq!(ea.len(), 1);
+    assert_eq!(ea[0].valid_from, t("01-01 10:00"));
+}
+
+// CONTRACTS D6
+#[test]
+fn enrichment_is_not_a_merge_but_a_rename_is() {
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    e.build(t("01-10"), false);
+    ingest(&mut e, "app", &[app("link", "01-02", json!({"email": "a@x.com", "phone": "555"}))]);
+    let r = e.build(t("01-10"), false);
+    assert_eq!(r.merges_detected, 0);
+    assert_eq!(rows(&e, &email("a@x.com")).len(), 1);
+
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01", json!({"phone": "555"}))]);
+    e.build(t("01-10"), false);
+    ingest(&mut e, "app", &[app("link", "01-02", json!({"email": "a@x.com", "phone": "555"}))]);
+    let r = e.build(t("01-10"), false);
+    assert_eq!(r.merges_detected, 1);
+    let p5 = rows(&e, &phone("555"));
+    assert_eq!(p5.len(), 1);
+    assert_eq!(p5[0].valid_to, Some(t("01-02")));
+    assert_eq!(p5[0].merged_into.as_deref(), Some(email("a@x.com").as_str()));
+    let ea = rows(&e, &email("a@x.com"));
+    assert_eq!(ea.len(), 1);
+    assert_eq!(ea[0].valid_from, t("01-01"));
+    assert_eq!(prop(&e, ea[0], "email"), Value::Null);
+}
+
+// CONTRACTS G5
+#[test]
+fn a_late_arrival_rebuilds_its_entity() {
+    let mut e = engine();
+    ingest(
+        &mut e,
+        "app",
+        &[
+            app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
+            app("upgrade", "01-03 10:00", json!({"email": "a@x.com", "plan": "pro", "mrr": 10})),
+        ],
+    );
+    e.build(t("01-04"), false);
+    ingest(&mut e, "app", &[app("login", "01-02 10:00", json!({"email": "a@x.com", "n": 1}))]);
+    let r = e.build(t("01-04"), false);
+    assert_eq!(r.late_arrivals, 1);
+    let rows = rows(&e, &email("a@x.com"));
+    let got: Vec<(Value, Value, Instant)> = rows.iter().map(|r| (prop(&e, r, "plan"), prop(&e, r, "logins"), r.valid_from)).collect();
+    assert_eq!(
+        got,
+        [
+            (Value::str("free"), Value::Int(0), t("01-01 10:00")),
+            (Value::str("free"), Value::Int(1), t("01-02 10:00")),
+            (Value::str("pro"), Value::Int(1), t("01-03 10:00")),
+        ]
+    );
+}
+
+// CONTRACTS G6
+#[test]
+fn late_relative_to_a_rule_firing() {
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    e.build(t("03-01"), false);
+    ingest(&mut e, "app", &[app("login", "01-20", json!({"email": "a@x.com", "n": 1}))]);
+    let r = e.build(t("03-01"), false);
+    assert_eq!(r.late_arrivals, 1);
+    let got: Vec<(String, Instant, Option<Instant>)> = rows(&e, &email("a@x.com"))
+        .iter()
+        .map(|r| (r.state.clone(), r.valid_from, r.valid_to))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("active".into(), t("01-01"), Some(t("01-20"))),
+            ("active".into(), t("01-20"), Some(t("02-19"))),
+            ("dormant".into(), t("02-19"), Some(t("02-29"))),
+            ("churned".into(), t("02-29"), None),
+        ]
+    );
+}
+
+// CONTRACTS G7
+#[test]
+fn a_new_entity_before_the_watermark_is_late() {
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01 10:00", json!({"email": "a@x.com"}))]);
+    e.build(t("01-02"), false);
+    ingest(&mut e, "app", &[app("signup", "01-01 09:00", json!({"email": "b@x.com"}))]);
+    let r = e.build(t("01-02"), false);
+    assert_eq!(r.late_arrivals, 1);
+    let b = rows(&e, &email("b@x.com"));
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].valid_from, t("01-01 09:00"));
+}
+
+// CONTRACTS F2 (tick result of a single tick over a freshly built S2)
+#[test]
+fn tick_counts_firings() {
+    let mut e = engine();
+    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    e.build(t("01-02"), false);
+    let r = e.tick(t("03-01"));
+    assert_eq!((r.effects_produced, r.entities_affected, r.transitions), (2, 1, 2));
+    assert_eq!(e.tick(t("01-15")), Default::default(), "sweeps never go back (F9)");
+}
+
+// CONTRACTS E12, E13, E14
+#[test]
+fn multi_type_events_and_relationships() {
+    let mut e = engine();
+    s1(&mut e);
+    ingest(&mut e, "billing", &[bill("order.created", "01-03 11:00", json!({"id": "o1", "customer_email": "Alice@X.com", "amount": 50}))]);
+    e.build(t("01-04"), false);
+    let o1 = derived_id(None, "order", "order_id", "o1");
+    let a = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
+    let order_rows = rows(&e, &o1);
+    assert_eq!(order_rows.len(), 1);
+    assert_eq!(order_rows[0].state, "placed");
+    assert_eq!(rows(&e, a).len(), 3, "the customer gets no new row");
+    let rels: Vec<_> = e.relationships.values().flat_map(|r| r.all()).collect();
+    assert_eq!(rels.len(), 1);
+    assert_eq!((rels[0].source_id.as_str(), rels[0].target_id.as_str(), rels[0].relationship_type.as_str()), (o1.as_str(), a, "placed_by"));
+
+    ingest(&mut e, "billing", &[bill("order.created", "01-04", json!({"id": "o-a", "amount": 5}))]);
+    ingest(&mut e, "billing", &[bill("order.created", "01-05", json!({"id": "o-b", "customer_email": "nobody@x.com", "amount": 6}))]);
+    let r = e.build(t("01-06"), false);
+    assert!(r.failures.is_empty());
+    let ob = derived_id(None, "order", "order_id", "o-b");
+    let n = email("nobody@x.com");
+    let rels: Vec<_> = e.relationships.values().flat_map(|r| r.all()).filter(|r| r.source_id == ob).collect();
+    assert_eq!(rels.len(), 1);
+    assert_eq!(rels[0].target_id, n, "the ghost customer is the target");
+    assert!(rows(&e, &n).is_empty(), "a ghost has no rows");
+
+    // CONTRACTS G15: a FULL rebuild leaves exactly the same relationship rows.
+    let before = e.relationships.clone();
+    e.build(t("01-06"), true);
+    assert_eq!(e.relationships, before);
+}
+
+fn snapshot(e: &Engine) -> String {
+    format!("{:?}\n{:?}\n{:?}", e.history, e.relationships, e.slots)
+}
+
+// CONTRACTS G8
+#[test]
+fn full_equals_incremental_for_the_contract_example() {
+    let mut e = engine();
+    s1(&mut e);
+    e.build(t("01-04"), false);
+    ingest(&mut e, "app", &[app("login", "01-02 12:00", json!({"email": "alice@x.com", "n": 7}))]);
+    e.build(t("01-04"), false);
+    e.tick(t("03-01"));
+    let before = snapshot(&e);
+    e.build(t("03-01"), true);
+    assert_eq!(snapshot(&e), before);
+}
+
+/// A random event of a small pool: customers a..d by email, phones 1..3, orders o1..o3.
+fn arb_event() -> impl Strategy<Value = Json> {
+    let day = 1u32..28;
+    let hour = 0u32..24;
+    let who = prop_oneof![Just("a@x.com"), Just("b@x.com"), Just("c@x.com"), Just("d@x.com")];
+    let ph = prop_oneof![Just("1"), Just("2"), Just("3")];
+    (0usize..7, day, hour, who, ph, 1i64..100).prop_map(|(kind, d, h, who, ph, n)| {
+        let at = format!("01-{d:02} {h:02}:00");
+        match kind {
+            0 => app("signup", &at, json!({"email": who})),
+            1 => app("login", &at, json!({"email": who, "n": n})),
+            2 => app("upgrade", &at, json!({"email": who, "plan": format!("p{}", n % 3), "mrr": n})),
+            3 => app("cancel", &at, json!({"email": who})),
+            4 => app("signup", &at, json!({"phone": ph})),
+            5 => bill("order.created", &at, json!({"id": format!("o{}", n % 3), "customer_email": who, "amount": n})),
+            _ => app("link", &at, json!({"email": who, "phone": ph})),
+        }
+    })
+}
+
+fn open_rows_ok(e: &Engine) {
+    for (key, h) in &e.history {
+        let open = h.rows.iter().filter(|r| r.valid_to.is_none()).count();
+        assert!(open <= 1, "{key:?} has {open} open rows");
+        for w in h.rows.windows(2) {
+            assert_eq!(w[0].valid_to, Some(w[1].valid_from), "{key:?} chain broken");
+        }
+    }
+}
+
+fn merges_seen(e: &Engine) -> bool {
+    !e.resolver().store().merge_log().is_empty()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    // Issue 3 properties: workers 1/2/8 give identical output; chained rows; one open row.
+    #[test]
+    fn workers_do_not_change_the_output(events in prop::collection::vec(arb_event(), 1..40)) {
+        let mut outputs = Vec::new();
+        for workers in [1, 2, 8] {
+            let mut e = Engine::new(cust()).with_workers(workers);
+            ingest(&mut e, "app", &events.iter().filter(|r| r.get("type").is_some()).cloned().collect::<Vec<_>>());
+            ingest(&mut e, "billing", &events.iter().filter(|r| r.get("event").is_some()).cloned().collect::<Vec<_>>());
+            e.build(t("02-15"), true);
+            open_rows_ok(&e);
+            outputs.push(snapshot(&e));
+        }
+        prop_assert_eq!(&outputs[0], &outputs[1]);
+        prop_assert_eq!(&outputs[0], &outputs[2]);
+    }
+
+    // CONTRACTS G8, G9: incremental builds over random chunks (late arrivals included) equal
+    // one FULL build, when no merge occurs.
+    #[test]
+    fn incremental_chunks_equal_a_full_build(
+        events in prop::collection::vec(arb_event(), 1..40),
+        cuts in prop::collection::vec(0usize..40, 0..6),
+    ) {
+        // Keep the app events only (no relate), so the documented relate limitation is out.
+        let events: Vec<Json> = events.into_iter().filter(|r| r.get("type").is_some()).collect();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+        cuts.push(events.len());
+        cuts.sort();
+        // The same ingest calls (deduplication depends on call boundaries, C17): built after
+        // every call, or once at the end.
+        let mut inc = engine();
+        let mut full = engine();
+        let mut start = 0;
+        for cut in cuts {
+            ingest(&mut inc, "app", &events[start..cut]);
+            ingest(&mut full, "app", &events[start..cut]);
+            inc.build(t("02-15"), false);
+            start = cut;
+        }
+        open_rows_ok(&inc);
+        full.build(t("02-15"), true);
+        // Whether merges appear depends on what earlier builds had resolved (PIPELINE.md §5.2).
+        prop_assume!(!merges_seen(&inc) && !merges_seen(&full));
+        prop_assert_eq!(&inc.history, &full.history);
+        let before = snapshot(&inc);
+        inc.build(t("02-15"), true);
+        prop_assert_eq!(snapshot(&inc), before);
+    }
+}
+
+#[test]
+fn entity_keys_sort_by_type_then_id() {
+    let k: EntityKey = ("a".into(), "2".into());
+    assert!(k < ("b".to_string(), "1".to_string()));
+}
