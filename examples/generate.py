@@ -126,7 +126,7 @@ def quickstart_events(rng):
              requester=f"user{rng.randint(100, 999)}@customer{rng.randint(1, 40)}.example")
         agent = rng.choice(AGENTS)
 
-        # escalations: a real priority change, or a re-sent priority (ignored by the guard)
+        # a real priority change, or the same priority sent again (ignored by the guard)
         if i % 7 == 3:
             t += between(rng, 1 * HOUR, 3 * HOUR)
             emit(t, "priority_changed", tid, priority="urgent" if priority != "urgent" else "high")
@@ -159,17 +159,17 @@ def quickstart_events(rng):
         rounds = {"quick": 0, "standard": rng.randint(1, 2), "breach": rng.randint(0, 1),
                   "reopen": rng.randint(0, 1)}[scenario]
         for r in range(rounds):
-            t += between(rng, 2 * HOUR, 60 * HOUR)          # the customer answers (well within 5 days)
+            t += between(rng, 2 * HOUR, 60 * HOUR)      # the customer answers, well within 5 days
             emit(t, "customer_replied", tid)
             if r == rounds - 1 and i % 3 == 0:
-                break                               # "thanks, that fixed it": solved straight away
+                break  # "thanks, that fixed it": the agent solves it without another reply
             t += between(rng, 20 * MINUTE, 600 * MINUTE)
             emit(t, "agent_replied", tid, agent=agent)
         t += between(rng, 1 * HOUR, 30 * HOUR)
         emit(t, "ticket_solved", tid, agent=agent)
 
         if scenario == "reopen":
-            t += between(rng, 4 * HOUR, 60 * HOUR)          # within the 3 days before the ticket closes
+            t += between(rng, 4 * HOUR, 60 * HOUR)      # before the ticket closes (3 days)
             emit(t, "customer_replied", tid)
             t += between(rng, 30 * MINUTE, 300 * MINUTE)
             emit(t, "agent_replied", tid, agent=agent)
@@ -181,7 +181,7 @@ def quickstart_events(rng):
         if r < 0.45:
             t += between(rng, 1 * HOUR, 40 * HOUR)
             emit(t, "satisfaction_rated", tid, score=rng.choices([5, 4, 3, 2, 1], [6, 4, 2, 1, 1])[0])
-            if i % 9 == 1:                          # a second answer: ignored by the guard
+            if i % 9 == 1:  # a second answer: ignored by the guard
                 t += between(rng, 1 * HOUR, 20 * HOUR)
                 emit(t, "satisfaction_rated", tid, score=rng.randint(1, 5))
         elif r < 0.65:
@@ -282,11 +282,13 @@ class Showcase:
         """Logins of customer `c` between `start` and `end` (exclusive) with random gaps."""
         rng = self.rng
         t = start + (first_gap if first_gap is not None else HOUR * rng.randint(2, 30))
+        t += timedelta(seconds=rng.randint(0, 1800))
         last = None
         while t < end and t <= SC_END:
             self.app_event(t, "logged_in", c["uid"], context={"device": c["device"]})
             last = t
-            t += HOUR * rng.randint(int(min_gap / HOUR), int(max_gap / HOUR)) + timedelta(seconds=rng.randint(-1800, 1800))
+            t += HOUR * rng.randint(int(min_gap / HOUR), int(max_gap / HOUR))
+            t += timedelta(seconds=rng.randint(-1800, 1800))
         return last
 
     def subscription(self, c, t, plan=None, seats=None, tag="sub_created"):
@@ -545,7 +547,7 @@ class Showcase:
 
         lead_days = min(rng.randint(2, 20), (signup_t - SC_START).days)
         if c["index"] % 3 == 0 and lead_days >= 1:      # filled in a website form first
-            self.lead(c, signup_t - DAY * lead_days, rng.choice(LEAD_CHANNELS))
+            self.lead(c, daytime(rng, day - DAY * lead_days), rng.choice(LEAD_CHANNELS))
         channel = rng.choice(SIGNUP_CHANNELS) if rng.random() < 0.8 else None   # missing -> "direct"
         self.signup(c, signup_t, channel=channel)
 
@@ -591,9 +593,9 @@ class Showcase:
             self.renewals(sub, start, stop)
             return
 
-        failing = next((f for f in ("dunning", "fail_recover2", "fail_recover", "fail_cancel") if f in features), None)
-        if failing:
-            failing = {"fail_recover": "recover", "fail_recover2": "recover2", "fail_cancel": "cancel"}.get(failing, failing)
+        failing = next((mode for feature, mode in (("dunning", "dunning"), ("fail_recover2", "recover2"),
+                                                   ("fail_recover", "recover"), ("fail_cancel", "cancel"))
+                        if feature in features), None)
         dunning_start = self.renewals(sub, start, stop, failing)
         if dunning_start is not None and failing == "dunning":
             # the 14-day rule cancels the subscription; billing's own webhook follows a day later
@@ -678,7 +680,6 @@ class Showcase:
 
     def finish(self):
         """Sorts the streams, assigns message and webhook ids and adds the special records."""
-        rng = self.rng
         app = sorted(self.app, key=lambda e: (e[0], e[1]))
         bill = sorted(self.bill, key=lambda e: (e[0], e[1]))
 
@@ -702,7 +703,9 @@ class Showcase:
 
         # malformed: an old SDK that sends `timestamp` instead of `occurred_at`
         bad_t = datetime(2024, 2, 21, 16, 2, 9, tzinfo=UTC)
-        some_user = next(e[2]["userId"] for e in app if e[2]["event"] == "logged_in" and e[0] > bad_t)
+        signed_up = {e[2]["userId"] for e in app if e[3] == "signup"}
+        some_user = next(e[2]["userId"] for e in app
+                         if e[2]["event"] == "logged_in" and e[0] > bad_t and e[2]["userId"] in signed_up)
         bad_app = {"event": "logged_in", "timestamp": iso(bad_t), "message_id": None, "userId": some_user,
                    "context": {"device": "android", "sdk": "1.4.0"}}
         app.insert(next(i for i, e in enumerate(app) if e[0] > bad_t), [bad_t, 0, bad_app, "malformed"])

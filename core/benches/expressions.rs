@@ -20,7 +20,7 @@ const PARSED: [&str; 6] = [
     COMPUTED,
     "str::to_lowercase(str::trim(value))",
     "if entity.mrr > 100 then 'enterprise' else if entity.mrr > 0 then 'paid' else 'free'",
-    r"regex_extract(event.order_id, 'ORD-(\d+)')",
+    r"regex_extract(event.order_id, 'ORD-(\\d+)')",
     "days_since(entity.signup_date) > 30 && !contains(split(event.tags, ','), 'test')",
 ];
 

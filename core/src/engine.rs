@@ -179,10 +179,15 @@ impl Engine {
             }
             stack.extend(self.resolver.store().merged_from(&id));
         }
-        let mut events: Vec<&LedgerEvent> = self
-            .ledger
+        // The ledger is kept in sequence order, so each row is a binary search away.
+        let mut events: Vec<&LedgerEvent> = seqs
             .iter()
-            .filter(|e| seqs.contains(&e.sequence))
+            .filter_map(|s| {
+                self.ledger
+                    .binary_search_by_key(s, |e| e.sequence)
+                    .ok()
+                    .map(|i| &self.ledger[i])
+            })
             .collect();
         events.sort_by_key(|e| e.order_key());
         events

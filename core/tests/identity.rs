@@ -1056,7 +1056,7 @@ fn perf_tmp() {
         } else {
             hints("customer", &[("email", &format!("u{c}@x.com"))])
         };
-        merges += r.resolve(&h, at("01-01")).merges.len();
+        if std::env::var("ONLY_BUILD").is_err() { merges += r.resolve(&h, at("01-01")).merges.len(); } else { merges += h.len(); }
     }
     eprintln!("{n} events in {:?}, {merges} merges, {} keys", start.elapsed(), r.store().mappings().count());
 }

@@ -2,7 +2,7 @@
 //! merge_log (PIPELINE.md §1). `IdentityStore` is the seam through which `defacto-jobs` keeps
 //! them in a database; `MemoryIdentity` keeps them in ordered in-memory maps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::key::Key;
 use crate::value::Instant;
@@ -52,15 +52,23 @@ pub struct MergeLogRow {
     pub timestamp: Instant,
 }
 
-/// Identity in memory; every iteration is ordered, so results never depend on hashing.
+/// Identity in memory. Lookups go through hash maps (resolution is a streaming hot path),
+/// but nothing is ever iterated in hash order: every listing is sorted, so results never
+/// depend on hashing.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIdentity {
-    ids: BTreeMap<Key, String>,
-    /// The reverse of `ids`, so that re-pointing costs the keys moved, not a scan.
-    keys: BTreeMap<String, BTreeSet<Key>>,
-    types: BTreeMap<String, String>,
+    ids: HashMap<Key, String>,
+    entities: HashMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// An entity some key was mapped to once; a merged-away entity keeps its record, keyless.
+#[derive(Debug, Clone)]
+struct Entity {
+    entity_type: String,
+    /// The keys mapped to it (the reverse of `ids`), so re-pointing costs the keys moved.
+    keys: BTreeSet<Key>,
 }
 
 impl MemoryIdentity {
@@ -70,7 +78,9 @@ impl MemoryIdentity {
 
     /// Every mapping, by ascending key.
     pub fn mappings(&self) -> impl Iterator<Item = (&Key, &str)> {
-        self.ids.iter().map(|(k, id)| (k, id.as_str()))
+        let mut all: Vec<(&Key, &str)> = self.ids.iter().map(|(k, id)| (k, id.as_str())).collect();
+        all.sort();
+        all.into_iter()
     }
 
     /// Every merge_log row, by ascending `(from, into)`.
@@ -85,10 +95,15 @@ impl MemoryIdentity {
             .collect()
     }
 
-    fn register(&mut self, id: &str, entity_type: &str) {
-        if !self.types.contains_key(id) {
-            self.types.insert(id.to_string(), entity_type.to_string());
+    fn entity(&mut self, id: &str, entity_type: &str) -> &mut Entity {
+        if !self.entities.contains_key(id) {
+            let entity = Entity {
+                entity_type: entity_type.to_string(),
+                keys: BTreeSet::new(),
+            };
+            self.entities.insert(id.to_string(), entity);
         }
+        self.entities.get_mut(id).expect("inserted above")
     }
 }
 
@@ -101,16 +116,16 @@ impl IdentityStore for MemoryIdentity {
         if let Some(stored) = self.ids.get(&key) {
             return stored.clone();
         }
-        self.register(id, &key.entity_type);
         self.ids.insert(key.clone(), id.to_string());
-        self.keys.entry(id.to_string()).or_default().insert(key);
+        let entity_type = key.entity_type.clone();
+        self.entity(id, &entity_type).keys.insert(key);
         id.to_string()
     }
 
     fn keys_of(&self, id: &str) -> Vec<Key> {
-        self.keys
+        self.entities
             .get(id)
-            .map(|keys| keys.iter().cloned().collect())
+            .map(|e| e.keys.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -118,19 +133,18 @@ impl IdentityStore for MemoryIdentity {
         if from == to {
             return 0;
         }
-        let Some(mut moved) = self.keys.remove(from) else {
+        let Some(source) = self.entities.get_mut(from) else {
             return 0;
         };
-        if let Some(entity_type) = self.types.get(from).cloned() {
-            self.register(to, &entity_type);
-        }
+        let mut moved = std::mem::take(&mut source.keys);
+        let entity_type = source.entity_type.clone();
         for key in &moved {
             if let Some(id) = self.ids.get_mut(key) {
                 *id = to.to_string();
             }
         }
         let count = moved.len();
-        let target = self.keys.entry(to.to_string()).or_default();
+        let target = &mut self.entity(to, &entity_type).keys;
         if target.len() < moved.len() {
             std::mem::swap(target, &mut moved);
         }
@@ -139,7 +153,7 @@ impl IdentityStore for MemoryIdentity {
     }
 
     fn entity_type(&self, id: &str) -> Option<String> {
-        self.types.get(id).cloned()
+        self.entities.get(id).map(|e| e.entity_type.clone())
     }
 
     fn merged_into(&self, id: &str) -> Option<String> {
@@ -157,8 +171,7 @@ impl IdentityStore for MemoryIdentity {
         if self.winners.contains_key(from) {
             return false;
         }
-        self.winners
-            .insert(from.to_string(), (into.to_string(), ts));
+        self.winners.insert(from.to_string(), (into.to_string(), ts));
         self.losers
             .entry(into.to_string())
             .or_default()
@@ -168,14 +181,13 @@ impl IdentityStore for MemoryIdentity {
 
     fn remove_entity(&mut self, id: &str) -> Vec<Key> {
         let keys: Vec<Key> = self
-            .keys
+            .entities
             .remove(id)
-            .map(|k| k.into_iter().collect())
+            .map(|e| e.keys.into_iter().collect())
             .unwrap_or_default();
         for key in &keys {
             self.ids.remove(key);
         }
-        self.types.remove(id);
         if let Some((into, _)) = self.winners.remove(id) {
             if let Some(losers) = self.losers.get_mut(&into) {
                 losers.remove(id);

@@ -1,0 +1,109 @@
+//! Engine throughput: normalize, resolve and replay N generated events in memory, at one and
+//! two workers, with peak memory. Prints figures; never fails on time.
+//!
+//! `DEFACTO_BENCH_EVENTS` sets N (default 1 000 000, ~100 000 customers).
+
+use std::path::Path;
+use std::time::Instant as Clock;
+
+use chrono::{Duration, TimeZone, Utc};
+use defacto_core::definitions::Definitions;
+use defacto_core::engine::Engine;
+use defacto_core::normalize::Normalizer;
+use serde_json::{json, Value as Json};
+
+fn defs() -> Definitions {
+    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust")).expect("CUST")
+}
+
+/// A deterministic mix of signups, upgrades, logins and cancels over `n / 10` customers.
+fn generate(n: usize) -> Vec<Json> {
+    let customers = (n / 10).max(1);
+    let start = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = if i < customers { i } else { (next() as usize) % customers };
+        let at = start + Duration::seconds((i as i64) * 7 + (next() % 5) as i64);
+        let ts = at.to_rfc3339();
+        let email = format!("user{c}@example.com");
+        let raw = if i < customers {
+            json!({"type": "signup", "ts": ts, "email": email})
+        } else {
+            match next() % 10 {
+                0..=5 => json!({"type": "login", "ts": ts, "email": email, "n": i}),
+                6..=8 => {
+                    let plan = ["pro", "team", "free"][(next() % 3) as usize];
+                    let mrr = (next() % 500) as i64;
+                    json!({"type": "upgrade", "ts": ts, "email": email, "plan": plan, "mrr": mrr})
+                }
+                _ => json!({"type": "cancel", "ts": ts, "email": email}),
+            }
+        };
+        out.push(raw);
+    }
+    out
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument filters nothing here.
+    let n: usize = std::env::var("DEFACTO_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let defs = defs();
+    let raws = generate(n);
+    let as_of = Utc.with_ymd_and_hms(2024, 12, 31, 0, 0, 0).unwrap();
+
+    let normalizer = Normalizer::new(&defs, as_of);
+    let t = Clock::now();
+    let mut ok = 0usize;
+    for raw in &raws {
+        ok += normalizer.normalize("app", raw).is_ok() as usize;
+    }
+    let normalize = t.elapsed();
+    println!(
+        "normalize: {n} events in {:.2?} = {:.0} events/s ({ok} ok)",
+        normalize,
+        n as f64 / normalize.as_secs_f64()
+    );
+
+    for workers in [1, 2] {
+        let mut engine = Engine::new(defs.clone()).with_workers(workers);
+        let t = Clock::now();
+        engine.ingest("app", &raws, as_of);
+        let ingest = t.elapsed();
+        let t = Clock::now();
+        let result = engine.build(as_of, true);
+        let build = t.elapsed();
+        let rows: usize = engine.history.values().map(|h| h.rows.len()).sum();
+        println!(
+            "workers={workers}: ingest (normalize + dedup) {:.2?} = {:.0} events/s; resolve + FULL replay {:.2?} = {:.0} events/s; {} rows, {} entities, {} failures",
+            ingest,
+            n as f64 / ingest.as_secs_f64(),
+            build,
+            n as f64 / build.as_secs_f64(),
+            rows,
+            engine.slots.len(),
+            result.events_failed
+        );
+    }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+}
