@@ -1040,23 +1040,3 @@ proptest! {
         prop_assert_eq!(mappings(&store), one_pass);
     }
 }
-
-#[test]
-#[ignore]
-fn perf_tmp() {
-    let defs = cust();
-    let mut r = resolver(&defs, MemoryIdentity::new());
-    let n = 1_000_000u64;
-    let start = std::time::Instant::now();
-    let mut merges = 0;
-    for i in 0..n {
-        let c = (i * 7919) % 200_000;
-        let h = if i % 3 == 0 {
-            hints("customer", &[("email", &format!("u{c}@x.com")), ("phone", &format!("{}", (c * 31) % 250_000))])
-        } else {
-            hints("customer", &[("email", &format!("u{c}@x.com"))])
-        };
-        if std::env::var("ONLY_BUILD").is_err() { merges += r.resolve(&h, at("01-01")).merges.len(); } else { merges += h.len(); }
-    }
-    eprintln!("{n} events in {:?}, {merges} merges, {} keys", start.elapsed(), r.store().mappings().count());
-}

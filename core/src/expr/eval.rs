@@ -191,6 +191,7 @@ fn compare(a: &Value, b: &Value) -> Result<Ordering, EvalError> {
 }
 
 /// `+ - * / **` (EXPRESSIONS.md §5.1).
+#[inline(never)]
 fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
     use BinaryOp::*;
     match (a, op, b) {

@@ -188,6 +188,8 @@ impl Builtin {
 /// Calls with up to this many arguments evaluate them into a stack buffer.
 const INLINE_ARGS: usize = 4;
 
+// Kept out of `eval` so that the hot recursion has a small stack frame.
+#[inline(never)]
 pub(crate) fn call<'a, S: Scope + ?Sized>(call: &'a Call, scope: &'a S) -> Out<'a> {
     let args = call.args();
     if args.len() <= INLINE_ARGS {

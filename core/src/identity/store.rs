@@ -171,7 +171,8 @@ impl IdentityStore for MemoryIdentity {
         if self.winners.contains_key(from) {
             return false;
         }
-        self.winners.insert(from.to_string(), (into.to_string(), ts));
+        self.winners
+            .insert(from.to_string(), (into.to_string(), ts));
         self.losers
             .entry(into.to_string())
             .or_default()
