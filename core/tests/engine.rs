@@ -135,7 +135,7 @@ fn dedup_accounting() {
     assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (2, 1, 2));
     assert_eq!(r.failures.len(), 2);
     let signup = e.ledger().iter().find(|x| x.event_type == "signup").unwrap();
-    assert_eq!(r.duplicate_ids, [signup.event_id.clone()]);
+    assert_eq!(r.duplicate_ids, std::slice::from_ref(&signup.event_id));
     assert_eq!(signup.timestamp, t("01-01"));
     let r = e.ingest("app", &five, t("01-10"));
     assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (0, 3, 2));
@@ -194,7 +194,7 @@ fn identity_discovered_merge_in_one_build_and_one_at_a_time() {
 fn link_first_starts_one_cluster() {
     let mut e = engine();
     let s = s5();
-    ingest(&mut e, "app", &[s[2].clone()]);
+    ingest(&mut e, "app", std::slice::from_ref(&s[2]));
     e.build(t("01-04"), false);
     let mut merges = 0;
     for raw in [s[0].clone(), s[1].clone()] {

@@ -27,6 +27,7 @@ fn with_mappings(mappings: &str) -> Definitions {
     .unwrap()
 }
 
+#[allow(clippy::result_large_err)]
 fn norm(defs: &Definitions, source: &str, raw: Json) -> Result<NormalizedEvent, EventFailure> {
     Normalizer::new(defs, as_of()).normalize(source, &raw)
 }
