@@ -15,7 +15,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("definitions/load_yaml_showcase", |b| {
         b.iter(|| load_path(showcase()).expect("loads"))
     });
-    c.bench_function("definitions/validate_showcase", |b| b.iter(|| validate(&raw)));
+    c.bench_function("definitions/validate_showcase", |b| {
+        b.iter(|| validate(&raw))
+    });
     let defs = validate(&raw).into_definitions().expect("valid");
     c.bench_function("definitions/hash_showcase", |b| {
         b.iter(|| NormalizedDocument::of(&defs).hashes())

@@ -13,7 +13,8 @@ use defacto_core::normalize::Normalizer;
 use serde_json::{json, Value as Json};
 
 fn defs() -> Definitions {
-    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust")).expect("CUST")
+    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust"))
+        .expect("CUST")
 }
 
 /// A deterministic mix of signups, upgrades, logins and cancels over `n / 10` customers.
@@ -29,7 +30,11 @@ fn generate(n: usize) -> Vec<Json> {
     };
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let c = if i < customers { i } else { (next() as usize) % customers };
+        let c = if i < customers {
+            i
+        } else {
+            (next() as usize) % customers
+        };
         let at = start + Duration::seconds((i as i64) * 7 + (next() % 5) as i64);
         let ts = at.to_rfc3339();
         let email = format!("user{c}@example.com");
@@ -55,9 +60,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }

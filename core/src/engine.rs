@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::mode::BuildMode;
 use crate::definitions::Definitions;
 use crate::history::{EntityHistory, RelationshipHistory};
-use crate::identity::{IdentityFields, IdentityStore, Key, Merge, MemoryIdentity, Resolver};
+use crate::identity::{IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver};
 use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
 use crate::normalize::{dedup_call, normalize_hint, Hints, Normalizer};
 use crate::replay::{declared_relationship, replay_entities, EntityJob, EntityReplay, LedgerEvent};
@@ -113,7 +113,12 @@ impl Engine {
 
     /// One ingest call followed by normalization (PIPELINE.md §1, §2): every raw event takes
     /// the next sequence in input order; the call is deduplicated as a unit (§2.9).
-    pub fn ingest(&mut self, source: &str, raws: &[serde_json::Value], as_of: Instant) -> IngestResult {
+    pub fn ingest(
+        &mut self,
+        source: &str,
+        raws: &[serde_json::Value],
+        as_of: Instant,
+    ) -> IngestResult {
         let normalizer = Normalizer::new(&self.defs, as_of);
         let mut result = IngestResult::default();
         let mut normalized = Vec::new();
@@ -126,7 +131,11 @@ impl Engine {
         }
         self.next_sequence += raws.len() as i64;
         let known = &self.event_ids;
-        let dedup = dedup_call(normalized, |(_, e)| (e.event_id.as_str(), e.timestamp), |id| known.contains(id));
+        let dedup = dedup_call(
+            normalized,
+            |(_, e)| (e.event_id.as_str(), e.timestamp),
+            |id| known.contains(id),
+        );
         result.duplicates_skipped = dedup.duplicate_ids.len() as u64;
         result.duplicate_ids = dedup.duplicate_ids;
         for (sequence, e) in dedup.accepted {
@@ -149,22 +158,36 @@ impl Engine {
 
     /// The resolve step (§5.5): resolves the rows above its cursor in canonical order.
     fn resolve(&mut self) -> u64 {
-        let mut new: Vec<&LedgerEvent> = self.ledger.iter().filter(|e| e.sequence > self.resolve_cursor).collect();
+        let mut new: Vec<&LedgerEvent> = self
+            .ledger
+            .iter()
+            .filter(|e| e.sequence > self.resolve_cursor)
+            .collect();
         new.sort_by_key(|e| e.order_key());
         let mut merges = 0;
         for e in new {
             let hints = &self.hints[&e.sequence];
             let resolution = self.resolver.resolve(hints, e.timestamp);
             for (entity_type, id) in resolution.entities {
-                self.assignments.entry((entity_type, id)).or_default().insert(e.sequence);
+                self.assignments
+                    .entry((entity_type, id))
+                    .or_default()
+                    .insert(e.sequence);
             }
             for m in resolution.merges {
-                let ty = self.resolver.store().entity_type(&m.into).unwrap_or_default();
+                let ty = self
+                    .resolver
+                    .store()
+                    .entity_type(&m.into)
+                    .unwrap_or_default();
                 self.pending_merges.push((ty, m));
                 merges += 1;
             }
         }
-        self.resolve_cursor = self.ledger.last().map_or(self.resolve_cursor, |e| e.sequence.max(self.resolve_cursor));
+        self.resolve_cursor = self
+            .ledger
+            .last()
+            .map_or(self.resolve_cursor, |e| e.sequence.max(self.resolve_cursor));
         merges
     }
 
@@ -256,7 +279,11 @@ impl Engine {
                 self.history.clear();
                 self.relationships.clear();
                 self.pending_merges.clear();
-                result.events_processed = self.ledger.iter().filter(|e| e.sequence <= self.resolve_cursor).count() as u64;
+                result.events_processed = self
+                    .ledger
+                    .iter()
+                    .filter(|e| e.sequence <= self.resolve_cursor)
+                    .count() as u64;
                 let keys: Vec<EntityKey> = self.assignments.keys().cloned().collect();
                 let replays = self.replay(&keys, as_of);
                 for (key, r) in replays {
@@ -287,7 +314,8 @@ impl Engine {
         }
         if mode == BuildMode::Full {
             result.entities_updated = 0;
-            result.entities_created = self.slots.values().filter(|s| s.entity.is_some()).count() as u64;
+            result.entities_created =
+                self.slots.values().filter(|s| s.entity.is_some()).count() as u64;
         }
         failures.sort_by(|a, b| {
             (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
@@ -300,13 +328,21 @@ impl Engine {
 
     fn replay(&self, keys: &[EntityKey], as_of: Instant) -> BTreeMap<EntityKey, EntityReplay> {
         let jobs: Vec<EntityJob<'_>> = keys.iter().map(|k| self.job(k)).collect();
-        let lookup = Lookup { engine: self, as_of };
+        let lookup = Lookup {
+            engine: self,
+            as_of,
+        };
         replay_entities(&self.defs, &jobs, as_of, &lookup, self.workers)
     }
 
     /// Replaces an entity's rows, relationship rows (where it is the source) and state with
     /// those of a replay.
-    fn install(&mut self, key: EntityKey, r: EntityReplay, failures: &mut Vec<((Instant, i64), EventFailure)>) {
+    fn install(
+        &mut self,
+        key: EntityKey,
+        r: EntityReplay,
+        failures: &mut Vec<((Instant, i64), EventFailure)>,
+    ) {
         failures.extend(r.failures);
         if r.history.rows.is_empty() {
             self.history.remove(&key);
@@ -348,12 +384,16 @@ impl Engine {
             m
         };
         for event in &rows {
-            let Some(keys) = by_sequence.get(&event.sequence) else { continue };
+            let Some(keys) = by_sequence.get(&event.sequence) else {
+                continue;
+            };
             for key in keys {
                 for target in self.chain(key) {
                     let slot = self.slots.entry(target.clone()).or_default();
                     let late = watermark.is_some_and(|w| event.timestamp < w)
-                        || slot.horizon.is_some_and(|h| event.timestamp < h.at || (event.timestamp == h.at && h.by_rule));
+                        || slot.horizon.is_some_and(|h| {
+                            event.timestamp < h.at || (event.timestamp == h.at && h.by_rule)
+                        });
                     if late {
                         result.late_arrivals += 1;
                         rebuild.insert(target);
@@ -376,7 +416,10 @@ impl Engine {
             let replays = self.replay(&keys, as_of);
             for (key, r) in replays {
                 // A rebuild replaces the failures its events produced in the pass.
-                failures.retain(|(_, f)| !(f.entity_type.as_deref() == Some(key.0.as_str()) && f.entity_id.as_deref() == Some(key.1.as_str())));
+                failures.retain(|(_, f)| {
+                    !(f.entity_type.as_deref() == Some(key.0.as_str())
+                        && f.entity_id.as_deref() == Some(key.1.as_str()))
+                });
                 result.effects_produced += r.snapshots as u64;
                 written.insert(key.clone());
                 self.install(key, r, failures);
@@ -407,11 +450,16 @@ impl Engine {
         if event.event_type == crate::replay::MERGE_EVENT_TYPE {
             return;
         }
-        let Some(def) = self.defs.entities.get(&key.0) else { return };
+        let Some(def) = self.defs.entities.get(&key.0) else {
+            return;
+        };
         let machine = Machine::new(def, as_of);
         let mut slot = self.slots.remove(key).unwrap_or_default();
         let mut snapshots = Vec::new();
-        let lookup = Lookup { engine: self, as_of };
+        let lookup = Lookup {
+            engine: self,
+            as_of,
+        };
         if let Err(error) = machine.apply_event(&mut slot, &event.view(), &lookup, &mut snapshots) {
             failures.push((
                 event.order_key(),
@@ -423,16 +471,26 @@ impl Engine {
         self.slots.insert(key.clone(), slot);
     }
 
-    fn write(&mut self, key: &EntityKey, snapshots: &[Snapshot], written: &mut BTreeSet<EntityKey>) {
+    fn write(
+        &mut self,
+        key: &EntityKey,
+        snapshots: &[Snapshot],
+        written: &mut BTreeSet<EntityKey>,
+    ) {
         for s in snapshots {
             written.insert(key.clone());
-            self.history.entry(key.clone()).or_default().apply(&key.1, s);
+            self.history
+                .entry(key.clone())
+                .or_default()
+                .apply(&key.1, s);
             for r in &s.relationships {
                 if declared_relationship(&self.defs, &r.relationship_type) {
-                    self.relationships
-                        .entry(key.clone())
-                        .or_default()
-                        .apply(&key.1, &r.relationship_type, &r.target_entity_id, s.valid_from);
+                    self.relationships.entry(key.clone()).or_default().apply(
+                        &key.1,
+                        &r.relationship_type,
+                        &r.target_entity_id,
+                        s.valid_from,
+                    );
                 }
             }
         }
@@ -449,16 +507,23 @@ impl Engine {
         let keys: Vec<EntityKey> = self
             .slots
             .iter()
-            .filter(|(k, s)| s.entity.is_some() && self.resolver.store().merged_into(&k.1).is_none())
+            .filter(|(k, s)| {
+                s.entity.is_some() && self.resolver.store().merged_into(&k.1).is_none()
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            let Some(def) = self.defs.entities.get(&key.0) else { continue };
+            let Some(def) = self.defs.entities.get(&key.0) else {
+                continue;
+            };
             let machine = Machine::new(def, as_of);
             let mut slot = self.slots.remove(&key).unwrap_or_default();
             let mut snapshots = Vec::new();
             if let Err(error) = machine.evaluate_rules(&mut slot, as_of, &mut snapshots) {
-                failures.push(((as_of, i64::MAX), EventFailure::interpretation(&key.0, &key.1, None, error)));
+                failures.push((
+                    (as_of, i64::MAX),
+                    EventFailure::interpretation(&key.0, &key.1, None, error),
+                ));
             }
             let fired = snapshots.iter().filter(|s| s.from_rule).count() as u64;
             if fired > 0 {
@@ -497,7 +562,10 @@ struct Lookup<'a> {
 
 impl RelateLookup for Lookup<'_> {
     fn lookup(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
-        self.engine.resolver.store().get(&Key::new(entity_type, field, value))
+        self.engine
+            .resolver
+            .store()
+            .get(&Key::new(entity_type, field, value))
     }
     fn normalize_hint(&self, entity_type: &str, field: &str, value: &str) -> String {
         match self.engine.defs.entities.get(entity_type) {

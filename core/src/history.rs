@@ -53,7 +53,10 @@ impl EntityHistory {
             state_entered_time: s.state_entered_time,
             created_time: s.created_time,
         };
-        match self.rows.binary_search_by(|r| r.valid_from.cmp(&s.valid_from)) {
+        match self
+            .rows
+            .binary_search_by(|r| r.valid_from.cmp(&s.valid_from))
+        {
             Ok(i) => {
                 let kept = (self.rows[i].valid_to, self.rows[i].merged_into.take());
                 self.rows[i] = HistoryRow {
@@ -67,7 +70,13 @@ impl EntityHistory {
                 if i > 0 {
                     self.rows[i - 1].valid_to = Some(s.valid_from);
                 }
-                self.rows.insert(i, HistoryRow { valid_to: next, ..row });
+                self.rows.insert(
+                    i,
+                    HistoryRow {
+                        valid_to: next,
+                        ..row
+                    },
+                );
             }
         }
         true
@@ -109,7 +118,13 @@ pub struct RelationshipHistory {
 impl RelationshipHistory {
     /// Writes one record at `v` (§9): nothing when the pair already has an open row (the
     /// properties are always null, so they are identical); otherwise a new open row.
-    pub fn apply(&mut self, source_id: &str, relationship_type: &str, target_id: &str, v: Instant) -> bool {
+    pub fn apply(
+        &mut self,
+        source_id: &str,
+        relationship_type: &str,
+        target_id: &str,
+        v: Instant,
+    ) -> bool {
         let rows = self
             .rows
             .entry((relationship_type.to_string(), target_id.to_string()))

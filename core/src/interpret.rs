@@ -77,7 +77,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(e: &EntityState, valid_from: Instant, relationships: Vec<RelationshipRecord>) -> Snapshot {
+    fn of(
+        e: &EntityState,
+        valid_from: Instant,
+        relationships: Vec<RelationshipRecord>,
+    ) -> Snapshot {
         Snapshot {
             state: e.state.clone(),
             properties: e.properties.clone(),
@@ -170,7 +174,10 @@ impl<'d> Machine<'d> {
         let def = self.def;
         let mut handlers: [Option<&Handler>; 2] = [None, None];
         handlers[0] = match &slot.entity {
-            Some(e) => def.states.get(&e.state).and_then(|s| s.when.get(event.event_type)),
+            Some(e) => def
+                .states
+                .get(&e.state)
+                .and_then(|s| s.when.get(event.event_type)),
             None => def
                 .states
                 .get(&def.starts)
@@ -193,7 +200,9 @@ impl<'d> Machine<'d> {
                             guard.text()
                         ))
                     }
-                    Err(e) => return Err(format!("guard evaluation failed: {e} ({})", guard.text())),
+                    Err(e) => {
+                        return Err(format!("guard evaluation failed: {e} ({})", guard.text()))
+                    }
                 }
             }
             for effect in &handler.effects {
@@ -214,7 +223,11 @@ impl<'d> Machine<'d> {
         Ok(())
     }
 
-    fn scope<'a>(&'a self, data: &'a IndexMap<String, Value>, entity: Option<&'a EntityState>) -> HandlerScope<'a> {
+    fn scope<'a>(
+        &'a self,
+        data: &'a IndexMap<String, Value>,
+        entity: Option<&'a EntityState>,
+    ) -> HandlerScope<'a> {
         HandlerScope {
             data: Some(data),
             def: self.def,
@@ -277,7 +290,9 @@ impl<'d> Machine<'d> {
                 condition,
             } => {
                 if slot.entity.is_none() {
-                    return Err(format!("set property '{property}' but entity doesn't exist"));
+                    return Err(format!(
+                        "set property '{property}' but entity doesn't exist"
+                    ));
                 }
                 if let Some(c) = condition {
                     if !self.condition_holds(c, event.data, slot.entity.as_ref())? {
@@ -301,15 +316,12 @@ impl<'d> Machine<'d> {
                 Ok(true)
             }
             Effect::Increment { property, by } => {
-                let entity = slot
-                    .entity
-                    .as_mut()
-                    .ok_or_else(|| format!("increment property '{property}' but entity doesn't exist"))?;
-                let idx = self
-                    .def
-                    .properties
-                    .get_index_of(property)
-                    .ok_or_else(|| format!("increment '{property}' failed: property is not declared"))?;
+                let entity = slot.entity.as_mut().ok_or_else(|| {
+                    format!("increment property '{property}' but entity doesn't exist")
+                })?;
+                let idx = self.def.properties.get_index_of(property).ok_or_else(|| {
+                    format!("increment '{property}' failed: property is not declared")
+                })?;
                 let by = Value::from_json(by);
                 entity.properties[idx] = add(&entity.properties[idx], &by)
                     .map_err(|e| format!("increment '{property}' failed: {e}"))?;
@@ -361,7 +373,12 @@ impl<'d> Machine<'d> {
     }
 
     /// `set from`: `event.<f>` → data, `entity.<p>` → properties; only two segments count.
-    fn read_from(&self, path: &str, data: Option<&IndexMap<String, Value>>, entity: &EntityState) -> Value {
+    fn read_from(
+        &self,
+        path: &str,
+        data: Option<&IndexMap<String, Value>>,
+        entity: &EntityState,
+    ) -> Value {
         let mut parts = path.split('.');
         let (Some(head), Some(key)) = (parts.next(), parts.next()) else {
             return Value::Null;
@@ -406,7 +423,12 @@ impl<'d> Machine<'d> {
 
     /// Time rules up to `as_of` (§7.3): fires every due rule at its crossing instant,
     /// following cascades. On error the entity is left as it was and nothing is emitted.
-    pub fn evaluate_rules(&self, slot: &mut Slot, as_of: Instant, out: &mut Vec<Snapshot>) -> Result<(), String> {
+    pub fn evaluate_rules(
+        &self,
+        slot: &mut Slot,
+        as_of: Instant,
+        out: &mut Vec<Snapshot>,
+    ) -> Result<(), String> {
         let Some(start) = slot.entity.as_ref() else {
             return Ok(());
         };
@@ -432,10 +454,18 @@ impl<'d> Machine<'d> {
         }
     }
 
-    fn fire_due_rules(&self, slot: &mut Slot, as_of: Instant, out: &mut Vec<Snapshot>) -> Result<(), String> {
+    fn fire_due_rules(
+        &self,
+        slot: &mut Slot,
+        as_of: Instant,
+        out: &mut Vec<Snapshot>,
+    ) -> Result<(), String> {
         let mut firings = 0;
         loop {
-            let entity = slot.entity.as_mut().expect("rules run on existing entities");
+            let entity = slot
+                .entity
+                .as_mut()
+                .expect("rules run on existing entities");
             let Some(state) = self.def.states.get(&entity.state) else {
                 return Ok(());
             };
@@ -510,9 +540,8 @@ impl<'d> Machine<'d> {
                                 properties: Some(&entity.properties),
                                 now: self.now,
                             };
-                            expr.eval(&scope).map_err(|e| {
-                                format!("time rule set of '{property}' failed: {e}")
-                            })?
+                            expr.eval(&scope)
+                                .map_err(|e| format!("time rule set of '{property}' failed: {e}"))?
                         } else {
                             Value::Null
                         };

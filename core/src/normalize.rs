@@ -110,7 +110,10 @@ impl<'a> Normalizer<'a> {
 }
 
 /// §2.1: the event definition selected by the raw type field.
-fn lookup_event<'s>(src: &'s Source, raw: &Json) -> Result<&'s SourceEvent, (Option<&'s str>, String)> {
+fn lookup_event<'s>(
+    src: &'s Source,
+    raw: &Json,
+) -> Result<&'s SourceEvent, (Option<&'s str>, String)> {
     let field = src.event_type_field.as_str();
     let Some(Json::String(raw_type)) = raw.get(field) else {
         return Err((
@@ -152,7 +155,9 @@ pub fn walk_path<'j>(raw: &'j Json, path: &str) -> Option<&'j Json> {
     for segment in path.split('.') {
         node = match node {
             Json::Object(m) => m.get(segment)?,
-            Json::Array(items) if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) => {
+            Json::Array(items)
+                if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 items.get(segment.parse::<usize>().ok()?)?
             }
             _ => return None,
@@ -254,7 +259,10 @@ fn in_range(t: Instant) -> Result<Instant, String> {
     if (1..=9999).contains(&t.year()) {
         Ok(t)
     } else {
-        Err("Timestamp out of range (years 1 to 9999); epoch numbers are seconds, not milliseconds".into())
+        Err(
+            "Timestamp out of range (years 1 to 9999); epoch numbers are seconds, not milliseconds"
+                .into(),
+        )
     }
 }
 
@@ -265,7 +273,8 @@ fn epoch_float(f: f64) -> Result<Instant, String> {
     }
     let secs = f.floor();
     let nanos = ((f - secs) * 1e9) as i128;
-    instant_from_nanos(secs as i128 * 1_000_000_000 + nanos).ok_or_else(|| "Timestamp out of range".into())
+    instant_from_nanos(secs as i128 * 1_000_000_000 + nanos)
+        .ok_or_else(|| "Timestamp out of range".into())
 }
 
 /// RFC 3339 as §2.3 accepts it: `YYYY-MM-DD`, `T`/`t`/space, `HH:MM:SS`, an optional
@@ -277,9 +286,16 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
     }
     let num = |range: std::ops::Range<usize>| -> Option<u32> {
         let part = s.get(range)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
@@ -301,7 +317,10 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
     }
     let offset_secs: i64 = match &s[i..] {
         "Z" | "z" => 0,
-        rest if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && rest.as_bytes()[3] == b':' => {
+        rest if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && rest.as_bytes()[3] == b':' =>
+        {
             let h = num(i + 1..i + 3)? as i64;
             let m = num(i + 4..i + 6)? as i64;
             if h > 23 || m > 59 {
@@ -320,7 +339,11 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
 }
 
 /// §2.6: `e_` + SHA-256 of `event_type|PAIRS`.
-pub fn event_id(event_type: &str, data: &IndexMap<String, Value>, fields: Option<&[String]>) -> String {
+pub fn event_id(
+    event_type: &str,
+    data: &IndexMap<String, Value>,
+    fields: Option<&[String]>,
+) -> String {
     let mut pairs: Vec<(&String, &Value)> = data
         .iter()
         .filter(|(k, _)| fields.is_none_or(|f| f.iter().any(|x| x == *k)))
@@ -378,7 +401,12 @@ fn tagged(out: &mut String, v: &Value) {
 }
 
 /// §2.5: hints per entity type (sorted by name), fields in listed order.
-pub fn extract_hints(defs: &Definitions, event: &SourceEvent, data: &IndexMap<String, Value>, as_of: Instant) -> Hints {
+pub fn extract_hints(
+    defs: &Definitions,
+    event: &SourceEvent,
+    data: &IndexMap<String, Value>,
+    as_of: Instant,
+) -> Hints {
     let mut hints = Hints::new();
     let mut types: Vec<(&String, &Vec<String>)> = event.hints.iter().collect();
     types.sort_by(|a, b| a.0.cmp(b.0));
@@ -415,7 +443,11 @@ pub fn hint_text(v: &Value) -> Option<String> {
 /// Applies the identity field's `normalize` expression; a failure or a non-String result
 /// leaves the value as it was (§2.5 step 2).
 pub fn normalize_hint(entity: &Entity, field: &str, text: String, as_of: Instant) -> String {
-    let Some(expr) = entity.identity.get(field).and_then(|f| f.normalize.as_ref()) else {
+    let Some(expr) = entity
+        .identity
+        .get(field)
+        .and_then(|f| f.normalize.as_ref())
+    else {
         return text;
     };
     let scope = ValueScope {
@@ -453,7 +485,11 @@ impl RawScope {
     fn new(raw: &Json, now: Instant) -> RawScope {
         let fields = raw
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect()
+            })
             .unwrap_or_default();
         RawScope { fields, now }
     }

@@ -94,10 +94,17 @@ pub fn replay_entity(
         if event.event_type == MERGE_EVENT_TYPE {
             continue;
         }
-        if let Err(error) = machine.apply_event(&mut out.slot, &event.view(), relate, &mut snapshots) {
+        if let Err(error) =
+            machine.apply_event(&mut out.slot, &event.view(), relate, &mut snapshots)
+        {
             out.failures.push((
                 event.order_key(),
-                EventFailure::interpretation(&job.entity_type, &job.entity_id, Some(&event.event_id), error),
+                EventFailure::interpretation(
+                    &job.entity_type,
+                    &job.entity_id,
+                    Some(&event.event_id),
+                    error,
+                ),
             ));
         }
         write(defs, &mut out, &mut snapshots);
@@ -128,8 +135,12 @@ fn write(defs: &Definitions, out: &mut EntityReplay, snapshots: &mut Vec<Snapsho
         out.history.apply(&out.entity_id, &s);
         for r in &s.relationships {
             if declared_relationship(defs, &r.relationship_type) {
-                out.relationships
-                    .apply(&out.entity_id, &r.relationship_type, &r.target_entity_id, s.valid_from);
+                out.relationships.apply(
+                    &out.entity_id,
+                    &r.relationship_type,
+                    &r.target_entity_id,
+                    s.valid_from,
+                );
             }
         }
     }
@@ -137,9 +148,11 @@ fn write(defs: &Definitions, out: &mut EntityReplay, snapshots: &mut Vec<Snapsho
 
 /// Relationship rows are written only for types some entity declares (§9).
 pub fn declared_relationship(defs: &Definitions, relationship_type: &str) -> bool {
-    defs.entities
-        .values()
-        .any(|e| e.relationships.iter().any(|r| r.relationship == relationship_type))
+    defs.entities.values().any(|e| {
+        e.relationships
+            .iter()
+            .any(|r| r.relationship == relationship_type)
+    })
 }
 
 /// Replays many entities on a pool of `workers` threads; results are keyed by
@@ -163,7 +176,10 @@ pub fn replay_entities(
         return jobs
             .iter()
             .map(|job| {
-                ((job.entity_type.clone(), job.entity_id.clone()), replay_entity(defs, job, as_of, relate))
+                (
+                    (job.entity_type.clone(), job.entity_id.clone()),
+                    replay_entity(defs, job, as_of, relate),
+                )
             })
             .collect();
     }

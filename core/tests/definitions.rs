@@ -93,8 +93,17 @@ fn cust() -> Project {
 #[track_caller]
 fn one_error(p: &Project, fragment: &str) {
     let r = p.result();
-    assert_eq!(r.errors.len(), 1, "expected one error with {fragment:?}, got {:?}", r.errors);
-    assert!(r.errors[0].contains(fragment), "{:?} lacks {fragment:?}", r.errors[0]);
+    assert_eq!(
+        r.errors.len(),
+        1,
+        "expected one error with {fragment:?}, got {:?}",
+        r.errors
+    );
+    assert!(
+        r.errors[0].contains(fragment),
+        "{:?} lacks {fragment:?}",
+        r.errors[0]
+    );
     assert!(!r.valid);
 }
 
@@ -164,11 +173,13 @@ fn schemas_are_read_from_events_and_schemas_folders() {
 
     let bad = "make: {fields: {nope: {type: string, required: true}}}\n";
     let p = min();
-    p.write("events/make.yaml", schema).write("schemas/bad.yaml", bad);
+    p.write("events/make.yaml", schema)
+        .write("schemas/bad.yaml", bad);
     one_error(&p, "duplicate definition 'make'");
 
     let p = min();
-    p.write("events/make.yaml", schema).write("events/bad.yaml", bad);
+    p.write("events/make.yaml", schema)
+        .write("events/bad.yaml", bad);
     one_error(&p, "duplicate definition 'make'");
     assert!(
         Definitions::load(p.path()).is_err(),
@@ -211,10 +222,24 @@ fn files_are_read_in_name_order_and_may_hold_several_definitions() {
 #[test]
 fn the_start_state_must_create() {
     let p = min();
-    p.edit(MIN_ENTITY, "effects: [create]", "effects: [{transition: {to: new}}]");
-    one_error(&p, "starts state 'new' has no handler with a 'create' effect");
-    p.edit(MIN_ENTITY, "  states:", "  always: {make2: {effects: [create]}}\n  states:");
-    one_error(&p, "starts state 'new' has no handler with a 'create' effect");
+    p.edit(
+        MIN_ENTITY,
+        "effects: [create]",
+        "effects: [{transition: {to: new}}]",
+    );
+    one_error(
+        &p,
+        "starts state 'new' has no handler with a 'create' effect",
+    );
+    p.edit(
+        MIN_ENTITY,
+        "  states:",
+        "  always: {make2: {effects: [create]}}\n  states:",
+    );
+    one_error(
+        &p,
+        "starts state 'new' has no handler with a 'create' effect",
+    );
 }
 
 // CONTRACTS A4
@@ -234,7 +259,10 @@ fn every_state_must_be_reachable() {
 // CONTRACTS A5
 #[test]
 fn effects_must_reference_declared_states_and_properties() {
-    one_error(&min_with_effect("{transition: {to: nowhere}}"), "unknown state 'nowhere'");
+    one_error(
+        &min_with_effect("{transition: {to: nowhere}}"),
+        "unknown state 'nowhere'",
+    );
     one_error(
         &min_with_effect("{set: {property: ghost, value: 1}}"),
         "property 'ghost' is not declared",
@@ -247,9 +275,15 @@ fn effects_must_reference_declared_states_and_properties() {
         &min_with_effect("{set: {property: p, value: 5}}"),
         "does not match type 'string'",
     );
-    one_error(&min_with_effect("{increment: {property: p}}"), "cannot increment 'p'");
+    one_error(
+        &min_with_effect("{increment: {property: p}}"),
+        "cannot increment 'p'",
+    );
     valid(&min_with_effect("{set: {property: q, value: true}}"));
-    one_error(&min_with_effect("{set: {property: p, value: null}}"), "no value source");
+    one_error(
+        &min_with_effect("{set: {property: p, value: null}}"),
+        "no value source",
+    );
     valid(&min_with_effect("{set: {property: p, compute: \"null\"}}"));
     valid(&min_with_effect("{increment: {property: q, by: 2}}"));
 }
@@ -257,13 +291,27 @@ fn effects_must_reference_declared_states_and_properties() {
 // CONTRACTS A6
 #[test]
 fn defaults_and_allowed_values_match_their_type() {
-    one_error(&min_with_property("x: {type: integer, default: 1.5}"), "does not match type 'integer'");
-    one_error(&min_with_property("x: {type: number, default: true}"), "does not match type 'number'");
-    one_error(&min_with_property("x: {type: string, allowed: [a, 1]}"), "allowed value 1");
+    one_error(
+        &min_with_property("x: {type: integer, default: 1.5}"),
+        "does not match type 'integer'",
+    );
+    one_error(
+        &min_with_property("x: {type: number, default: true}"),
+        "does not match type 'number'",
+    );
+    one_error(
+        &min_with_property("x: {type: string, allowed: [a, 1]}"),
+        "allowed value 1",
+    );
     valid(&min_with_property("x: {type: number, default: 0}"));
-    valid(&min_with_property("x: {type: datetime, default: \"2024-01-01T00:00:00Z\"}"));
+    valid(&min_with_property(
+        "x: {type: datetime, default: \"2024-01-01T00:00:00Z\"}",
+    ));
     valid(&min_with_property("x: {type: boolean, default: yes}"));
-    one_error(&min_with_property("x: {type: integer, default: yes}"), "does not match type 'integer'");
+    one_error(
+        &min_with_property("x: {type: integer, default: yes}"),
+        "does not match type 'integer'",
+    );
     one_error(&min_with_property("x: {type: text}"), "unknown type 'text'");
 }
 
@@ -290,14 +338,20 @@ fn properties_cannot_shadow_system_columns() {
 
 #[test]
 fn names_must_be_identifiers() {
-    one_error(&min_with_property("\"bad name\": {type: string}"), "property name 'bad name'");
+    one_error(
+        &min_with_property("\"bad name\": {type: string}"),
+        "property name 'bad name'",
+    );
     let p = min();
     p.edit(MIN_ENTITY, "thing:", "\"th-ing\":")
         .edit(MIN_SOURCE, "thing: [key]", "th-ing: [key]");
     one_error(&p, "entity type name 'th-ing'");
     let p = min();
-    p.edit(MIN_ENTITY, "key: {}", "\"k:ey\": {}")
-        .edit(MIN_SOURCE, "thing: [key]", "thing: [\"k:ey\"]");
+    p.edit(MIN_ENTITY, "key: {}", "\"k:ey\": {}").edit(
+        MIN_SOURCE,
+        "thing: [key]",
+        "thing: [\"k:ey\"]",
+    );
     one_error(&p, "must not contain ':'");
 }
 
@@ -308,7 +362,11 @@ fn source_checks() {
     p.edit(MIN_SOURCE, "hints: { thing: [key] }", "hints: {}");
     one_error(&p, "must have at least one identity hint");
     let p = min();
-    p.edit(MIN_SOURCE, "hints: { thing: [key] }", "hints: { thing: [] }");
+    p.edit(
+        MIN_SOURCE,
+        "hints: { thing: [key] }",
+        "hints: { thing: [] }",
+    );
     valid(&p);
     let p = min();
     p.edit(MIN_SOURCE, "{ from: key }", "{ from: key, compute: \"1\" }");
@@ -343,7 +401,11 @@ fn two_events_selecting_one_raw_type_are_an_error() {
 fn relationship_checks() {
     const E: &str = "entities/customer.yaml";
     let p = cust();
-    p.edit(E, "  relationships:\n    - { type: placed_by, target: customer, cardinality: belongs_to }\n", "");
+    p.edit(
+        E,
+        "  relationships:\n    - { type: placed_by, target: customer, cardinality: belongs_to }\n",
+        "",
+    );
     has_error(&p, "has no inverse");
     let p = cust();
     p.edit(E, "cardinality: has_many }", "cardinality: has_many }")
@@ -353,10 +415,18 @@ fn relationship_checks() {
     assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
     assert!(r.errors.iter().all(|e| e.contains("cardinality mismatch")));
     let p = cust();
-    p.edit(E, "type: placed, target: order", "type: \"a:b\", target: order");
+    p.edit(
+        E,
+        "type: placed, target: order",
+        "type: \"a:b\", target: order",
+    );
     one_error(&p, "must not contain ':'");
     let p = cust();
-    p.edit(E, "type: placed, target: order", "type: placed, target: nowhere");
+    p.edit(
+        E,
+        "type: placed, target: order",
+        "type: placed, target: nowhere",
+    );
     has_error(&p, "target entity 'nowhere' is not defined");
     let p = cust();
     p.edit(E, "cardinality: has_many }", "cardinality: lots }");
@@ -368,7 +438,10 @@ fn relationship_checks() {
 fn schema_cross_checks_apply_once_a_schema_exists() {
     let schema = |fields: &str| format!("make: {{fields: {{ {fields} }}}}\n");
     let p = min();
-    p.write("schemas/make.yaml", &schema("key: {type: string, required: true}"));
+    p.write(
+        "schemas/make.yaml",
+        &schema("key: {type: string, required: true}"),
+    );
     valid(&p);
     p.write(
         "schemas/make.yaml",
@@ -377,17 +450,28 @@ fn schema_cross_checks_apply_once_a_schema_exists() {
     one_error(&p, "requires field 'extra'");
     let p = min();
     p.write("schemas/make.yaml", &schema("key: {type: string}"))
-        .edit(MIN_SOURCE, "{ key: { from: key } }", "{ key: { from: key }, other: { from: o } }");
+        .edit(
+            MIN_SOURCE,
+            "{ key: { from: key } }",
+            "{ key: { from: key }, other: { from: o } }",
+        );
     one_error(&p, "'other' is not declared in schema 'make'");
     let p = min();
     p.write("schemas/make.yaml", &schema("key: {type: string}"))
-        .edit(MIN_SOURCE, "    make:", "    poke: { hints: { thing: [key] } }\n    make:");
+        .edit(
+            MIN_SOURCE,
+            "    make:",
+            "    poke: { hints: { thing: [key] } }\n    make:",
+        );
     one_error(&p, "no schema is defined for event type 'poke'");
     let p = min();
     p.write("schemas/make.yaml", &schema("key: {type: string, min: 1}"));
     one_error(&p, "'min' constraint only applies to numeric types");
     let p = min();
-    p.write("schemas/make.yaml", &schema("key: {type: integer, regex: \"^a\"}"));
+    p.write(
+        "schemas/make.yaml",
+        &schema("key: {type: integer, regex: \"^a\"}"),
+    );
     one_error(&p, "'regex' constraint only applies to string fields");
     let p = min();
     p.write("schemas/make.yaml", &schema("key: {type: text}"));
@@ -397,7 +481,11 @@ fn schema_cross_checks_apply_once_a_schema_exists() {
 #[test]
 fn handled_event_types_need_schemas_too() {
     let p = min();
-    p.write("schemas/make.yaml", "make: {fields: {key: {type: string}}}\n").edit(
+    p.write(
+        "schemas/make.yaml",
+        "make: {fields: {key: {type: string}}}\n",
+    )
+    .edit(
         MIN_ENTITY,
         "  states:",
         "  always: {ping: {effects: [create]}}\n  states:",
@@ -409,29 +497,50 @@ fn handled_event_types_need_schemas_too() {
 #[test]
 fn bad_expressions_fail_registration_naming_entity_handler_and_guard() {
     let p = min();
-    p.edit(MIN_ENTITY, "make: { effects", "make: { guard: \"event.x >\", effects");
+    p.edit(
+        MIN_ENTITY,
+        "make: { effects",
+        "make: { guard: \"event.x >\", effects",
+    );
     let r = p.result();
     assert!(!r.valid);
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     let e = &r.errors[0];
-    assert!(e.contains("thing") && e.contains("make") && e.contains("guard"), "{e}");
+    assert!(
+        e.contains("thing") && e.contains("make") && e.contains("guard"),
+        "{e}"
+    );
     let err = Definitions::load(p.path()).unwrap_err();
     assert!(err.message.contains("guard"), "{}", err.message);
 
     // An unknown function registers (with a warning) and fails only when evaluated.
     let p = min();
-    p.edit(MIN_ENTITY, "make: { effects", "make: { guard: \"upper(event.x) == 'A'\", effects");
+    p.edit(
+        MIN_ENTITY,
+        "make: { effects",
+        "make: { guard: \"upper(event.x) == 'A'\", effects",
+    );
     let r = p.result();
     assert!(r.valid, "{:?}", r.errors);
-    assert!(r.warnings.iter().any(|w| w.contains("upper")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("upper")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[test]
 fn every_expression_site_is_compiled() {
     for (from, to) in [
         ("key: {}", "key: { normalize: \"value +\" }"),
-        ("make: { effects: [create] }", "make: { effects: [create, {set: {property: p, compute: \"(\"}}] }"),
-        ("make: { effects: [create] }", "make: { effects: [create, {set: {property: p, value: a, condition: \"1 +\"}}] }"),
+        (
+            "make: { effects: [create] }",
+            "make: { effects: [create, {set: {property: p, compute: \"(\"}}] }",
+        ),
+        (
+            "make: { effects: [create] }",
+            "make: { effects: [create, {set: {property: p, value: a, condition: \"1 +\"}}] }",
+        ),
     ] {
         let p = min_with_property("p: {type: string}");
         p.edit(MIN_ENTITY, from, to);
@@ -500,7 +609,13 @@ fn cust_has_exactly_its_seven_warnings() {
 fn treatment_without_sensitive_warns() {
     let r = min_with_property("p: {type: string, treatment: mask}").result();
     assert!(r.valid);
-    assert!(r.warnings.iter().any(|w| w.contains("'treatment' but no 'sensitive'")), "{:?}", r.warnings);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("'treatment' but no 'sensitive'")),
+        "{:?}",
+        r.warnings
+    );
     let r = min_with_property("p: {type: string, treatment: mask, sensitive: pii}").result();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
@@ -517,7 +632,11 @@ fn relate_hints_the_event_does_not_carry_warn() {
     let r = p.result();
     assert!(r.valid, "{:?}", r.errors);
     assert_eq!(r.warnings.len(), 8, "{:#?}", r.warnings);
-    let extra: Vec<&String> = r.warnings.iter().filter(|w| w.contains("relates on")).collect();
+    let extra: Vec<&String> = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("relates on"))
+        .collect();
     assert_eq!(extra.len(), 1);
     for word in ["order", "order_created", "billing", "customer", "phone"] {
         assert!(extra[0].contains(word), "{} lacks {word}", extra[0]);
@@ -529,17 +648,21 @@ fn relate_hints_the_event_does_not_carry_warn() {
 fn hashes_ignore_key_order_defaults_and_dropped_conditions() {
     let base = cust().hashes();
     let p = cust();
-    p.edit("entities/customer.yaml", "phone: { match: exact }", "phone: {}")
-        .edit(
-            "entities/customer.yaml",
-            "- { transition: { to: churned } }",
-            "- { transition: { to: churned, condition: \"true\" } }",
-        )
-        .edit(
-            "entities/customer.yaml",
-            "    plan:   { type: string, default: free }",
-            "    plan:   { default: free, type: string }",
-        );
+    p.edit(
+        "entities/customer.yaml",
+        "phone: { match: exact }",
+        "phone: {}",
+    )
+    .edit(
+        "entities/customer.yaml",
+        "- { transition: { to: churned } }",
+        "- { transition: { to: churned, condition: \"true\" } }",
+    )
+    .edit(
+        "entities/customer.yaml",
+        "    plan:   { type: string, default: free }",
+        "    plan:   { default: free, type: string }",
+    );
     assert_eq!(p.hashes(), base);
 
     let p = cust();
@@ -561,14 +684,21 @@ fn hashes_ignore_key_order_defaults_and_dropped_conditions() {
     assert_eq!(h.source_hash, base.source_hash);
 
     let p = cust();
-    p.edit("sources/app.yaml", "mrr: { from: mrr, type: number }", "mrr: { from: mrr, type: integer }");
+    p.edit(
+        "sources/app.yaml",
+        "mrr: { from: mrr, type: number }",
+        "mrr: { from: mrr, type: integer }",
+    );
     let h = p.hashes();
     assert_eq!(h.definition_hash, base.definition_hash);
     assert_eq!(h.identity_hash, base.identity_hash);
     assert_ne!(h.source_hash, base.source_hash);
 
     let p = cust();
-    p.write("schemas/cancel.yaml", "cancel: {fields: {email: {type: string}}}\n");
+    p.write(
+        "schemas/cancel.yaml",
+        "cancel: {fields: {email: {type: string}}}\n",
+    );
     // (The schema makes the set invalid — other events lack schemas — so hash the document
     // without validating.)
     let raw = defacto_core::definitions::load_path(p.path()).unwrap();
@@ -579,7 +709,10 @@ fn hashes_ignore_key_order_defaults_and_dropped_conditions() {
 fn schemas_change_no_hash_but_the_version_name() {
     let p = min();
     let (h0, v0) = (p.hashes(), p.version());
-    p.write("schemas/make.yaml", "make: {fields: {key: {type: string}}}\n");
+    p.write(
+        "schemas/make.yaml",
+        "make: {fields: {key: {type: string}}}\n",
+    );
     assert_eq!(p.hashes(), h0);
     assert_ne!(p.version(), v0);
 }
@@ -609,7 +742,9 @@ fn identity_order_is_hashed() {
 fn version_names_derive_from_content() {
     let v1 = cust().version();
     assert_eq!(v1.len(), 8);
-    assert!(v1.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(v1
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     assert_eq!(cust().version(), v1);
     let p = cust();
     p.edit("entities/customer.yaml", "default: free", "default: basic");
@@ -625,7 +760,9 @@ fn the_normalized_document_reloads_to_the_same_document() {
 
     // A store that loses key order (Postgres jsonb) still gives the declared identity order.
     let mut json = doc.json().clone();
-    let identity = json["entities"]["customer"]["identity"].as_object_mut().unwrap();
+    let identity = json["entities"]["customer"]["identity"]
+        .as_object_mut()
+        .unwrap();
     let email = identity.shift_remove("email").unwrap();
     identity.insert("email".into(), email);
     let reordered = Definitions::from_document(&json).unwrap();
@@ -657,7 +794,11 @@ fn indent(text: &str) -> String {
 fn structural_errors_name_file_and_path() {
     let cases = [
         ("  starts: new\n", "", "entity is missing 'starts'"),
-        ("identity: { key: {} }\n", "identity: {}\n", "at least one field"),
+        (
+            "identity: { key: {} }\n",
+            "identity: {}\n",
+            "at least one field",
+        ),
         (
             "new: { when: { make: { effects: [create] } } }",
             "new: { when: { make: { effects: [] } } }",
@@ -699,14 +840,25 @@ fn structural_errors_name_file_and_path() {
         p.edit(MIN_ENTITY, from, to);
         let r = p.result();
         assert_eq!(r.errors.len(), 1, "{fragment}: {:?}", r.errors);
-        assert!(r.errors[0].starts_with("entities/thing.yaml: thing"), "{:?}", r.errors[0]);
-        assert!(r.errors[0].contains(fragment), "{:?} lacks {fragment}", r.errors[0]);
+        assert!(
+            r.errors[0].starts_with("entities/thing.yaml: thing"),
+            "{:?}",
+            r.errors[0]
+        );
+        assert!(
+            r.errors[0].contains(fragment),
+            "{:?} lacks {fragment}",
+            r.errors[0]
+        );
     }
     let p = min();
     p.edit(MIN_SOURCE, "  events:\n", "  evts:\n");
     one_error(&p, "source is missing 'events'");
     let p = min();
-    p.write("schemas/make.yaml", "make: {fields: {key: {required: true}}}\n");
+    p.write(
+        "schemas/make.yaml",
+        "make: {fields: {key: {required: true}}}\n",
+    );
     one_error(&p, "schema field is missing 'type'");
     let p = min();
     p.write("schemas/make.yaml", "make: {}\n");
@@ -716,7 +868,11 @@ fn structural_errors_name_file_and_path() {
 #[test]
 fn the_spec_example_error_reads_as_documented() {
     let p = cust();
-    p.edit("entities/customer.yaml", "- { transition: { to: churned } }", "- { transition: { to: churnd } }");
+    p.edit(
+        "entities/customer.yaml",
+        "- { transition: { to: churned } }",
+        "- { transition: { to: churnd } }",
+    );
     let r = p.result();
     assert_eq!(
         r.errors,
@@ -727,7 +883,10 @@ fn the_spec_example_error_reads_as_documented() {
 #[test]
 fn malformed_yaml_reports_file_line_and_column() {
     let p = min();
-    p.write(MIN_ENTITY, "thing:\n  starts: new\n  identity: { key: {}\n  states: x\n");
+    p.write(
+        MIN_ENTITY,
+        "thing:\n  starts: new\n  identity: { key: {}\n  states: x\n",
+    );
     let r = p.result();
     assert_eq!(r.errors.len(), 1);
     let e = &r.errors[0];
@@ -764,28 +923,58 @@ fn proposed_warnings_for_runtime_only_problems() {
     let p = min_with_effect("{increment: {property: q, by: many}}");
     let r = p.result();
     assert!(r.valid);
-    assert!(r.warnings.iter().any(|w| w.contains("'by'")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("'by'")),
+        "{:?}",
+        r.warnings
+    );
 
     let p = min_with_effect("{relate: {type: nothing, target: thing, hints: {thing: [nokey]}}}");
     let r = p.result();
     assert!(r.valid, "{:?}", r.errors);
-    assert!(r.warnings.iter().any(|w| w.contains("declared by no entity")), "{:?}", r.warnings);
-    assert!(r.warnings.iter().any(|w| w.contains("'nokey' is not an identity field")), "{:?}", r.warnings);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("declared by no entity")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("'nokey' is not an identity field")),
+        "{:?}",
+        r.warnings
+    );
 
     let p = min();
     p.edit(MIN_ENTITY, "key: {}", "key: {match: fuzzy}");
     let r = p.result();
     assert!(r.valid);
-    assert!(r.warnings.iter().any(|w| w.contains("match 'fuzzy'")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("match 'fuzzy'")),
+        "{:?}",
+        r.warnings
+    );
 
     let p = min();
     p.edit(MIN_SOURCE, "  events:", "  event_id: [nope]\n  events:");
     let r = p.result();
     assert!(r.valid);
-    assert!(r.warnings.iter().any(|w| w.contains("event_id field 'nope'")), "{:?}", r.warnings);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("event_id field 'nope'")),
+        "{:?}",
+        r.warnings
+    );
 
     let p = min_with_effect("{set: {property: q, compute: \"len(1, 2)\"}}");
     let r = p.result();
     assert!(r.valid);
-    assert!(r.warnings.iter().any(|w| w.contains("'len' expects")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("'len' expects")),
+        "{:?}",
+        r.warnings
+    );
 }

@@ -19,8 +19,15 @@ fn t(s: &str) -> Instant {
     let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
     let (m, d) = date.split_once('-').unwrap();
     let (h, min) = time.split_once(':').unwrap();
-    Utc.with_ymd_and_hms(2024, m.parse().unwrap(), d.parse().unwrap(), h.parse().unwrap(), min.parse().unwrap(), 0)
-        .unwrap()
+    Utc.with_ymd_and_hms(
+        2024,
+        m.parse().unwrap(),
+        d.parse().unwrap(),
+        h.parse().unwrap(),
+        min.parse().unwrap(),
+        0,
+    )
+    .unwrap()
 }
 
 fn iso(s: &str) -> String {
@@ -37,13 +44,17 @@ fn engine() -> Engine {
 
 fn app(ty: &str, at: &str, extra: Json) -> Json {
     let mut raw = json!({"type": ty, "ts": iso(at)});
-    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     raw
 }
 
 fn bill(raw_type: &str, at: &str, extra: Json) -> Json {
     let mut raw = json!({"event": raw_type, "created_at": iso(at)});
-    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     raw
 }
 
@@ -68,7 +79,10 @@ fn rows<'a>(e: &'a Engine, id: &str) -> Vec<&'a HistoryRow> {
 }
 
 fn prop(e: &Engine, row: &HistoryRow, name: &str) -> Value {
-    let i = e.definitions().entities["customer"].properties.get_index_of(name).unwrap();
+    let i = e.definitions().entities["customer"]
+        .properties
+        .get_index_of(name)
+        .unwrap();
     row.properties[i].clone()
 }
 
@@ -78,8 +92,16 @@ fn s1(e: &mut Engine) {
         "app",
         &[
             app("signup", "01-01 10:00", json!({"email": "Alice@X.com"})),
-            app("upgrade", "01-02 10:00", json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"})),
-            app("login", "01-03 10:00", json!({"email": "alice@x.com", "n": 1})),
+            app(
+                "upgrade",
+                "01-02 10:00",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+            ),
+            app(
+                "login",
+                "01-03 10:00",
+                json!({"email": "alice@x.com", "n": 1}),
+            ),
         ],
     );
 }
@@ -107,12 +129,24 @@ fn s1_builds_customer_a() {
 #[test]
 fn duplicates_are_not_reapplied() {
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     e.build(t("01-10"), false);
-    ingest(&mut e, "app", &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))],
+    );
     e.build(t("01-10"), false);
     let cursor = e.cursor();
-    let r = e.ingest("app", &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))], t("01-10"));
+    let r = e.ingest(
+        "app",
+        &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))],
+        t("01-10"),
+    );
     assert_eq!((r.events_ingested, r.duplicates_skipped), (0, 1));
     assert_eq!(e.build(t("01-10"), false).mode, BuildMode::Skip);
     assert_eq!(e.cursor(), cursor);
@@ -132,20 +166,34 @@ fn dedup_accounting() {
         app("login", "01-03", json!({"email": "a@x.com", "n": 1})),
     ];
     let r = e.ingest("app", &five, t("01-10"));
-    assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (2, 1, 2));
+    assert_eq!(
+        (r.events_ingested, r.duplicates_skipped, r.events_failed),
+        (2, 1, 2)
+    );
     assert_eq!(r.failures.len(), 2);
-    let signup = e.ledger().iter().find(|x| x.event_type == "signup").unwrap();
+    let signup = e
+        .ledger()
+        .iter()
+        .find(|x| x.event_type == "signup")
+        .unwrap();
     assert_eq!(r.duplicate_ids, std::slice::from_ref(&signup.event_id));
     assert_eq!(signup.timestamp, t("01-01"));
     let r = e.ingest("app", &five, t("01-10"));
-    assert_eq!((r.events_ingested, r.duplicates_skipped, r.events_failed), (0, 3, 2));
+    assert_eq!(
+        (r.events_ingested, r.duplicates_skipped, r.events_failed),
+        (0, 3, 2)
+    );
 }
 
 fn s5() -> Vec<Json> {
     vec![
         app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
         app("signup", "01-02 10:00", json!({"phone": "555"})),
-        app("link", "01-03 10:00", json!({"email": "a@x.com", "phone": "555"})),
+        app(
+            "link",
+            "01-03 10:00",
+            json!({"email": "a@x.com", "phone": "555"}),
+        ),
     ]
 }
 
@@ -212,23 +260,50 @@ fn link_first_starts_one_cluster() {
 #[test]
 fn enrichment_is_not_a_merge_but_a_rename_is() {
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     e.build(t("01-10"), false);
-    ingest(&mut e, "app", &[app("link", "01-02", json!({"email": "a@x.com", "phone": "555"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app(
+            "link",
+            "01-02",
+            json!({"email": "a@x.com", "phone": "555"}),
+        )],
+    );
     let r = e.build(t("01-10"), false);
     assert_eq!(r.merges_detected, 0);
     assert_eq!(rows(&e, &email("a@x.com")).len(), 1);
 
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01", json!({"phone": "555"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01", json!({"phone": "555"}))],
+    );
     e.build(t("01-10"), false);
-    ingest(&mut e, "app", &[app("link", "01-02", json!({"email": "a@x.com", "phone": "555"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app(
+            "link",
+            "01-02",
+            json!({"email": "a@x.com", "phone": "555"}),
+        )],
+    );
     let r = e.build(t("01-10"), false);
     assert_eq!(r.merges_detected, 1);
     let p5 = rows(&e, &phone("555"));
     assert_eq!(p5.len(), 1);
     assert_eq!(p5[0].valid_to, Some(t("01-02")));
-    assert_eq!(p5[0].merged_into.as_deref(), Some(email("a@x.com").as_str()));
+    assert_eq!(
+        p5[0].merged_into.as_deref(),
+        Some(email("a@x.com").as_str())
+    );
     let ea = rows(&e, &email("a@x.com"));
     assert_eq!(ea.len(), 1);
     assert_eq!(ea[0].valid_from, t("01-01"));
@@ -244,15 +319,30 @@ fn a_late_arrival_rebuilds_its_entity() {
         "app",
         &[
             app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
-            app("upgrade", "01-03 10:00", json!({"email": "a@x.com", "plan": "pro", "mrr": 10})),
+            app(
+                "upgrade",
+                "01-03 10:00",
+                json!({"email": "a@x.com", "plan": "pro", "mrr": 10}),
+            ),
         ],
     );
     e.build(t("01-04"), false);
-    ingest(&mut e, "app", &[app("login", "01-02 10:00", json!({"email": "a@x.com", "n": 1}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app(
+            "login",
+            "01-02 10:00",
+            json!({"email": "a@x.com", "n": 1}),
+        )],
+    );
     let r = e.build(t("01-04"), false);
     assert_eq!(r.late_arrivals, 1);
     let rows = rows(&e, &email("a@x.com"));
-    let got: Vec<(Value, Value, Instant)> = rows.iter().map(|r| (prop(&e, r, "plan"), prop(&e, r, "logins"), r.valid_from)).collect();
+    let got: Vec<(Value, Value, Instant)> = rows
+        .iter()
+        .map(|r| (prop(&e, r, "plan"), prop(&e, r, "logins"), r.valid_from))
+        .collect();
     assert_eq!(
         got,
         [
@@ -267,9 +357,17 @@ fn a_late_arrival_rebuilds_its_entity() {
 #[test]
 fn late_relative_to_a_rule_firing() {
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     e.build(t("03-01"), false);
-    ingest(&mut e, "app", &[app("login", "01-20", json!({"email": "a@x.com", "n": 1}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("login", "01-20", json!({"email": "a@x.com", "n": 1}))],
+    );
     let r = e.build(t("03-01"), false);
     assert_eq!(r.late_arrivals, 1);
     let got: Vec<(String, Instant, Option<Instant>)> = rows(&e, &email("a@x.com"))
@@ -291,9 +389,17 @@ fn late_relative_to_a_rule_firing() {
 #[test]
 fn a_new_entity_before_the_watermark_is_late() {
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01 10:00", json!({"email": "a@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01 10:00", json!({"email": "a@x.com"}))],
+    );
     e.build(t("01-02"), false);
-    ingest(&mut e, "app", &[app("signup", "01-01 09:00", json!({"email": "b@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01 09:00", json!({"email": "b@x.com"}))],
+    );
     let r = e.build(t("01-02"), false);
     assert_eq!(r.late_arrivals, 1);
     let b = rows(&e, &email("b@x.com"));
@@ -305,11 +411,22 @@ fn a_new_entity_before_the_watermark_is_late() {
 #[test]
 fn tick_counts_firings() {
     let mut e = engine();
-    ingest(&mut e, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     e.build(t("01-02"), false);
     let r = e.tick(t("03-01"));
-    assert_eq!((r.effects_produced, r.entities_affected, r.transitions), (2, 1, 2));
-    assert_eq!(e.tick(t("01-15")), Default::default(), "sweeps never go back (F9)");
+    assert_eq!(
+        (r.effects_produced, r.entities_affected, r.transitions),
+        (2, 1, 2)
+    );
+    assert_eq!(
+        e.tick(t("01-15")),
+        Default::default(),
+        "sweeps never go back (F9)"
+    );
 }
 
 // CONTRACTS E12, E13, E14
@@ -317,7 +434,15 @@ fn tick_counts_firings() {
 fn multi_type_events_and_relationships() {
     let mut e = engine();
     s1(&mut e);
-    ingest(&mut e, "billing", &[bill("order.created", "01-03 11:00", json!({"id": "o1", "customer_email": "Alice@X.com", "amount": 50}))]);
+    ingest(
+        &mut e,
+        "billing",
+        &[bill(
+            "order.created",
+            "01-03 11:00",
+            json!({"id": "o1", "customer_email": "Alice@X.com", "amount": 50}),
+        )],
+    );
     e.build(t("01-04"), false);
     let o1 = derived_id(None, "order", "order_id", "o1");
     let a = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
@@ -327,15 +452,43 @@ fn multi_type_events_and_relationships() {
     assert_eq!(rows(&e, a).len(), 3, "the customer gets no new row");
     let rels: Vec<_> = e.relationships.values().flat_map(|r| r.all()).collect();
     assert_eq!(rels.len(), 1);
-    assert_eq!((rels[0].source_id.as_str(), rels[0].target_id.as_str(), rels[0].relationship_type.as_str()), (o1.as_str(), a, "placed_by"));
+    assert_eq!(
+        (
+            rels[0].source_id.as_str(),
+            rels[0].target_id.as_str(),
+            rels[0].relationship_type.as_str()
+        ),
+        (o1.as_str(), a, "placed_by")
+    );
 
-    ingest(&mut e, "billing", &[bill("order.created", "01-04", json!({"id": "o-a", "amount": 5}))]);
-    ingest(&mut e, "billing", &[bill("order.created", "01-05", json!({"id": "o-b", "customer_email": "nobody@x.com", "amount": 6}))]);
+    ingest(
+        &mut e,
+        "billing",
+        &[bill(
+            "order.created",
+            "01-04",
+            json!({"id": "o-a", "amount": 5}),
+        )],
+    );
+    ingest(
+        &mut e,
+        "billing",
+        &[bill(
+            "order.created",
+            "01-05",
+            json!({"id": "o-b", "customer_email": "nobody@x.com", "amount": 6}),
+        )],
+    );
     let r = e.build(t("01-06"), false);
     assert!(r.failures.is_empty());
     let ob = derived_id(None, "order", "order_id", "o-b");
     let n = email("nobody@x.com");
-    let rels: Vec<_> = e.relationships.values().flat_map(|r| r.all()).filter(|r| r.source_id == ob).collect();
+    let rels: Vec<_> = e
+        .relationships
+        .values()
+        .flat_map(|r| r.all())
+        .filter(|r| r.source_id == ob)
+        .collect();
     assert_eq!(rels.len(), 1);
     assert_eq!(rels[0].target_id, n, "the ghost customer is the target");
     assert!(rows(&e, &n).is_empty(), "a ghost has no rows");
@@ -356,7 +509,15 @@ fn full_equals_incremental_for_the_contract_example() {
     let mut e = engine();
     s1(&mut e);
     e.build(t("01-04"), false);
-    ingest(&mut e, "app", &[app("login", "01-02 12:00", json!({"email": "alice@x.com", "n": 7}))]);
+    ingest(
+        &mut e,
+        "app",
+        &[app(
+            "login",
+            "01-02 12:00",
+            json!({"email": "alice@x.com", "n": 7}),
+        )],
+    );
     e.build(t("01-04"), false);
     e.tick(t("03-01"));
     let before = snapshot(&e);
@@ -368,17 +529,30 @@ fn full_equals_incremental_for_the_contract_example() {
 fn arb_event() -> impl Strategy<Value = Json> {
     let day = 1u32..28;
     let hour = 0u32..24;
-    let who = prop_oneof![Just("a@x.com"), Just("b@x.com"), Just("c@x.com"), Just("d@x.com")];
+    let who = prop_oneof![
+        Just("a@x.com"),
+        Just("b@x.com"),
+        Just("c@x.com"),
+        Just("d@x.com")
+    ];
     let ph = prop_oneof![Just("1"), Just("2"), Just("3")];
     (0usize..7, day, hour, who, ph, 1i64..100).prop_map(|(kind, d, h, who, ph, n)| {
         let at = format!("01-{d:02} {h:02}:00");
         match kind {
             0 => app("signup", &at, json!({"email": who})),
             1 => app("login", &at, json!({"email": who, "n": n})),
-            2 => app("upgrade", &at, json!({"email": who, "plan": format!("p{}", n % 3), "mrr": n})),
+            2 => app(
+                "upgrade",
+                &at,
+                json!({"email": who, "plan": format!("p{}", n % 3), "mrr": n}),
+            ),
             3 => app("cancel", &at, json!({"email": who})),
             4 => app("signup", &at, json!({"phone": ph})),
-            5 => bill("order.created", &at, json!({"id": format!("o{}", n % 3), "customer_email": who, "amount": n})),
+            5 => bill(
+                "order.created",
+                &at,
+                json!({"id": format!("o{}", n % 3), "customer_email": who, "amount": n}),
+            ),
             _ => app("link", &at, json!({"email": who, "phone": ph})),
         }
     })
@@ -455,4 +629,35 @@ proptest! {
 fn entity_keys_sort_by_type_then_id() {
     let k: EntityKey = ("a".into(), "2".into());
     assert!(k < ("b".to_string(), "1".to_string()));
+}
+
+// CONTRACTS B15: now() is the job's as_of, so replays are reproducible.
+#[test]
+fn now_is_the_jobs_as_of() {
+    let defs = Definitions::from_yaml_str(
+        "entities:\n  c:\n    starts: s\n    identity: {k: {}}\n    properties:\n      age: {type: integer, compute: \"days_since(parse_datetime('2024-05-01 00:00:00', '%Y-%m-%d %H:%M:%S'))\"}\n    states: {s: {when: {x: {effects: [create]}}}}\n\
+         sources:\n  s:\n    event_type: type\n    timestamp: ts\n    events:\n      x: {mappings: {k: {from: k}}, hints: {c: [k]}}\n",
+    )
+    .unwrap();
+    let as_of = Utc.with_ymd_and_hms(2024, 6, 1, 0, 0, 0).unwrap();
+    let raw = json!({"type": "x", "ts": "2024-01-01T00:00:00Z", "k": "1"});
+    let mut values = Vec::new();
+    for full in [false, true] {
+        let mut e = Engine::new(defs.clone());
+        e.ingest("s", std::slice::from_ref(&raw), as_of);
+        e.build(as_of, false);
+        if full {
+            e.build(as_of, true);
+        }
+        let row = e
+            .history
+            .values()
+            .next()
+            .unwrap()
+            .current()
+            .unwrap()
+            .clone();
+        values.push(row.properties[0].clone());
+    }
+    assert_eq!(values, [Value::Int(31), Value::Int(31)]);
 }

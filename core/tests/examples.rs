@@ -10,7 +10,9 @@ use defacto_core::engine::Engine;
 use serde_json::Value as Json;
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 /// Ingests every `data/<source>.jsonl` (one call per file; unparseable lines are skipped the
@@ -60,7 +62,10 @@ fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 fn quickstart_ends_as_its_readme_says() {
     let (engine, failed) = run("quickstart");
     assert_eq!(failed, 0);
-    assert_eq!(current_states(&engine, "ticket"), counts(&[("closed", 55), ("pending", 3), ("open", 2)]));
+    assert_eq!(
+        current_states(&engine, "ticket"),
+        counts(&[("closed", 55), ("pending", 3), ("open", 2)])
+    );
 }
 
 #[test]
@@ -69,12 +74,27 @@ fn showcase_ends_as_its_readme_says() {
     assert_eq!(failed, 2, "one malformed event per file");
     assert_eq!(
         current_states(&engine, "customer"),
-        counts(&[("active", 27), ("churned", 6), ("expired", 5), ("lost", 5), ("at_risk", 4), ("trial", 3), ("lead", 2)])
+        counts(&[
+            ("active", 27),
+            ("churned", 6),
+            ("expired", 5),
+            ("lost", 5),
+            ("at_risk", 4),
+            ("trial", 3),
+            ("lead", 2)
+        ])
     );
-    assert_eq!(current_states(&engine, "subscription"), counts(&[("active", 31), ("canceled", 7)]));
+    assert_eq!(
+        current_states(&engine, "subscription"),
+        counts(&[("active", 31), ("canceled", 7)])
+    );
     assert_eq!(
         current_states(&engine, "order"),
         counts(&[("fulfilled", 13), ("refunded", 2), ("cancelled", 1)])
     );
-    assert_eq!(engine.resolver().store().merge_log().len(), 2, "two identity merges");
+    assert_eq!(
+        engine.resolver().store().merge_log().len(),
+        2,
+        "two identity merges"
+    );
 }

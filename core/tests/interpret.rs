@@ -18,8 +18,15 @@ fn t(s: &str) -> Instant {
     let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
     let (m, d) = date.split_once('-').unwrap();
     let (h, min) = time.split_once(':').unwrap();
-    Utc.with_ymd_and_hms(2024, m.parse().unwrap(), d.parse().unwrap(), h.parse().unwrap(), min.parse().unwrap(), 0)
-        .unwrap()
+    Utc.with_ymd_and_hms(
+        2024,
+        m.parse().unwrap(),
+        d.parse().unwrap(),
+        h.parse().unwrap(),
+        min.parse().unwrap(),
+        0,
+    )
+    .unwrap()
 }
 
 fn iso(s: &str) -> String {
@@ -36,7 +43,12 @@ fn cust_with(edit: impl Fn(String) -> String) -> Definitions {
     let entities = edit(std::fs::read_to_string(dir.join("entities/customer.yaml")).unwrap());
     let sources = std::fs::read_to_string(dir.join("sources/app.yaml")).unwrap();
     let indent = |s: &str| s.lines().map(|l| format!("  {l}\n")).collect::<String>();
-    Definitions::from_yaml_str(&format!("entities:\n{}sources:\n{}", indent(&entities), indent(&sources))).unwrap()
+    Definitions::from_yaml_str(&format!(
+        "entities:\n{}sources:\n{}",
+        indent(&entities),
+        indent(&sources)
+    ))
+    .unwrap()
 }
 
 /// Raw app events → ledger events with consecutive sequences.
@@ -46,7 +58,9 @@ fn events(defs: &Definitions, source: &str, raws: &[Json]) -> Vec<LedgerEvent> {
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let e = n.normalize(source, raw).unwrap_or_else(|f| panic!("{}", f.error));
+            let e = n
+                .normalize(source, raw)
+                .unwrap_or_else(|f| panic!("{}", f.error));
             LedgerEvent {
                 sequence: i as i64 + 1,
                 event_id: e.event_id,
@@ -63,7 +77,9 @@ fn events(defs: &Definitions, source: &str, raws: &[Json]) -> Vec<LedgerEvent> {
 
 fn app(ty: &str, at: &str, extra: Json) -> Json {
     let mut raw = json!({"type": ty, "ts": iso(at)});
-    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     raw
 }
 
@@ -71,7 +87,13 @@ fn replay(defs: &Definitions, evs: &[LedgerEvent], as_of: &str) -> EntityReplay 
     replay_with(defs, "customer", evs, as_of, &NoRelations)
 }
 
-fn replay_with(defs: &Definitions, ty: &str, evs: &[LedgerEvent], as_of: &str, relate: &(dyn RelateLookup + Sync)) -> EntityReplay {
+fn replay_with(
+    defs: &Definitions,
+    ty: &str,
+    evs: &[LedgerEvent],
+    as_of: &str,
+    relate: &(dyn RelateLookup + Sync),
+) -> EntityReplay {
     let job = EntityJob {
         entity_type: ty.into(),
         entity_id: "X".into(),
@@ -83,12 +105,18 @@ fn replay_with(defs: &Definitions, ty: &str, evs: &[LedgerEvent], as_of: &str, r
 
 /// Property by name in a row of a customer.
 fn prop(defs: &Definitions, row: &HistoryRow, name: &str) -> Value {
-    let i = defs.entities["customer"].properties.get_index_of(name).unwrap();
+    let i = defs.entities["customer"]
+        .properties
+        .get_index_of(name)
+        .unwrap();
     row.properties[i].clone()
 }
 
 fn bounds(row: &HistoryRow) -> (String, Option<String>) {
-    (timestamp_text(&row.valid_from), row.valid_to.as_ref().map(timestamp_text))
+    (
+        timestamp_text(&row.valid_from),
+        row.valid_to.as_ref().map(timestamp_text),
+    )
 }
 
 fn s1(defs: &Definitions) -> Vec<LedgerEvent> {
@@ -97,8 +125,16 @@ fn s1(defs: &Definitions) -> Vec<LedgerEvent> {
         "app",
         &[
             app("signup", "01-01 10:00", json!({"email": "Alice@X.com"})),
-            app("upgrade", "01-02 10:00", json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"})),
-            app("login", "01-03 10:00", json!({"email": "alice@x.com", "n": 1})),
+            app(
+                "upgrade",
+                "01-02 10:00",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+            ),
+            app(
+                "login",
+                "01-03 10:00",
+                json!({"email": "alice@x.com", "n": 1}),
+            ),
         ],
     )
 }
@@ -111,8 +147,14 @@ fn scenario_s1_produces_its_three_rows() {
     let rows = &r.history.rows;
     assert_eq!(rows.len(), 3);
     assert!(r.failures.is_empty(), "{:?}", r.failures);
-    assert_eq!(bounds(&rows[0]), (iso("01-01 10:00"), Some(iso("01-02 10:00"))));
-    assert_eq!(bounds(&rows[1]), (iso("01-02 10:00"), Some(iso("01-03 10:00"))));
+    assert_eq!(
+        bounds(&rows[0]),
+        (iso("01-01 10:00"), Some(iso("01-02 10:00")))
+    );
+    assert_eq!(
+        bounds(&rows[1]),
+        (iso("01-02 10:00"), Some(iso("01-03 10:00")))
+    );
     assert_eq!(bounds(&rows[2]), (iso("01-03 10:00"), None));
     let p = |i: usize, n: &str| prop(&defs, &rows[i], n);
     assert_eq!(p(0, "email"), Value::str("Alice@X.com"));
@@ -143,7 +185,11 @@ fn early_non_create_events_are_ignored() {
         &defs,
         "app",
         &[
-            app("upgrade", "01-03 09:00", json!({"email": "b@x.com", "plan": "pro", "mrr": 5})),
+            app(
+                "upgrade",
+                "01-03 09:00",
+                json!({"email": "b@x.com", "plan": "pro", "mrr": 5}),
+            ),
             app("signup", "01-03 10:00", json!({"email": "b@x.com"})),
         ],
     );
@@ -173,7 +219,11 @@ fn create_is_idempotent() {
         "app",
         &[
             app("signup", "01-01", json!({"email": "a@x.com"})),
-            app("upgrade", "01-02", json!({"email": "a@x.com", "plan": "pro", "mrr": 5})),
+            app(
+                "upgrade",
+                "01-02",
+                json!({"email": "a@x.com", "plan": "pro", "mrr": 5}),
+            ),
             app("refresh", "01-03", json!({"email": "a@x.com"})),
         ],
     );
@@ -181,7 +231,11 @@ fn create_is_idempotent() {
     let rows = &r.history.rows;
     assert_eq!(rows.len(), 3);
     assert_eq!(prop(&defs, &rows[2], "plan"), Value::str("gold"));
-    assert_eq!(prop(&defs, &rows[2], "mrr"), Value::Float(5.0), "create did not reset properties");
+    assert_eq!(
+        prop(&defs, &rows[2], "mrr"),
+        Value::Float(5.0),
+        "create did not reset properties"
+    );
     assert_eq!(rows[2].created_time, Some(t("01-01")));
 }
 
@@ -190,14 +244,29 @@ fn create_is_idempotent() {
 fn a_false_guard_changes_nothing() {
     let defs = cust();
     let mut evs = s1(&defs);
-    evs.extend(events(&defs, "app", &[app("upgrade", "01-05", json!({"email": "alice@x.com", "plan": "pro", "mrr": "50"}))]).into_iter().map(|mut e| {
-        e.sequence = 4;
-        e
-    }));
+    evs.extend(
+        events(
+            &defs,
+            "app",
+            &[app(
+                "upgrade",
+                "01-05",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": "50"}),
+            )],
+        )
+        .into_iter()
+        .map(|mut e| {
+            e.sequence = 4;
+            e
+        }),
+    );
     let r = replay(&defs, &evs, "01-06");
     assert_eq!(r.history.rows.len(), 3);
     assert!(r.failures.is_empty());
-    assert_eq!(r.slot.entity.as_ref().unwrap().last_event_time, Some(t("01-03 10:00")));
+    assert_eq!(
+        r.slot.entity.as_ref().unwrap().last_event_time,
+        Some(t("01-03 10:00"))
+    );
 }
 
 // CONTRACTS E4, E6 (increment of a null property fails that event only)
@@ -246,7 +315,9 @@ fn small(handlers: &str, props: &str, extra_events: &[&str]) -> Definitions {
 
 fn ev(ty: &str, at: &str, extra: Json) -> Json {
     let mut raw = json!({"type": ty, "ts": iso(at), "k": "1"});
-    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     raw
 }
 
@@ -270,7 +341,12 @@ fn changes_are_not_diffs() {
     );
     let r = small_replay(
         &defs,
-        &[ev("open", "01-01", json!({})), ev("same", "01-02", json!({"v": 1})), ev("same", "01-03", json!({"v": 2})), ev("again", "01-04", json!({}))],
+        &[
+            ev("open", "01-01", json!({})),
+            ev("same", "01-02", json!({"v": 1})),
+            ev("same", "01-03", json!({"v": 2})),
+            ev("again", "01-04", json!({})),
+        ],
         "01-05",
     );
     let rows = &r.history.rows;
@@ -287,7 +363,15 @@ fn increment_by_a_float_gives_a_float() {
         "      n: {type: integer, default: 0}\n",
         &["inc", "half"],
     );
-    let r = small_replay(&defs, &[ev("open", "01-01", json!({})), ev("inc", "01-02", json!({})), ev("half", "01-03", json!({}))], "01-04");
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("inc", "01-02", json!({})),
+            ev("half", "01-03", json!({})),
+        ],
+        "01-04",
+    );
     assert_eq!(eprop(&defs, &r.history.rows[1], "n"), Value::Int(1));
     assert_eq!(eprop(&defs, &r.history.rows[2], "n"), Value::Float(3.5));
 }
@@ -301,7 +385,11 @@ fn effects_compose_and_conditions_see_earlier_effects() {
         props,
         &["go"],
     );
-    let r = small_replay(&forward, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({}))], "01-03");
+    let r = small_replay(
+        &forward,
+        &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({}))],
+        "01-03",
+    );
     let last = r.history.current().unwrap();
     assert_eq!(eprop(&forward, last, "x"), Value::Int(5));
     assert_eq!(eprop(&forward, last, "y"), Value::Int(1));
@@ -310,7 +398,11 @@ fn effects_compose_and_conditions_see_earlier_effects() {
         props,
         &["go"],
     );
-    let r = small_replay(&reversed, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({}))], "01-03");
+    let r = small_replay(
+        &reversed,
+        &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({}))],
+        "01-03",
+    );
     let last = r.history.current().unwrap();
     assert_eq!(eprop(&reversed, last, "x"), Value::Int(5));
     assert_eq!(eprop(&reversed, last, "y"), Value::Null);
@@ -324,11 +416,26 @@ fn non_boolean_conditions_skip_the_effect() {
         "      s: {type: string}\n",
         &["go"],
     );
-    for (flag, applied) in [(json!(null), false), (json!("yes"), false), (json!(true), true)] {
-        let r = small_replay(&defs, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({"flag": flag}))], "01-03");
+    for (flag, applied) in [
+        (json!(null), false),
+        (json!("yes"), false),
+        (json!(true), true),
+    ] {
+        let r = small_replay(
+            &defs,
+            &[
+                ev("open", "01-01", json!({})),
+                ev("go", "01-02", json!({"flag": flag})),
+            ],
+            "01-03",
+        );
         assert!(r.failures.is_empty());
         let last = r.history.current().unwrap();
-        assert_eq!(eprop(&defs, last, "s") == Value::str("cond"), applied, "flag {flag}");
+        assert_eq!(
+            eprop(&defs, last, "s") == Value::str("cond"),
+            applied,
+            "flag {flag}"
+        );
     }
 }
 
@@ -357,9 +464,15 @@ fn always_handlers_run_in_every_state_and_fail_alone_before_creation() {
     );
     let r = replay(&defs, &evs, "01-04");
     assert_eq!(r.failures.len(), 1);
-    assert!(r.failures[0].1.error.contains("set property 'plan' but entity doesn't exist"));
+    assert!(r.failures[0]
+        .1
+        .error
+        .contains("set property 'plan' but entity doesn't exist"));
     assert_eq!(r.history.rows.len(), 2);
-    assert_eq!(prop(&defs, r.history.current().unwrap(), "plan"), Value::str("pinged"));
+    assert_eq!(
+        prop(&defs, r.history.current().unwrap(), "plan"),
+        Value::str("pinged")
+    );
 }
 
 // CONTRACTS E10
@@ -370,11 +483,28 @@ fn computed_properties_see_the_previous_pass() {
         "      s: {type: integer}\n      u: {type: integer, compute: \"coalesce(entity.w, 0) + 1\"}\n      w: {type: integer, compute: \"coalesce(entity.u, 0) + 10\"}\n",
         &["go"],
     );
-    let r = small_replay(&defs, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({"v": 1})), ev("go", "01-03", json!({"v": 2}))], "01-04");
-    let uw: Vec<(Value, Value)> = r.history.rows.iter().map(|row| (eprop(&defs, row, "u"), eprop(&defs, row, "w"))).collect();
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("go", "01-02", json!({"v": 1})),
+            ev("go", "01-03", json!({"v": 2})),
+        ],
+        "01-04",
+    );
+    let uw: Vec<(Value, Value)> = r
+        .history
+        .rows
+        .iter()
+        .map(|row| (eprop(&defs, row, "u"), eprop(&defs, row, "w")))
+        .collect();
     assert_eq!(
         uw,
-        [(Value::Int(1), Value::Int(10)), (Value::Int(11), Value::Int(11)), (Value::Int(12), Value::Int(21))]
+        [
+            (Value::Int(1), Value::Int(10)),
+            (Value::Int(11), Value::Int(11)),
+            (Value::Int(12), Value::Int(21))
+        ]
     );
 }
 
@@ -386,9 +516,20 @@ fn system_attributes_are_not_in_scope() {
         "      a: {type: string}\n      b: {type: string}\n      c: {type: string}\n",
         &["go"],
     );
-    let r = small_replay(&defs, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({"v": "direct"}))], "01-03");
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("go", "01-02", json!({"v": "direct"})),
+        ],
+        "01-03",
+    );
     let last = r.history.current().unwrap();
-    assert_eq!(eprop(&defs, last, "a"), Value::str("direct"), "only the first two segments of `from` count");
+    assert_eq!(
+        eprop(&defs, last, "a"),
+        Value::str("direct"),
+        "only the first two segments of `from` count"
+    );
     assert_eq!(eprop(&defs, last, "b"), Value::str(""));
     assert_eq!(eprop(&defs, last, "c"), Value::str(""));
 }
@@ -401,11 +542,30 @@ fn runtime_expression_errors_fail_the_event() {
         "      s: {type: string, default: a}\n",
         &["go", "nb"],
     );
-    let r = small_replay(&defs, &[ev("open", "01-01", json!({})), ev("go", "01-02", json!({"v": "x"})), ev("nb", "01-03", json!({}))], "01-04");
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("go", "01-02", json!({"v": "x"})),
+            ev("nb", "01-03", json!({})),
+        ],
+        "01-04",
+    );
     assert_eq!(r.failures.len(), 2);
-    assert!(r.failures[0].1.error.contains("Unknown function 'upper'"), "{}", r.failures[0].1.error);
+    assert!(
+        r.failures[0].1.error.contains("Unknown function 'upper'"),
+        "{}",
+        r.failures[0].1.error
+    );
     assert!(r.failures[0].1.error.contains("guard evaluation failed"));
-    assert!(r.failures[1].1.error.contains("guard must evaluate to boolean"), "{}", r.failures[1].1.error);
+    assert!(
+        r.failures[1]
+            .1
+            .error
+            .contains("guard must evaluate to boolean"),
+        "{}",
+        r.failures[1].1.error
+    );
     assert_eq!(r.history.rows.len(), 1);
 }
 
@@ -413,10 +573,15 @@ fn runtime_expression_errors_fail_the_event() {
 #[test]
 fn rules_fire_at_their_crossing_instants() {
     let defs = cust();
-    let evs = events(&defs, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    let evs = events(
+        &defs,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     let r = replay(&defs, &evs, "03-01");
     let rows = &r.history.rows;
-    let got: Vec<(&str, (String, Option<String>))> = rows.iter().map(|r| (r.state.as_str(), bounds(r))).collect();
+    let got: Vec<(&str, (String, Option<String>))> =
+        rows.iter().map(|r| (r.state.as_str(), bounds(r))).collect();
     assert_eq!(
         got,
         [
@@ -436,13 +601,19 @@ fn rules_fire_at_their_crossing_instants() {
 #[test]
 fn rules_do_not_depend_on_evaluation_frequency() {
     let defs = cust();
-    let evs = events(&defs, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
+    let evs = events(
+        &defs,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
     let once = replay(&defs, &evs, "03-01");
     let machine = defacto_core::interpret::Machine::new(&defs.entities["customer"], t("03-01"));
     let mut stepped = replay(&defs, &evs, "01-02");
     for at in ["02-05", "03-01", "01-15"] {
         let mut snaps = Vec::new();
-        machine.evaluate_rules(&mut stepped.slot, t(at), &mut snaps).unwrap();
+        machine
+            .evaluate_rules(&mut stepped.slot, t(at), &mut snaps)
+            .unwrap();
         for s in &snaps {
             stepped.history.apply("X", s);
         }
@@ -458,10 +629,18 @@ fn rules_due_before_an_event_fire_first() {
     let evs = events(
         &defs,
         "app",
-        &[app("signup", "01-01", json!({"email": "a@x.com"})), app("login", "02-05", json!({"email": "a@x.com", "n": 1}))],
+        &[
+            app("signup", "01-01", json!({"email": "a@x.com"})),
+            app("login", "02-05", json!({"email": "a@x.com", "n": 1})),
+        ],
     );
     let r = replay(&defs, &evs, "02-06");
-    let got: Vec<(&str, (String, Option<String>))> = r.history.rows.iter().map(|r| (r.state.as_str(), bounds(r))).collect();
+    let got: Vec<(&str, (String, Option<String>))> = r
+        .history
+        .rows
+        .iter()
+        .map(|r| (r.state.as_str(), bounds(r)))
+        .collect();
     assert_eq!(
         got,
         [
@@ -477,8 +656,18 @@ fn rules_due_before_an_event_fire_first() {
 #[test]
 fn thresholds_are_strict() {
     let defs = cust();
-    let evs = events(&defs, "app", &[app("signup", "01-01", json!({"email": "a@x.com"}))]);
-    let at = |s: &str| replay_at(&defs, &evs, chrono::DateTime::parse_from_rfc3339(s).unwrap().into());
+    let evs = events(
+        &defs,
+        "app",
+        &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+    );
+    let at = |s: &str| {
+        replay_at(
+            &defs,
+            &evs,
+            chrono::DateTime::parse_from_rfc3339(s).unwrap().into(),
+        )
+    };
     assert_eq!(at("2024-01-31T00:00:00Z").history.rows.len(), 1);
     let r = at("2024-01-31T00:00:01Z");
     assert_eq!(r.history.rows.len(), 2);
@@ -486,7 +675,12 @@ fn thresholds_are_strict() {
 }
 
 fn replay_at(defs: &Definitions, evs: &[LedgerEvent], as_of: Instant) -> EntityReplay {
-    let job = EntityJob { entity_type: "customer".into(), entity_id: "X".into(), events: evs.iter().collect(), merged_into: None };
+    let job = EntityJob {
+        entity_type: "customer".into(),
+        entity_id: "X".into(),
+        events: evs.iter().collect(),
+        merged_into: None,
+    };
     replay_entity(defs, &job, as_of, &NoRelations)
 }
 
@@ -494,7 +688,14 @@ fn replay_at(defs: &Definitions, evs: &[LedgerEvent], as_of: Instant) -> EntityR
 #[test]
 fn inactivity_counts_only_changes() {
     let defs = cust();
-    let evs = events(&defs, "app", &[app("signup", "01-01", json!({"email": "a@x.com"})), app("link", "01-20", json!({"email": "a@x.com"}))]);
+    let evs = events(
+        &defs,
+        "app",
+        &[
+            app("signup", "01-01", json!({"email": "a@x.com"})),
+            app("link", "01-20", json!({"email": "a@x.com"})),
+        ],
+    );
     let r = replay(&defs, &evs, "02-01");
     assert_eq!(r.history.rows[1].state, "dormant");
     assert_eq!(r.history.rows[1].valid_from, t("01-31"));
@@ -531,7 +732,11 @@ fn set_only_rules_fire_once_and_recompute() {
     assert_eq!(aprop(&defs, &rows[0], "flagged"), Value::Int(0));
     assert_eq!(aprop(&defs, &rows[1], "flagged"), Value::Int(1));
     assert_eq!(aprop(&defs, &rows[1], "double"), Value::Int(2));
-    assert_eq!(rows[1].last_event_time, Some(t("01-01")), "a set-only firing leaves last_event_time");
+    assert_eq!(
+        rows[1].last_event_time,
+        Some(t("01-01")),
+        "a set-only firing leaves last_event_time"
+    );
     let again = acct_replay(&defs, "01-10");
     assert_eq!(again.history, r.history);
 }
@@ -543,9 +748,15 @@ fn ignored_effect_kinds_and_conditions_in_rules() {
     let r = acct_replay(&defs, "01-05");
     assert_eq!(r.history.rows.len(), 1);
     assert_eq!(r.rule_firings, 0);
-    let defs = acct("[{set: {property: flagged, value: 5, condition: \"false\"}}]", "");
+    let defs = acct(
+        "[{set: {property: flagged, value: 5, condition: \"false\"}}]",
+        "",
+    );
     let r = acct_replay(&defs, "01-05");
-    assert_eq!(aprop(&defs, r.history.current().unwrap(), "flagged"), Value::Int(5));
+    assert_eq!(
+        aprop(&defs, r.history.current().unwrap(), "flagged"),
+        Value::Int(5)
+    );
 }
 
 // CONTRACTS F8
@@ -559,7 +770,14 @@ fn reference_times_by_rule_type() {
         .unwrap()
     };
     let run = |defs: &Definitions, as_of: &str| {
-        let evs = events(defs, "s", &[ev("open", "01-01", json!({})), ev("ping", "01-05", json!({}))]);
+        let evs = events(
+            defs,
+            "s",
+            &[
+                ev("open", "01-01", json!({})),
+                ev("ping", "01-05", json!({})),
+            ],
+        );
         replay_with(defs, "sub", &evs, as_of, &NoRelations)
     };
     let d = sub("state_duration");
@@ -582,7 +800,11 @@ fn several_changes_at_one_instant_give_one_row() {
         "app",
         &[
             app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
-            app("upgrade", "01-01 10:00", json!({"email": "a@x.com", "plan": "pro", "mrr": 10})),
+            app(
+                "upgrade",
+                "01-01 10:00",
+                json!({"email": "a@x.com", "plan": "pro", "mrr": 10}),
+            ),
             app("login", "01-01 10:00", json!({"email": "a@x.com", "n": 1})),
         ],
     );
@@ -604,7 +826,11 @@ fn ties_follow_input_order() {
         &defs,
         "app",
         &[
-            app("upgrade", "01-01 10:00", json!({"email": "a@x.com", "plan": "pro", "mrr": 10})),
+            app(
+                "upgrade",
+                "01-01 10:00",
+                json!({"email": "a@x.com", "plan": "pro", "mrr": 10}),
+            ),
             app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
             app("login", "01-01 10:00", json!({"email": "a@x.com", "n": 1})),
         ],
@@ -618,7 +844,8 @@ fn ties_follow_input_order() {
 struct OneCustomer;
 impl RelateLookup for OneCustomer {
     fn lookup(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
-        (entity_type == "customer" && field == "email" && value == "alice@x.com").then(|| "A".to_string())
+        (entity_type == "customer" && field == "email" && value == "alice@x.com")
+            .then(|| "A".to_string())
     }
     fn normalize_hint(&self, _: &str, _: &str, value: &str) -> String {
         value.to_lowercase()
@@ -630,19 +857,36 @@ impl RelateLookup for OneCustomer {
 fn relate_writes_one_open_row_per_target() {
     let defs = cust();
     let bill = |id: &str, at: &str, email: Option<&str>| {
-        let mut raw = json!({"event": "order.created", "created_at": iso(at), "id": id, "amount": 50});
+        let mut raw =
+            json!({"event": "order.created", "created_at": iso(at), "id": id, "amount": 50});
         if let Some(e) = email {
             raw["customer_email"] = json!(e);
         }
         raw
     };
-    let evs = events(&defs, "billing", &[bill("o1", "01-03 11:00", Some("Alice@X.com"))]);
+    let evs = events(
+        &defs,
+        "billing",
+        &[bill("o1", "01-03 11:00", Some("Alice@X.com"))],
+    );
     let r = replay_with(&defs, "order", &evs, "01-04", &OneCustomer);
     let rels: Vec<_> = r.relationships.all().collect();
     assert_eq!(rels.len(), 1);
-    assert_eq!((rels[0].relationship_type.as_str(), rels[0].target_id.as_str()), ("placed_by", "A"));
-    assert_eq!((rels[0].valid_from, rels[0].valid_to), (t("01-03 11:00"), None));
-    let total = defs.entities["order"].properties.get_index_of("total").unwrap();
+    assert_eq!(
+        (
+            rels[0].relationship_type.as_str(),
+            rels[0].target_id.as_str()
+        ),
+        ("placed_by", "A")
+    );
+    assert_eq!(
+        (rels[0].valid_from, rels[0].valid_to),
+        (t("01-03 11:00"), None)
+    );
+    let total = defs.entities["order"]
+        .properties
+        .get_index_of("total")
+        .unwrap();
     assert_eq!(r.history.rows[0].properties[total], Value::Float(50.0));
 
     let evs = events(&defs, "billing", &[bill("o-a", "01-04", None)]);
@@ -656,7 +900,13 @@ fn relate_writes_one_open_row_per_target() {
 #[test]
 fn undeclared_relationship_types_write_no_rows() {
     let defs = cust_with(|y| y.replace("relate: { type: placed_by,", "relate: { type: knows,"));
-    let evs = events(&defs, "billing", &[json!({"event": "order.created", "created_at": iso("01-03"), "id": "o1", "customer_email": "alice@x.com", "amount": 5})]);
+    let evs = events(
+        &defs,
+        "billing",
+        &[
+            json!({"event": "order.created", "created_at": iso("01-03"), "id": "o1", "customer_email": "alice@x.com", "amount": 5}),
+        ],
+    );
     let r = replay_with(&defs, "order", &evs, "01-04", &OneCustomer);
     assert_eq!(r.history.rows.len(), 1);
     assert_eq!(r.relationships.all().count(), 0);
@@ -666,7 +916,11 @@ fn undeclared_relationship_types_write_no_rows() {
 #[test]
 fn a_merge_loser_ends_at_the_merge_with_its_tombstone() {
     let defs = cust();
-    let evs = events(&defs, "app", &[app("signup", "01-02 10:00", json!({"phone": "555"}))]);
+    let evs = events(
+        &defs,
+        "app",
+        &[app("signup", "01-02 10:00", json!({"phone": "555"}))],
+    );
     let job = EntityJob {
         entity_type: "customer".into(),
         entity_id: "P5".into(),

@@ -34,17 +34,23 @@ fn norm(defs: &Definitions, source: &str, raw: Json) -> Result<NormalizedEvent, 
 
 fn x(fields: Json) -> Json {
     let mut raw = json!({"type": "x", "ts": "2024-01-01T00:00:00Z", "k": "1"});
-    raw.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
     raw
 }
 
 fn field(defs: &Definitions, raw: Json, name: &str) -> Result<Value, String> {
-    norm(defs, "s", raw).map(|e| e.data[name].clone()).map_err(|f| f.error)
+    norm(defs, "s", raw)
+        .map(|e| e.data[name].clone())
+        .map_err(|f| f.error)
 }
 
 fn app(ty: &str, ts: &str, extra: Json) -> Json {
     let mut raw = json!({"type": ty, "ts": ts});
-    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     raw
 }
 
@@ -56,12 +62,26 @@ fn event_type_lookup() {
     let e = norm(&defs, "billing", bill(json!("order.created"))).unwrap();
     assert_eq!(e.event_type, "order_created");
     let f = norm(&defs, "billing", bill(json!("order_created"))).unwrap_err();
-    assert!(f.error.contains("Unknown event type 'order_created'"), "{}", f.error);
+    assert!(
+        f.error.contains("Unknown event type 'order_created'"),
+        "{}",
+        f.error
+    );
     assert_eq!(f.handler, None);
     assert_eq!(f.field.as_deref(), Some("event"));
     assert_eq!(f.stage, Stage::Normalization);
-    let f = norm(&defs, "app", app("x", "2024-01-01T00:00:00Z", json!({})).tap(|r| r["type"] = json!(5))).unwrap_err();
-    assert!(f.error.contains("Missing or non-string event type field 'type'"), "{}", f.error);
+    let f = norm(
+        &defs,
+        "app",
+        app("x", "2024-01-01T00:00:00Z", json!({})).tap(|r| r["type"] = json!(5)),
+    )
+    .unwrap_err();
+    assert!(
+        f.error
+            .contains("Missing or non-string event type field 'type'"),
+        "{}",
+        f.error
+    );
     assert_eq!(f.field.as_deref(), Some("type"));
 }
 
@@ -78,28 +98,50 @@ impl Tap for Json {
 fn ts(raw_ts: Json) -> Result<String, String> {
     let defs = cust();
     let raw = json!({"type": "signup", "ts": raw_ts, "email": "a@x.com"});
-    norm(&defs, "app", raw).map(|e| timestamp_text(&e.timestamp)).map_err(|f| f.error)
+    norm(&defs, "app", raw)
+        .map(|e| timestamp_text(&e.timestamp))
+        .map_err(|f| f.error)
 }
 
 // CONTRACTS C2
 #[test]
 fn timestamps() {
-    assert_eq!(ts(json!("2024-01-01T10:00:00Z")).unwrap(), "2024-01-01T10:00:00+00:00");
-    assert_eq!(ts(json!("2024-01-01 10:00:00Z")).unwrap(), "2024-01-01T10:00:00+00:00");
-    assert_eq!(ts(json!("2024-01-01t10:00:00z")).unwrap(), "2024-01-01T10:00:00+00:00");
+    assert_eq!(
+        ts(json!("2024-01-01T10:00:00Z")).unwrap(),
+        "2024-01-01T10:00:00+00:00"
+    );
+    assert_eq!(
+        ts(json!("2024-01-01 10:00:00Z")).unwrap(),
+        "2024-01-01T10:00:00+00:00"
+    );
+    assert_eq!(
+        ts(json!("2024-01-01t10:00:00z")).unwrap(),
+        "2024-01-01T10:00:00+00:00"
+    );
     assert_eq!(
         ts(json!("2024-01-01T10:00:00.123456789+05:30")).unwrap(),
         "2024-01-01T04:30:00.123456789+00:00"
     );
     assert_eq!(ts(json!(1704103200)).unwrap(), "2024-01-01T10:00:00+00:00");
-    assert_eq!(ts(json!(1704103200.5)).unwrap(), "2024-01-01T10:00:00.500+00:00");
-    for bad in [json!("2024-01-01T10:00:00"), json!("2024-01-01"), json!("1704103200")] {
+    assert_eq!(
+        ts(json!(1704103200.5)).unwrap(),
+        "2024-01-01T10:00:00.500+00:00"
+    );
+    for bad in [
+        json!("2024-01-01T10:00:00"),
+        json!("2024-01-01"),
+        json!("1704103200"),
+    ] {
         let e = ts(bad.clone()).unwrap_err();
         assert!(e.contains("parse_datetime()"), "{bad}: {e}");
         assert!(e.contains("Failed to parse timestamp"), "{bad}: {e}");
     }
-    assert!(ts(json!(true)).unwrap_err().contains("must be an ISO 8601 string or Unix epoch number, got boolean"));
-    assert!(ts(json!(null)).unwrap_err().contains("must be an ISO 8601 string or Unix epoch number, got null"));
+    assert!(ts(json!(true))
+        .unwrap_err()
+        .contains("must be an ISO 8601 string or Unix epoch number, got boolean"));
+    assert!(ts(json!(null))
+        .unwrap_err()
+        .contains("must be an ISO 8601 string or Unix epoch number, got null"));
     let defs = cust();
     let f = norm(&defs, "app", json!({"type": "signup", "email": "a@x.com"})).unwrap_err();
     assert!(f.error.contains("Missing timestamp field 'ts'"));
@@ -111,7 +153,9 @@ fn timestamps() {
 #[test]
 fn epoch_edge_cases() {
     assert_eq!(ts(json!(-1.5)).unwrap(), "1969-12-31T23:59:58.500+00:00");
-    assert!(ts(json!(1704103200000i64)).unwrap_err().contains("Timestamp out of range"));
+    assert!(ts(json!(1704103200000i64))
+        .unwrap_err()
+        .contains("Timestamp out of range"));
 }
 
 // CONTRACTS C4
@@ -119,26 +163,55 @@ fn epoch_edge_cases() {
 fn coercions() {
     let d = with_mappings("n: {from: n, type: integer}");
     assert_eq!(field(&d, x(json!({"n": "5"})), "n").unwrap(), Value::Int(5));
-    assert_eq!(field(&d, x(json!({"n": "+5"})), "n").unwrap(), Value::Int(5));
+    assert_eq!(
+        field(&d, x(json!({"n": "+5"})), "n").unwrap(),
+        Value::Int(5)
+    );
     assert_eq!(field(&d, x(json!({"n": 5.9})), "n").unwrap(), Value::Int(5));
     for bad in [json!("5.0"), json!(" 5"), json!(true)] {
         let e = field(&d, x(json!({"n": bad})), "n").unwrap_err();
-        assert!(e.contains("Type coercion failed for field 'n' to 'integer'"), "{e}");
+        assert!(
+            e.contains("Type coercion failed for field 'n' to 'integer'"),
+            "{e}"
+        );
     }
     let d = with_mappings("n: {from: n, type: boolean}");
-    for (input, out) in [(json!("TRUE"), true), (json!("1"), true), (json!("Yes"), true), (json!("no"), false), (json!(0), false), (json!(2), true)] {
-        assert_eq!(field(&d, x(json!({"n": input})), "n").unwrap(), Value::Bool(out));
+    for (input, out) in [
+        (json!("TRUE"), true),
+        (json!("1"), true),
+        (json!("Yes"), true),
+        (json!("no"), false),
+        (json!(0), false),
+        (json!(2), true),
+    ] {
+        assert_eq!(
+            field(&d, x(json!({"n": input})), "n").unwrap(),
+            Value::Bool(out)
+        );
     }
     for bad in [json!("y"), json!(1.0)] {
-        assert!(field(&d, x(json!({"n": bad})), "n").unwrap_err().contains("to 'boolean'"));
+        assert!(field(&d, x(json!({"n": bad})), "n")
+            .unwrap_err()
+            .contains("to 'boolean'"));
     }
     let d = with_mappings("n: {from: n, type: string}");
-    for (input, out) in [(json!(1.0), "1"), (json!(1.5), "1.5"), (json!(1e20), "100000000000000000000"), (json!(true), "true")] {
-        assert_eq!(field(&d, x(json!({"n": input})), "n").unwrap(), Value::str(out));
+    for (input, out) in [
+        (json!(1.0), "1"),
+        (json!(1.5), "1.5"),
+        (json!(1e20), "100000000000000000000"),
+        (json!(true), "true"),
+    ] {
+        assert_eq!(
+            field(&d, x(json!({"n": input})), "n").unwrap(),
+            Value::str(out)
+        );
     }
     let d = with_mappings("n: {from: n, type: number}");
     for (input, out) in [(json!("10"), 10.0), (json!("1e3"), 1000.0), (json!(3), 3.0)] {
-        assert_eq!(field(&d, x(json!({"n": input})), "n").unwrap(), Value::Float(out));
+        assert_eq!(
+            field(&d, x(json!({"n": input})), "n").unwrap(),
+            Value::Float(out)
+        );
     }
     let d = with_mappings("n: {from: n, type: datetime}");
     let v = field(&d, x(json!({"n": "2024-02-01T00:00:00+02:00"})), "n").unwrap();
@@ -146,9 +219,13 @@ fn coercions() {
         Value::DateTime(t) => assert_eq!(timestamp_text(&t), "2024-01-31T22:00:00+00:00"),
         other => panic!("{other:?}"),
     }
-    assert!(field(&d, x(json!({"n": 1704103200})), "n").unwrap_err().contains("to 'datetime'"));
+    assert!(field(&d, x(json!({"n": 1704103200})), "n")
+        .unwrap_err()
+        .contains("to 'datetime'"));
     let d = with_mappings("n: {from: n, type: decimal}");
-    assert!(field(&d, x(json!({"n": 1})), "n").unwrap_err().contains("unknown target type"));
+    assert!(field(&d, x(json!({"n": 1})), "n")
+        .unwrap_err()
+        .contains("unknown target type"));
     assert_eq!(field(&d, x(json!({})), "n").unwrap(), Value::Null);
 }
 
@@ -170,7 +247,12 @@ fn from_paths() {
     let d = with_mappings(
         "a: {from: user.email}, b: {from: items.1.id}, c: {from: items.5.id}, u: {from: user}, cu: {compute: \"event.user\"}, ci: {compute: \"event.items[1]\"}",
     );
-    let e = norm(&d, "s", x(json!({"user": {"email": "A@X.com"}, "items": [{"id": "a"}, {"id": "b"}]}))).unwrap();
+    let e = norm(
+        &d,
+        "s",
+        x(json!({"user": {"email": "A@X.com"}, "items": [{"id": "a"}, {"id": "b"}]})),
+    )
+    .unwrap();
     assert_eq!(e.data["a"], Value::str("A@X.com"));
     assert_eq!(e.data["b"], Value::str("b"));
     assert_eq!(e.data["c"], Value::Null);
@@ -188,7 +270,12 @@ fn compute_sees_raw_fields() {
     assert_eq!(e.data["seen"], Value::Null);
     let d = with_mappings("bad: {compute: \"1 / 0\"}");
     let f = norm(&d, "s", x(json!({}))).unwrap_err();
-    assert!(f.error.contains("Compute expression failed for field 'bad'"), "{}", f.error);
+    assert!(
+        f.error
+            .contains("Compute expression failed for field 'bad'"),
+        "{}",
+        f.error
+    );
     assert_eq!(f.field.as_deref(), Some("bad"));
 }
 
@@ -196,15 +283,30 @@ fn compute_sees_raw_fields() {
 #[test]
 fn event_id_values() {
     let defs = cust();
-    let e = norm(&defs, "app", app("signup", "2024-01-01T10:00:00Z", json!({"email": "alice@x.com"}))).unwrap();
-    assert_eq!(e.event_id, "e_a2c7161efe495262d87e1d90e1f88307eb8fff19c560a482f46556d022eca287");
+    let e = norm(
+        &defs,
+        "app",
+        app(
+            "signup",
+            "2024-01-01T10:00:00Z",
+            json!({"email": "alice@x.com"}),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        e.event_id,
+        "e_a2c7161efe495262d87e1d90e1f88307eb8fff19c560a482f46556d022eca287"
+    );
     let e = norm(
         &defs,
         "billing",
         json!({"event": "order.created", "created_at": "2024-01-03T10:00:00Z", "id": "o1", "customer_email": "Alice@X.com", "amount": 50}),
     )
     .unwrap();
-    assert_eq!(e.event_id, "e_0a38eedf9c996795f71866fb1c8e671c5eb3504fd1fab7e7260e7e963772025f");
+    assert_eq!(
+        e.event_id,
+        "e_0a38eedf9c996795f71866fb1c8e671c5eb3504fd1fab7e7260e7e963772025f"
+    );
 }
 
 #[test]
@@ -220,13 +322,22 @@ fn event_id_of_the_spec_example() {
     );
 }
 
-fn call_dedup(defs: &Definitions, source: &str, raws: Vec<Json>, known: &[String]) -> (Vec<NormalizedEvent>, Vec<String>) {
+fn call_dedup(
+    defs: &Definitions,
+    source: &str,
+    raws: Vec<Json>,
+    known: &[String],
+) -> (Vec<NormalizedEvent>, Vec<String>) {
     let events: Vec<(usize, NormalizedEvent)> = raws
         .into_iter()
         .enumerate()
         .filter_map(|(i, r)| norm(defs, source, r).ok().map(|e| (i, e)))
         .collect();
-    let d = dedup_call(events, |e| (e.event_id.as_str(), e.timestamp), |id| known.iter().any(|k| k == id));
+    let d = dedup_call(
+        events,
+        |e| (e.event_id.as_str(), e.timestamp),
+        |id| known.iter().any(|k| k == id),
+    );
     (d.accepted, d.duplicate_ids)
 }
 
@@ -234,10 +345,26 @@ fn call_dedup(defs: &Definitions, source: &str, raws: Vec<Json>, known: &[String
 #[test]
 fn the_event_id_ignores_time_source_and_unmapped_fields() {
     let defs = cust();
-    let a = app("signup", "2024-01-01T00:00:00Z", json!({"email": "a@x.com"}));
-    let later = app("signup", "2024-01-05T00:00:00Z", json!({"email": "a@x.com"}));
-    let utm = app("signup", "2024-01-05T00:00:00Z", json!({"email": "a@x.com", "utm": "x"}));
-    let upper = app("signup", "2024-01-01T00:00:00Z", json!({"email": "A@X.com"}));
+    let a = app(
+        "signup",
+        "2024-01-01T00:00:00Z",
+        json!({"email": "a@x.com"}),
+    );
+    let later = app(
+        "signup",
+        "2024-01-05T00:00:00Z",
+        json!({"email": "a@x.com"}),
+    );
+    let utm = app(
+        "signup",
+        "2024-01-05T00:00:00Z",
+        json!({"email": "a@x.com", "utm": "x"}),
+    );
+    let upper = app(
+        "signup",
+        "2024-01-01T00:00:00Z",
+        json!({"email": "A@X.com"}),
+    );
     let (accepted, dups) = call_dedup(&defs, "app", vec![a, later, utm, upper], &[]);
     assert_eq!(accepted.len(), 2);
     assert_eq!(dups.len(), 2);
@@ -251,7 +378,11 @@ fn the_event_id_field_list() {
     let (accepted, dups) = call_dedup(
         &defs,
         "billing",
-        vec![bill("order.created", 50), bill("order.created", 60), bill("order.shipped", 0)],
+        vec![
+            bill("order.created", 50),
+            bill("order.created", 60),
+            bill("order.shipped", 0),
+        ],
         &[],
     );
     assert_eq!(accepted.len(), 2);
@@ -262,12 +393,27 @@ fn the_event_id_field_list() {
 #[test]
 fn within_a_call_the_earliest_copy_wins() {
     let defs = cust();
-    let s2 = app("signup", "2024-01-02T00:00:00Z", json!({"email": "a@x.com"}));
-    let s1 = app("signup", "2024-01-01T00:00:00Z", json!({"email": "a@x.com"}));
-    let login = app("login", "2024-01-03T00:00:00Z", json!({"email": "a@x.com", "n": 1}));
+    let s2 = app(
+        "signup",
+        "2024-01-02T00:00:00Z",
+        json!({"email": "a@x.com"}),
+    );
+    let s1 = app(
+        "signup",
+        "2024-01-01T00:00:00Z",
+        json!({"email": "a@x.com"}),
+    );
+    let login = app(
+        "login",
+        "2024-01-03T00:00:00Z",
+        json!({"email": "a@x.com", "n": 1}),
+    );
     let (accepted, dups) = call_dedup(&defs, "app", vec![s2, s1, login.clone()], &[]);
     assert_eq!(accepted.len(), 2);
-    assert_eq!(timestamp_text(&accepted[0].timestamp), "2024-01-01T00:00:00+00:00");
+    assert_eq!(
+        timestamp_text(&accepted[0].timestamp),
+        "2024-01-01T00:00:00+00:00"
+    );
     assert_eq!(accepted[1].event_type, "login");
     assert_eq!(dups, [accepted[0].event_id.clone()]);
     // Against a ledger that already holds them, everything is a duplicate.
@@ -281,14 +427,33 @@ fn within_a_call_the_earliest_copy_wins() {
 #[test]
 fn hint_extraction() {
     let defs = cust();
-    let hints = |extra: Json| norm(&defs, "app", app("signup", "2024-01-01T00:00:00Z", extra)).unwrap().hints;
-    assert_eq!(hints(json!({"phone": 5551234}))["customer"]["phone"], "5551234");
+    let hints = |extra: Json| {
+        norm(&defs, "app", app("signup", "2024-01-01T00:00:00Z", extra))
+            .unwrap()
+            .hints
+    };
+    assert_eq!(
+        hints(json!({"phone": 5551234}))["customer"]["phone"],
+        "5551234"
+    );
     assert_eq!(hints(json!({"phone": 12.0}))["customer"]["phone"], "12");
     assert!(!hints(json!({"phone": true, "email": "a@x.com"}))["customer"].contains_key("phone"));
-    let e = norm(&defs, "app", app("signup", "2024-01-01T00:00:00Z", json!({"email": "Alice@X.com"}))).unwrap();
+    let e = norm(
+        &defs,
+        "app",
+        app(
+            "signup",
+            "2024-01-01T00:00:00Z",
+            json!({"email": "Alice@X.com"}),
+        ),
+    )
+    .unwrap();
     assert_eq!(e.hints["customer"]["email"], "alice@x.com");
     assert_eq!(e.data["email"], Value::str("Alice@X.com"));
-    assert!(hints(json!({})).is_empty(), "all hint fields null: no hints");
+    assert!(
+        hints(json!({})).is_empty(),
+        "all hint fields null: no hints"
+    );
 
     let broken = Definitions::from_yaml_str(
         "entities:\n  h:\n    starts: s\n    identity: {k: {normalize: \"str::to_lowercase(value) + 1\"}}\n    states: {s: {when: {x: {effects: [create]}}}}\n\
@@ -303,7 +468,11 @@ fn hint_extraction() {
 #[test]
 fn raw_is_preserved_and_data_holds_exactly_the_mapped_fields() {
     let defs = cust();
-    let raw = app("signup", "2024-01-01T00:00:00Z", json!({"email": "a@x.com", "utm": {"x": [1]}}));
+    let raw = app(
+        "signup",
+        "2024-01-01T00:00:00Z",
+        json!({"email": "a@x.com", "utm": {"x": [1]}}),
+    );
     let e = norm(&defs, "app", raw.clone()).unwrap();
     assert_eq!(e.raw, raw);
     let keys: Vec<&String> = e.data.keys().collect();
@@ -314,13 +483,16 @@ fn raw_is_preserved_and_data_holds_exactly_the_mapped_fields() {
 #[test]
 fn failures_carry_raw_source_and_handler() {
     let defs = cust();
-    let raw = json!({"type": "upgrade", "ts": "2024-01-01T00:00:00Z", "email": "a@x.com", "mrr": "lots"});
+    let raw =
+        json!({"type": "upgrade", "ts": "2024-01-01T00:00:00Z", "email": "a@x.com", "mrr": "lots"});
     let f = norm(&defs, "app", raw.clone()).unwrap_err();
     assert_eq!(f.raw, raw);
     assert_eq!(f.source, "app");
     assert_eq!(f.handler.as_deref(), Some("upgrade"));
     assert_eq!(f.field.as_deref(), Some("mrr"));
-    assert!(f.error.contains("Type coercion failed for field 'mrr' to 'number'"));
+    assert!(f
+        .error
+        .contains("Type coercion failed for field 'mrr' to 'number'"));
     let f = norm(&defs, "nosuch", raw).unwrap_err();
     assert!(f.error.contains("nosuch"));
 }

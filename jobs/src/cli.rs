@@ -35,7 +35,12 @@ pub struct Global {
     #[arg(long, env = "DEFACTO_DATABASE", global = true)]
     pub database: Option<String>,
     /// Namespace: the Postgres schema prefix.
-    #[arg(long, env = "DEFACTO_NAMESPACE", default_value = "defacto", global = true)]
+    #[arg(
+        long,
+        env = "DEFACTO_NAMESPACE",
+        default_value = "defacto",
+        global = true
+    )]
     pub namespace: String,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "DEFACTO_LOG_LEVEL", default_value = "info", global = true)]

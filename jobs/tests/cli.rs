@@ -9,14 +9,27 @@ fn validate_reports_valid_definitions_with_their_warnings() {
     let dir = Dir::from_fixture("cust");
     let out = TestCommand::new(&dir).args(["validate"]).run();
     out.assert_code(0);
-    assert!(out.stdout.contains("warning: entities/customer.yaml: customer.states.churned: "), "{}", out.stdout);
-    assert!(out.stdout.ends_with("valid (0 errors, 7 warnings)\n"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("warning: entities/customer.yaml: customer.states.churned: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.ends_with("valid (0 errors, 7 warnings)\n"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
 fn validate_names_file_definition_and_path_and_exits_1() {
     let dir = Dir::from_fixture("cust");
-    dir.edit("entities/customer.yaml", "- { transition: { to: churned } }", "- { transition: { to: actve } }");
+    dir.edit(
+        "entities/customer.yaml",
+        "- { transition: { to: churned } }",
+        "- { transition: { to: actve } }",
+    );
     let out = TestCommand::new(&dir).args(["validate"]).run();
     out.assert_code(1);
     assert!(
@@ -32,22 +45,34 @@ fn validate_names_file_definition_and_path_and_exits_1() {
 fn validate_json_prints_the_validation_result() {
     let dir = Dir::from_fixture("min");
     dir.edit("sources/s.yaml", "hints: { thing: [key] }", "hints: {}");
-    let out = TestCommand::new(&dir).args(["validate", "--format", "json"]).run();
+    let out = TestCommand::new(&dir)
+        .args(["validate", "--format", "json"])
+        .run();
     out.assert_code(1);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["valid"], false);
     assert_eq!(v["errors"].as_array().unwrap().len(), 1);
-    assert!(v["errors"][0].as_str().unwrap().contains("must have at least one identity hint"));
+    assert!(v["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("must have at least one identity hint"));
     assert!(v["warnings"].is_array());
 }
 
 #[test]
 fn validate_reports_malformed_yaml_with_line_and_column() {
     let dir = Dir::from_fixture("min");
-    dir.write("entities/thing.yaml", "thing:\n  starts: new\n  identity: [unclosed\n");
+    dir.write(
+        "entities/thing.yaml",
+        "thing:\n  starts: new\n  identity: [unclosed\n",
+    );
     let out = TestCommand::new(&dir).args(["validate"]).run();
     out.assert_code(1);
-    assert!(out.stdout.contains("error: entities/thing.yaml: line "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("error: entities/thing.yaml: line "),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("column"), "{}", out.stdout);
 }
 
@@ -87,7 +112,9 @@ fn result_file_receives_the_result_json() {
 #[test]
 fn bad_usage_exits_2() {
     let dir = Dir::from_fixture("min");
-    let out = TestCommand::new(&dir).args(["validate", "--format", "xml"]).run();
+    let out = TestCommand::new(&dir)
+        .args(["validate", "--format", "xml"])
+        .run();
     out.assert_code(2);
     let out = TestCommand::new(&dir).args(["no-such-command"]).run();
     out.assert_code(2);
@@ -96,9 +123,15 @@ fn bad_usage_exits_2() {
 #[test]
 fn a_missing_config_folder_is_a_configuration_error() {
     let dir = Dir::from_fixture("min");
-    let out = TestCommand::new(&dir).args(["--config", "no/such/folder", "validate"]).run();
+    let out = TestCommand::new(&dir)
+        .args(["--config", "no/such/folder", "validate"])
+        .run();
     out.assert_code(2);
-    assert!(out.stderr.contains("ConfigError") && out.stderr.contains("no/such/folder"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ConfigError") && out.stderr.contains("no/such/folder"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -106,7 +139,11 @@ fn the_examples_are_valid() {
     for example in ["quickstart", "showcase"] {
         let path = fixture::repo_root().join("examples").join(example);
         let dir = Dir::from_fixture("min");
-        let out = TestCommand::new(&dir).arg("--config").arg(&path).args(["validate"]).run();
+        let out = TestCommand::new(&dir)
+            .arg("--config")
+            .arg(&path)
+            .args(["validate"])
+            .run();
         out.assert_code(0);
     }
 }

@@ -26,7 +26,10 @@ pub fn load_path(path: &Path) -> Result<RawDefinitions, Diagnostic> {
                 format!("malformed JSON: {e}"),
             )
         })?;
-        return raw_from_document(&doc).map_err(|d| Diagnostic { file: Some(name), ..d });
+        return raw_from_document(&doc).map_err(|d| Diagnostic {
+            file: Some(name),
+            ..d
+        });
     }
     raw_from_yaml_text(&text, Some(name))
 }
@@ -42,7 +45,11 @@ pub fn raw_from_yaml_text(text: &str, file: Option<String>) -> Result<RawDefinit
 /// to body; missing keys mean none, unknown keys are ignored.
 pub fn raw_from_document(doc: &Json) -> Result<RawDefinitions, Diagnostic> {
     let obj = doc.as_object().ok_or_else(|| {
-        Diagnostic::new(None, "", "a definitions document must be a mapping with entities, sources and schemas")
+        Diagnostic::new(
+            None,
+            "",
+            "a definitions document must be a mapping with entities, sources and schemas",
+        )
     })?;
     let part = |key: &str| -> Result<Vec<RawDefinition>, Diagnostic> {
         match obj.get(key) {
@@ -127,12 +134,16 @@ fn load_folders(dir: &Path, folders: &[&str]) -> Result<Vec<RawDefinition>, Diag
 /// Names of the regular `.yaml`/`.yml` files of a folder, in byte order.
 fn yaml_files(path: &Path, folder: &str) -> Result<Vec<String>, Diagnostic> {
     let entries = fs::read_dir(path).map_err(|e| {
-        Diagnostic::new(Some(format!("{folder}/")), "", format!("cannot read directory: {e}"))
+        Diagnostic::new(
+            Some(format!("{folder}/")),
+            "",
+            format!("cannot read directory: {e}"),
+        )
     })?;
     let mut names = Vec::new();
     for entry in entries.flatten() {
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false)
-            || entry.path().is_file();
+        let is_file =
+            entry.file_type().map(|t| t.is_file()).unwrap_or(false) || entry.path().is_file();
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
             names.push(name);
@@ -143,13 +154,21 @@ fn yaml_files(path: &Path, folder: &str) -> Result<Vec<String>, Diagnostic> {
 }
 
 fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostic> {
-    let bytes = fs::read(path)
-        .map_err(|e| Diagnostic::new(Some(shown.to_string()), "", format!("cannot read file: {e}")))?;
+    let bytes = fs::read(path).map_err(|e| {
+        Diagnostic::new(
+            Some(shown.to_string()),
+            "",
+            format!("cannot read file: {e}"),
+        )
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         Diagnostic::new(
             Some(shown.to_string()),
             "",
-            format!("the file is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            format!(
+                "the file is not valid UTF-8 (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }

@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn predictions_name_their_reason() {
         let old = hashes("d", "s", "i");
-        assert_eq!(predict(None, &old), (BuildMode::Full, "no active version to compare"));
+        assert_eq!(
+            predict(None, &old),
+            (BuildMode::Full, "no active version to compare")
+        );
         assert_eq!(
             predict(Some(&old), &old),
             (BuildMode::Incremental, "no definition changes")

@@ -199,7 +199,9 @@ pub struct Source {
 impl Source {
     /// The event definition selected by a raw type value (PIPELINE.md §2.1).
     pub fn event_for_raw_type(&self, raw_type: &str) -> Option<&SourceEvent> {
-        self.events.values().find(|e| e.effective_raw_type() == raw_type)
+        self.events
+            .values()
+            .find(|e| e.effective_raw_type() == raw_type)
     }
 }
 

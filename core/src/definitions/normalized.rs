@@ -212,12 +212,7 @@ fn handlers(hs: &indexmap::IndexMap<String, Handler>) -> Json {
 }
 
 fn hint_lists(hints: &indexmap::IndexMap<String, Vec<String>>) -> Json {
-    Json::Object(
-        hints
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect(),
-    )
+    Json::Object(hints.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
 fn effects(list: &[Effect]) -> Json {
@@ -266,9 +261,16 @@ fn effects(list: &[Effect]) -> Json {
 
 fn source(s: &Source) -> Json {
     let mut m = Map::new();
-    m.insert("event_type".into(), Json::String(s.event_type_field.clone()));
+    m.insert(
+        "event_type".into(),
+        Json::String(s.event_type_field.clone()),
+    );
     m.insert("timestamp".into(), Json::String(s.timestamp_field.clone()));
-    insert_some(&mut m, "event_id", s.event_id.as_ref().map(|ids| json!(ids)));
+    insert_some(
+        &mut m,
+        "event_id",
+        s.event_id.as_ref().map(|ids| json!(ids)),
+    );
     let events: Map<String, Json> = s
         .events
         .iter()

@@ -145,7 +145,12 @@ impl Reader {
         }
     }
 
-    fn optional_text(&self, body: &Obj, key: &str, path: &str) -> Result<Option<String>, Diagnostic> {
+    fn optional_text(
+        &self,
+        body: &Obj,
+        key: &str,
+        path: &str,
+    ) -> Result<Option<String>, Diagnostic> {
         match body.get(key) {
             None | Some(Json::Null) => Ok(None),
             Some(v) => self.text(v, &format!("{path}.{key}")).map(Some),
@@ -220,7 +225,11 @@ impl Reader {
             states.insert(state_name.clone(), self.state(state_body, &spath)?);
         }
         let mut relationships = Vec::new();
-        for (i, rel) in self.optional_list(b, "relationships", &path)?.iter().enumerate() {
+        for (i, rel) in self
+            .optional_list(b, "relationships", &path)?
+            .iter()
+            .enumerate()
+        {
             relationships.push(self.relationship(rel, &format!("{path}.relationships[{i}]"))?);
         }
         let always = self.handlers(b, "always", &path)?;
@@ -254,7 +263,11 @@ impl Reader {
         })
     }
 
-    fn properties(&mut self, b: &Obj, path: &str) -> Result<IndexMap<String, Property>, Diagnostic> {
+    fn properties(
+        &mut self,
+        b: &Obj,
+        path: &str,
+    ) -> Result<IndexMap<String, Property>, Diagnostic> {
         let mut out = IndexMap::new();
         if let Some(props) = self.optional_object(b, "properties", path)? {
             for (name, spec) in props {
@@ -363,15 +376,18 @@ impl Reader {
                 return Err(self.err(
                     path,
                     format!(
-                        "an effect must be a mapping with exactly one key (its kind), found {} keys",
-                        m.len()
-                    ),
+                    "an effect must be a mapping with exactly one key (its kind), found {} keys",
+                    m.len()
+                ),
                 ))
             }
             other => {
                 return Err(self.err(
                     path,
-                    format!("an effect must be 'create' or a one-key mapping, got {}", kind(other)),
+                    format!(
+                        "an effect must be 'create' or a one-key mapping, got {}",
+                        kind(other)
+                    ),
                 ))
             }
         };
@@ -386,7 +402,10 @@ impl Reader {
             other => {
                 return Err(self.err(
                     &format!("{path}.{kind_name}"),
-                    format!("the body of '{kind_name}' must be a mapping, got {}", kind(other)),
+                    format!(
+                        "the body of '{kind_name}' must be a mapping, got {}",
+                        kind(other)
+                    ),
                 ))
             }
         };
@@ -512,11 +531,14 @@ impl Reader {
 
     fn relationship(&mut self, rel: &Json, path: &str) -> Result<Relationship, Diagnostic> {
         let b = self.object(rel, path, "a relationship")?;
-        let relationship =
-            self.required_text(b, "type", path, "relationship is missing 'type'")?;
+        let relationship = self.required_text(b, "type", path, "relationship is missing 'type'")?;
         let target = self.required_text(b, "target", path, "relationship is missing 'target'")?;
-        let cardinality =
-            self.required_text(b, "cardinality", path, "relationship is missing 'cardinality'")?;
+        let cardinality = self.required_text(
+            b,
+            "cardinality",
+            path,
+            "relationship is missing 'cardinality'",
+        )?;
         let properties = self.properties(b, path)?;
         Ok(Relationship {
             relationship,
@@ -565,7 +587,12 @@ impl Reader {
         })
     }
 
-    fn source_event(&mut self, name: &str, body: &Json, path: &str) -> Result<SourceEvent, Diagnostic> {
+    fn source_event(
+        &mut self,
+        name: &str,
+        body: &Json,
+        path: &str,
+    ) -> Result<SourceEvent, Diagnostic> {
         let empty = Obj::new();
         let b = match body {
             Json::Null => &empty,
@@ -586,7 +613,10 @@ impl Reader {
             raw_type,
             mappings,
             hints,
-            raw_mappings: raw_mappings.filter(|m| !m.is_empty()).cloned().map(Json::Object),
+            raw_mappings: raw_mappings
+                .filter(|m| !m.is_empty())
+                .cloned()
+                .map(Json::Object),
             raw_hints: b
                 .get("hints")
                 .and_then(Json::as_object)
@@ -651,7 +681,9 @@ impl Reader {
 /// A stored normalized document carries the identity declaration order in `identity_order`
 /// (§6), because JSON stores such as Postgres `jsonb` do not keep object key order.
 fn reorder_identity(identity: &mut IndexMap<String, IdentityField>, order: Option<&Json>) {
-    let Some(Json::Array(names)) = order else { return };
+    let Some(Json::Array(names)) = order else {
+        return;
+    };
     let names: Vec<&str> = names.iter().filter_map(Json::as_str).collect();
     let is_permutation =
         names.len() == identity.len() && names.iter().all(|n| identity.contains_key(*n));
@@ -687,6 +719,8 @@ mod tests {
             assert!(parse_threshold(bad).is_err(), "{bad} should fail");
         }
         assert_eq!(parse_threshold("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_threshold("99999999999999999d").unwrap_err().contains("too large"));
+        assert!(parse_threshold("99999999999999999d")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

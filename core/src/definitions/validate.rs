@@ -210,7 +210,10 @@ impl<'a> EntityCheck<'a> {
         if rel.relationship.contains(':') {
             self.error(
                 format!("{path}.type"),
-                format!("relationship type '{}' must not contain ':'", rel.relationship),
+                format!(
+                    "relationship type '{}' must not contain ':'",
+                    rel.relationship
+                ),
             );
         } else if !NAME_RE.is_match(&rel.relationship) {
             self.error(
@@ -299,7 +302,12 @@ impl<'a> EntityCheck<'a> {
         }
         for (i, effect) in effects.iter().enumerate() {
             if let Effect::Relate { target, hints, .. } = effect {
-                self.relate_hints(&format!("{hpath}.effects[{i}].relate"), event, target, hints);
+                self.relate_hints(
+                    &format!("{hpath}.effects[{i}].relate"),
+                    event,
+                    target,
+                    hints,
+                );
             }
         }
     }
@@ -375,7 +383,10 @@ impl<'a> EntityCheck<'a> {
                     if !by.is_number() {
                         self.warning(
                             format!("{path}.increment.by"),
-                            format!("'by' is {}, not a number; the increment will fail at runtime", show(by)),
+                            format!(
+                                "'by' is {}, not a number; the increment will fail at runtime",
+                                show(by)
+                            ),
                         );
                     }
                 }
@@ -386,11 +397,11 @@ impl<'a> EntityCheck<'a> {
                 hints,
                 ..
             } => {
-                let declared = self
-                    .defs
-                    .entities
-                    .values()
-                    .any(|x| x.relationships.iter().any(|r| &r.relationship == relationship));
+                let declared = self.defs.entities.values().any(|x| {
+                    x.relationships
+                        .iter()
+                        .any(|r| &r.relationship == relationship)
+                });
                 if !declared {
                     self.warning(
                         format!("{path}.relate.type"),
@@ -493,7 +504,9 @@ impl<'a> EntityCheck<'a> {
             if dead_end {
                 self.warning(
                     format!("{name}.states.{sname}"),
-                    format!("state '{sname}' is a dead end: no handlers, no time rules and no way out"),
+                    format!(
+                        "state '{sname}' is a dead end: no handlers, no time rules and no way out"
+                    ),
                 );
             }
         }
@@ -508,7 +521,9 @@ impl<'a> EntityCheck<'a> {
             for handler in state.when.values() {
                 for effect in &handler.effects {
                     let p = match effect {
-                        Effect::Set { property, .. } | Effect::Increment { property, .. } => property,
+                        Effect::Set { property, .. } | Effect::Increment { property, .. } => {
+                            property
+                        }
                         _ => continue,
                     };
                     if !written.contains(&p.as_str()) {
@@ -537,7 +552,11 @@ impl<'a> EntityCheck<'a> {
         for h in e.always.values() {
             add_handler(h, &mut readers);
         }
-        readers.extend(e.properties.values().filter_map(|p| p.compute.as_ref().map(Expr::text)));
+        readers.extend(
+            e.properties
+                .values()
+                .filter_map(|p| p.compute.as_ref().map(Expr::text)),
+        );
         for p in written {
             if e.identity.contains_key(p) || !e.properties.contains_key(p) {
                 continue;
@@ -593,7 +612,10 @@ impl<'a> EntityCheck<'a> {
         }
         for (path, x) in exprs {
             for problem in crate::expr::call_problems(x) {
-                self.warning(path.clone(), format!("{problem}; the expression will fail when evaluated"));
+                self.warning(
+                    path.clone(),
+                    format!("{problem}; the expression will fail when evaluated"),
+                );
             }
         }
     }
@@ -651,10 +673,20 @@ fn check_source(defs: &Definitions, s: &Source, f: &mut Findings) {
     let o = &s.origin;
     let name = &s.name;
     if s.event_type_field.is_empty() {
-        err(f, o, format!("{name}.event_type"), "'event_type' must not be empty");
+        err(
+            f,
+            o,
+            format!("{name}.event_type"),
+            "'event_type' must not be empty",
+        );
     }
     if s.timestamp_field.is_empty() {
-        err(f, o, format!("{name}.timestamp"), "'timestamp' must not be empty");
+        err(
+            f,
+            o,
+            format!("{name}.timestamp"),
+            "'timestamp' must not be empty",
+        );
     }
     let mut raw_types: Vec<(&str, &str)> = Vec::new();
     for (ev, event) in &s.events {
@@ -690,7 +722,12 @@ fn check_source(defs: &Definitions, s: &Source, f: &mut Findings) {
         for (entity, fields) in &event.hints {
             let hpath = format!("{path}.hints.{entity}");
             let Some(target) = defs.entities.get(entity) else {
-                err(f, o, hpath, format!("entity type '{entity}' is not defined"));
+                err(
+                    f,
+                    o,
+                    hpath,
+                    format!("entity type '{entity}' is not defined"),
+                );
                 continue;
             };
             for field in fields {
@@ -816,7 +853,9 @@ fn check_schema_coverage(defs: &Definitions, f: &mut Findings) {
                         f,
                         &s.origin,
                         format!("{path}.mappings"),
-                        format!("schema '{ev}' requires field '{field}', which this event does not map"),
+                        format!(
+                            "schema '{ev}' requires field '{field}', which this event does not map"
+                        ),
                     );
                 }
             }

@@ -233,7 +233,9 @@ impl MarkedEventReceiver for Builder {
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Open::Seq { items, anchor, .. }) => self.attach(Json::Array(items), anchor, mark),
+                Some(Open::Seq { items, anchor, .. }) => {
+                    self.attach(Json::Array(items), anchor, mark)
+                }
                 Some(Open::Map {
                     entries, anchor, ..
                 }) => self.attach(Json::Object(entries), anchor, mark),
@@ -442,10 +444,14 @@ mod tests {
     // DEFINITIONS.md §1.1 rule 7: PyYAML's YAML 1.1 resolution of plain scalars.
     #[test]
     fn booleans_follow_yaml_1_1() {
-        for t in ["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"] {
+        for t in [
+            "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON",
+        ] {
             assert_eq!(scalar(t).unwrap(), json!(true), "{t}");
         }
-        for t in ["false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"] {
+        for t in [
+            "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF",
+        ] {
             assert_eq!(scalar(t).unwrap(), json!(false), "{t}");
         }
         assert_eq!(scalar("y").unwrap(), json!("y"));
@@ -500,8 +506,8 @@ mod tests {
 
     #[test]
     fn mappings_keep_declaration_order_and_positions() {
-        let doc = load("customer:\n  identity:\n    phone: {}\n    email:\n  states: [a, b]\n")
-            .unwrap();
+        let doc =
+            load("customer:\n  identity:\n    phone: {}\n    email:\n  states: [a, b]\n").unwrap();
         let v = doc.value.unwrap();
         let keys: Vec<_> = v["customer"]["identity"]
             .as_object()

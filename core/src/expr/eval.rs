@@ -85,9 +85,7 @@ fn eval_index<'a>(base: Cow<'a, Value>, index: &Value) -> Out<'a> {
         other => return Err(err(format!("Index must be Int, got {}", other.kind()))),
     };
     match base {
-        Cow::Borrowed(Value::Array(items)) => {
-            Ok(Cow::Borrowed(element(items, i).unwrap_or(&NULL)))
-        }
+        Cow::Borrowed(Value::Array(items)) => Ok(Cow::Borrowed(element(items, i).unwrap_or(&NULL))),
         Cow::Owned(Value::Array(items)) => {
             Ok(Cow::Owned(element(&items, i).cloned().unwrap_or_default()))
         }

@@ -193,7 +193,8 @@ const INLINE_ARGS: usize = 4;
 pub(crate) fn call<'a, S: Scope + ?Sized>(call: &'a Call, scope: &'a S) -> Out<'a> {
     let args = call.args();
     if args.len() <= INLINE_ARGS {
-        let mut buffer: [Cow<'a, Value>; INLINE_ARGS] = std::array::from_fn(|_| Cow::Borrowed(&NULL));
+        let mut buffer: [Cow<'a, Value>; INLINE_ARGS] =
+            std::array::from_fn(|_| Cow::Borrowed(&NULL));
         for (slot, arg) in buffer.iter_mut().zip(args) {
             *slot = eval(arg, scope)?;
         }
@@ -207,11 +208,7 @@ pub(crate) fn call<'a, S: Scope + ?Sized>(call: &'a Call, scope: &'a S) -> Out<'
     }
 }
 
-fn apply<'a, S: Scope + ?Sized>(
-    call: &'a Call,
-    args: &mut [Cow<'a, Value>],
-    scope: &S,
-) -> Out<'a> {
+fn apply<'a, S: Scope + ?Sized>(call: &'a Call, args: &mut [Cow<'a, Value>], scope: &S) -> Out<'a> {
     let Some(f) = call.builtin() else {
         return Err(err(format!("Unknown function '{}'", call.name())));
     };
@@ -302,8 +299,15 @@ fn pure(f: Builtin, call: &Call, args: &[Cow<'_, Value>]) -> Result<Value, EvalE
         (Ceil, Value::Float(x), ..) => Ok(Value::Int(x.ceil() as i64)),
         // `f64::round` rounds ties away from zero.
         (Round, Value::Float(x), ..) => Ok(Value::Int(x.round() as i64)),
-        (Min | Max, _, Some(b), _) => min_max(f, a, b).ok_or_else(|| kinds_error(f, "(number, number)", args)),
-        (DaysBetween | HoursBetween | MinutesBetween, Value::DateTime(x), Some(Value::DateTime(y)), _) => {
+        (Min | Max, _, Some(b), _) => {
+            min_max(f, a, b).ok_or_else(|| kinds_error(f, "(number, number)", args))
+        }
+        (
+            DaysBetween | HoursBetween | MinutesBetween,
+            Value::DateTime(x),
+            Some(Value::DateTime(y)),
+            _,
+        ) => {
             let delta = y.signed_duration_since(*x);
             Ok(Value::Int(
                 match f {
@@ -319,9 +323,9 @@ fn pure(f: Builtin, call: &Call, args: &[Cow<'_, Value>]) -> Result<Value, EvalE
         (DayOf, Value::DateTime(t), ..) => Ok(Value::Int(i64::from(t.day()))),
         (HourOf, Value::DateTime(t), ..) => Ok(Value::Int(i64::from(t.hour()))),
         (MinuteOf, Value::DateTime(t), ..) => Ok(Value::Int(i64::from(t.minute()))),
-        (DayOfWeek, Value::DateTime(t), ..) => Ok(Value::Int(i64::from(
-            t.weekday().num_days_from_monday(),
-        ))),
+        (DayOfWeek, Value::DateTime(t), ..) => {
+            Ok(Value::Int(i64::from(t.weekday().num_days_from_monday())))
+        }
         (DateTrunc, Value::DateTime(t), Some(Value::String(unit)), _) => date_trunc(t, unit),
         (ParseDatetime, Value::String(s), Some(Value::String(format)), _) => {
             parse_datetime(s, format)
@@ -429,11 +433,9 @@ fn date_trunc(t: &Instant, unit: &str) -> Result<Value, EvalError> {
         "day" => (mo, d, 0, 0),
         "hour" => (mo, d, h, 0),
         "minute" => (mo, d, h, mi),
-        other => {
-            return Err(err(format!(
-                "'date_trunc' unit must be 'year', 'month', 'day', 'hour' or 'minute', got '{other}'"
-            )))
-        }
+        other => return Err(err(format!(
+            "'date_trunc' unit must be 'year', 'month', 'day', 'hour' or 'minute', got '{other}'"
+        ))),
     };
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
         .single()
@@ -484,7 +486,11 @@ const REGEX_CACHE_CAPACITY: usize = 64;
 
 /// Runs `f` with the compiled `pattern`: the call's precompiled literal when there is one,
 /// else a per-thread cache entry.
-fn with_regex(call: &Call, pattern: &str, f: impl FnOnce(&Regex) -> Value) -> Result<Value, EvalError> {
+fn with_regex(
+    call: &Call,
+    pattern: &str,
+    f: impl FnOnce(&Regex) -> Value,
+) -> Result<Value, EvalError> {
     let invalid = |e: &str| err(format!("Invalid regex '{pattern}': {e}"));
     if let Some(compiled) = call.literal_pattern() {
         return compiled.as_ref().map(f).map_err(|e| invalid(e));

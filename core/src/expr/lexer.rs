@@ -146,7 +146,9 @@ impl Lexer {
             self.i += 1;
             let fraction = self.take_while(|c| c.is_ascii_digit());
             // Digits on both sides always parse; a literal beyond f64 range becomes infinity.
-            let value = format!("{digits}.{fraction}").parse::<f64>().unwrap_or(f64::INFINITY);
+            let value = format!("{digits}.{fraction}")
+                .parse::<f64>()
+                .unwrap_or(f64::INFINITY);
             return Ok(Tok::Float(value));
         }
         let unit = match self.peek() {

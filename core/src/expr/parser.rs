@@ -99,7 +99,6 @@ struct Stacks {
 }
 
 impl Stacks {
-
     /// Applies the operator on top of the stack to its operands.
     fn reduce_one(&mut self) -> PResult<()> {
         let Some((op, pos)) = self.operators.pop() else {
@@ -115,7 +114,11 @@ impl Stacks {
                 let b = self.operands.pop().ok_or_else(missing)?;
                 let a = self.operands.pop().ok_or_else(missing)?;
                 let depth = a.depth.max(b.depth) + 1;
-                checked(Ast::Binary(op, Box::new(a.ast), Box::new(b.ast)), depth, pos)?
+                checked(
+                    Ast::Binary(op, Box::new(a.ast), Box::new(b.ast)),
+                    depth,
+                    pos,
+                )?
             }
         };
         self.operands.push(node);
@@ -199,7 +202,10 @@ impl Parser {
         let mut frames = vec![Frame::new(Closer::End)];
         let mut expect = Expect::Operand;
         loop {
-            let frame = &mut frames.last_mut().expect("the End frame is never popped").stacks;
+            let frame = &mut frames
+                .last_mut()
+                .expect("the End frame is never popped")
+                .stacks;
             if expect == Expect::Operand {
                 if let Some(op) = prefix_operator(self.peek()) {
                     let pos = self.advance();
@@ -228,7 +234,10 @@ impl Parser {
             }
             if *self.peek() == Tok::Symbol(Symbol::LBracket) {
                 let pos = self.advance();
-                let base = frame.operands.pop().ok_or((pos, "Missing operand".to_string()))?;
+                let base = frame
+                    .operands
+                    .pop()
+                    .ok_or((pos, "Missing operand".to_string()))?;
                 frames.push(Frame::new(Closer::Index { base, pos }));
                 expect = Expect::Operand;
                 continue;
@@ -242,7 +251,10 @@ impl Parser {
             let node = match closer {
                 Closer::End => {
                     if *self.peek() != Tok::Eof {
-                        return Err((here, format!("Unexpected {} after the expression", self.found())));
+                        return Err((
+                            here,
+                            format!("Unexpected {} after the expression", self.found()),
+                        ));
                     }
                     return Ok(frame.finish(here)?.ast);
                 }
@@ -254,7 +266,11 @@ impl Parser {
                     self.expect_symbol(Symbol::RBracket, "']'")?;
                     let index = frame.finish(here)?;
                     let depth = base.depth.max(index.depth) + 1;
-                    checked(Ast::Index(Box::new(base.ast), Box::new(index.ast)), depth, pos)?
+                    checked(
+                        Ast::Index(Box::new(base.ast), Box::new(index.ast)),
+                        depth,
+                        pos,
+                    )?
                 }
                 Closer::Args {
                     name,
@@ -336,7 +352,10 @@ impl Parser {
             self.advance();
             Ok(())
         } else {
-            Err((self.pos(), format!("Expected {what}, found {}", self.found())))
+            Err((
+                self.pos(),
+                format!("Expected {what}, found {}", self.found()),
+            ))
         }
     }
 
@@ -345,7 +364,10 @@ impl Parser {
             self.advance();
             Ok(())
         } else {
-            Err((self.pos(), format!("Expected {what}, found {}", self.found())))
+            Err((
+                self.pos(),
+                format!("Expected {what}, found {}", self.found()),
+            ))
         }
     }
 
@@ -389,7 +411,10 @@ impl Parser {
             _ => {
                 return Err((
                     pos,
-                    format!("Unexpected {} where an expression was expected", self.found()),
+                    format!(
+                        "Unexpected {} where an expression was expected",
+                        self.found()
+                    ),
                 ))
             }
         };

@@ -15,7 +15,9 @@ pub struct Dir {
 impl Dir {
     /// A copy of one of core's test fixtures (`cust`, `min`).
     pub fn from_fixture(name: &str) -> Dir {
-        let dir = Dir { dir: tempfile::tempdir().expect("tempdir") };
+        let dir = Dir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
         fixture::copy_dir(&fixture::core_fixtures().join(name), dir.path());
         dir
     }
@@ -100,4 +102,3 @@ impl TestCommand {
         }
     }
 }
-
