@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::mode::BuildMode;
 use crate::definitions::Definitions;
 use crate::history::{EntityHistory, RelationshipHistory};
-use crate::identity::{IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver};
+use crate::identity::{
+    shard_of, IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver,
+};
 use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
 use crate::normalize::{dedup_call, normalize_hint, Hints, Normalizer};
 use crate::replay::{declared_relationship, replay_entities, EntityJob, EntityReplay, LedgerEvent};
@@ -324,6 +326,19 @@ impl Engine {
         result.events_failed = result.failures.len() as u64;
         result.duration_ms = started.elapsed().as_millis() as u64;
         result
+    }
+
+    /// A FULL replay of the entities one shard owns (§14): `shard_hash(id) mod total`. The
+    /// union over all shards equals the replay of every entity.
+    pub fn replay_shard(&mut self, as_of: Instant, shard_id: u32, total_shards: u32) -> BTreeMap<EntityKey, EntityReplay> {
+        self.resolve();
+        let keys: Vec<EntityKey> = self
+            .assignments
+            .keys()
+            .filter(|k| shard_of(&k.1, total_shards) == shard_id)
+            .cloned()
+            .collect();
+        self.replay(&keys, as_of)
     }
 
     fn replay(&self, keys: &[EntityKey], as_of: Instant) -> BTreeMap<EntityKey, EntityReplay> {
