@@ -8,7 +8,7 @@ use std::time::Instant as Clock;
 
 use chrono::{Duration, TimeZone, Utc};
 use defacto_core::definitions::Definitions;
-use defacto_core::engine::Engine;
+use defacto_core::engine::{BuildOptions, Engine};
 use defacto_core::normalize::Normalizer;
 use serde_json::{json, Value as Json};
 
@@ -95,10 +95,13 @@ fn main() {
     for workers in [1, 2] {
         let mut engine = Engine::new(defs.clone()).with_workers(workers);
         let t = Clock::now();
-        engine.ingest("app", &raws, as_of);
+        engine.ingest("app", &raws, as_of).unwrap();
         let ingest = t.elapsed();
         let t = Clock::now();
-        let result = engine.build(as_of, true);
+        let result = engine.build(BuildOptions {
+            full: true,
+            ..BuildOptions::at(as_of)
+        });
         let build = t.elapsed();
         let rows: usize = engine.history.values().map(|h| h.rows.len()).sum();
         println!(

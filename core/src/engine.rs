@@ -1,25 +1,30 @@
 //! The in-memory engine: the whole pipeline of PIPELINE.md over a ledger held in memory —
-//! ingest (normalize + deduplicate), the resolve step, FULL and INCREMENTAL builds with
-//! late-arrival rebuilds and merge rebuilds, and ticks. It is the reference every storage
-//! job must agree with row for row, and the jobs reuse its pieces (normalizer, resolver,
-//! machine, replay) on batches streamed from the lake.
+//! ingest (normalize + deduplicate), the resolve step (with renormalization and identity
+//! reset), FULL and INCREMENTAL builds with late-arrival and merge rebuilds, explicit merges,
+//! and ticks. It is the reference every storage job must agree with row for row; the jobs
+//! reuse its pieces (normalizer, resolver, machine, replay) on batches streamed from the lake.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant as Clock;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
-use crate::definitions::mode::BuildMode;
-use crate::definitions::Definitions;
-use crate::history::{EntityHistory, RelationshipHistory};
+use crate::definitions::mode::{detect, BuildMode, CurrentState, StoredState};
+use crate::definitions::{Definitions, Hashes, NormalizedDocument};
 use crate::identity::{
-    shard_of, IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver,
+    shard_of, IdentityError, IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver,
+    SystemMerge,
 };
 use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
-use crate::normalize::{dedup_call, normalize_hint, Hints, Normalizer};
-use crate::replay::{declared_relationship, replay_entities, EntityJob, EntityReplay, LedgerEvent};
+use crate::normalize::{
+    dedup_call, extract_hints, normalize_hint, Hints, NormalizedEvent, Normalizer,
+};
+use crate::replay::{
+    declared_relationship, replay_entities, EntityJob, EntityReplay, LedgerEvent, MERGE_EVENT_TYPE,
+};
 use crate::results::{EventFailure, IngestResult};
-use crate::value::Instant;
+use crate::value::{timestamp_text, Instant, Value};
 
 /// An entity: (entity type, entity id).
 pub type EntityKey = (String, String);
@@ -40,6 +45,24 @@ pub struct BuildResult {
     pub timing: BTreeMap<String, f64>,
 }
 
+impl BuildResult {
+    fn empty(mode: BuildMode) -> BuildResult {
+        BuildResult {
+            mode,
+            events_processed: 0,
+            effects_produced: 0,
+            entities_created: 0,
+            entities_updated: 0,
+            merges_detected: 0,
+            late_arrivals: 0,
+            duration_ms: 0,
+            events_failed: 0,
+            failures: Vec::new(),
+            timing: BTreeMap::new(),
+        }
+    }
+}
+
 /// `TickResult` (RESULTS.md §4).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickResult {
@@ -48,40 +71,106 @@ pub struct TickResult {
     pub transitions: u64,
 }
 
-/// The in-memory pipeline for one definition set.
+/// `MergeResult` (RESULTS.md §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeResult {
+    pub from_entity_id: String,
+    pub into_entity_id: String,
+    pub events_reassigned: u64,
+    pub entities_rebuilt: u64,
+    pub tombstones_produced: u64,
+    pub failures: Vec<EventFailure>,
+    pub duplicate: bool,
+}
+
+/// Options of a build (`build --full`, `--from-raw`, `--as-of`).
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub as_of: Instant,
+    pub full: bool,
+    pub from_raw: bool,
+}
+
+impl BuildOptions {
+    pub fn at(as_of: Instant) -> BuildOptions {
+        BuildOptions {
+            as_of,
+            full: false,
+            from_raw: false,
+        }
+    }
+}
+
+/// A record as `ingest` received it (`ledger/raw`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRow {
+    pub sequence: i64,
+    /// The first sequence of the ingest call it came with.
+    pub call: i64,
+    pub source: String,
+    pub raw: Json,
+}
+
+type Failures = Vec<((Instant, i64), EventFailure)>;
+
+/// The in-memory pipeline.
 pub struct Engine {
     defs: Definitions,
+    hashes: Hashes,
+    raw: Vec<RawRow>,
+    /// Non-duplicate ledger rows (normalized events and system events), by sequence.
     ledger: Vec<LedgerEvent>,
-    hints: BTreeMap<i64, Hints>,
-    event_ids: HashSet<String>,
+    hints: HashMap<i64, Hints>,
+    system: HashMap<i64, SystemMerge>,
+    /// event id → sequence of its canonical row.
+    canonical: HashMap<String, i64>,
     next_sequence: i64,
     resolver: Resolver<MemoryIdentity>,
     resolve_cursor: i64,
+    /// The source and identity hashes the ledger and the identity store were last made
+    /// uniform under (§5.5); `None` on a fresh store.
+    resolved_under: Option<(String, String)>,
     /// `event_entities`: entity → the sequences assigned to it (never re-pointed, O1).
     assignments: BTreeMap<EntityKey, BTreeSet<i64>>,
-    /// Merges executed by resolution and not yet applied by a build.
+    /// Merges whose loser closing and winner rebuild the build has not applied yet (§14).
     pending_merges: Vec<(String, Merge)>,
+    stored: Option<StoredState>,
     cursor: i64,
     watermark: Option<Instant>,
     workers: usize,
     pub slots: BTreeMap<EntityKey, Slot>,
-    pub history: BTreeMap<EntityKey, EntityHistory>,
-    pub relationships: BTreeMap<EntityKey, RelationshipHistory>,
+    pub history: BTreeMap<EntityKey, crate::history::EntityHistory>,
+    pub relationships: BTreeMap<EntityKey, crate::history::RelationshipHistory>,
 }
+
+/// A source the definitions do not define (`ingest`, CONTRACTS C15).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Source '{0}' not found in definitions")]
+pub struct UnknownSource(pub String);
 
 impl Engine {
     pub fn new(defs: Definitions) -> Engine {
-        let fields = IdentityFields::from_definitions(&defs);
+        let hashes = NormalizedDocument::of(&defs).hashes();
+        let resolver = Resolver::new(
+            IdentityFields::from_definitions(&defs),
+            None,
+            MemoryIdentity::new(),
+        );
         Engine {
             defs,
+            hashes,
+            raw: Vec::new(),
             ledger: Vec::new(),
-            hints: BTreeMap::new(),
-            event_ids: HashSet::new(),
+            hints: HashMap::new(),
+            system: HashMap::new(),
+            canonical: HashMap::new(),
             next_sequence: 1,
-            resolver: Resolver::new(fields, None, MemoryIdentity::new()),
+            resolver,
             resolve_cursor: 0,
+            resolved_under: None,
             assignments: BTreeMap::new(),
             pending_merges: Vec::new(),
+            stored: None,
             cursor: 0,
             watermark: None,
             workers: 1,
@@ -95,6 +184,13 @@ impl Engine {
     pub fn with_workers(mut self, workers: usize) -> Engine {
         self.workers = workers.max(1);
         self
+    }
+
+    /// The config folder changed: the next build detects its mode against the hashes of the
+    /// last completed build (DEFINITIONS.md §8.4).
+    pub fn set_definitions(&mut self, defs: Definitions) {
+        self.hashes = NormalizedDocument::of(&defs).hashes();
+        self.defs = defs;
     }
 
     pub fn definitions(&self) -> &Definitions {
@@ -113,96 +209,246 @@ impl Engine {
         self.cursor
     }
 
-    /// One ingest call followed by normalization (PIPELINE.md §1, §2): every raw event takes
-    /// the next sequence in input order; the call is deduplicated as a unit (§2.9).
+    /// The sequences assigned to each entity (`event_entities`).
+    pub fn assignments(&self) -> &BTreeMap<EntityKey, BTreeSet<i64>> {
+        &self.assignments
+    }
+
+    /// One `ingest` call followed by `normalize` (PIPELINE.md §1, §2): every record takes the
+    /// next sequence in input order; the call is deduplicated as a unit (§2.9).
     pub fn ingest(
         &mut self,
         source: &str,
-        raws: &[serde_json::Value],
+        raws: &[Json],
         as_of: Instant,
-    ) -> IngestResult {
-        let normalizer = Normalizer::new(&self.defs, as_of);
+    ) -> Result<IngestResult, UnknownSource> {
+        if !self.defs.sources.contains_key(source) {
+            return Err(UnknownSource(source.to_string()));
+        }
+        let call = self.next_sequence;
+        let rows: Vec<RawRow> = raws
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| RawRow {
+                sequence: call + i as i64,
+                call,
+                source: source.to_string(),
+                raw: raw.clone(),
+            })
+            .collect();
+        self.next_sequence += raws.len() as i64;
         let mut result = IngestResult::default();
+        let accepted = self.normalize_call(&rows, as_of, &mut result);
+        for (sequence, e) in accepted {
+            self.append(sequence, e);
+        }
+        self.raw.extend(rows);
+        result.events_failed = result.failures.len() as u64;
+        Ok(result)
+    }
+
+    /// Normalizes one call's raw rows and deduplicates them against the canonical rows.
+    fn normalize_call(
+        &self,
+        rows: &[RawRow],
+        as_of: Instant,
+        result: &mut IngestResult,
+    ) -> Vec<(i64, NormalizedEvent)> {
+        let normalizer = Normalizer::new(&self.defs, as_of);
         let mut normalized = Vec::new();
-        for (i, raw) in raws.iter().enumerate() {
-            let sequence = self.next_sequence + i as i64;
-            match normalizer.normalize(source, raw) {
-                Ok(e) => normalized.push((i, (sequence, e))),
+        for (i, row) in rows.iter().enumerate() {
+            match normalizer.normalize(&row.source, &row.raw) {
+                Ok(e) => normalized.push((i, (row.sequence, e))),
                 Err(f) => result.failures.push(f),
             }
         }
-        self.next_sequence += raws.len() as i64;
-        let known = &self.event_ids;
+        let canonical = &self.canonical;
         let dedup = dedup_call(
             normalized,
             |(_, e)| (e.event_id.as_str(), e.timestamp),
-            |id| known.contains(id),
+            |id| canonical.contains_key(id),
         );
-        result.duplicates_skipped = dedup.duplicate_ids.len() as u64;
-        result.duplicate_ids = dedup.duplicate_ids;
-        for (sequence, e) in dedup.accepted {
-            self.event_ids.insert(e.event_id.clone());
-            self.hints.insert(sequence, e.hints);
-            self.ledger.push(LedgerEvent {
-                sequence,
-                event_id: e.event_id,
-                event_type: e.event_type,
-                timestamp: e.timestamp,
-                source: e.source,
-                data: e.data,
-            });
-            result.events_ingested += 1;
-        }
-        self.ledger.sort_by_key(|e| e.sequence);
-        result.events_failed = result.failures.len() as u64;
-        result
+        result.duplicates_skipped += dedup.duplicate_ids.len() as u64;
+        result.duplicate_ids.extend(dedup.duplicate_ids);
+        result.events_ingested += dedup.accepted.len() as u64;
+        dedup.accepted
     }
 
-    /// The resolve step (§5.5): resolves the rows above its cursor in canonical order.
-    fn resolve(&mut self) -> u64 {
-        let mut new: Vec<&LedgerEvent> = self
+    fn append(&mut self, sequence: i64, e: NormalizedEvent) {
+        self.canonical.insert(e.event_id.clone(), sequence);
+        self.hints.insert(sequence, e.hints);
+        let row = LedgerEvent {
+            sequence,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            timestamp: e.timestamp,
+            source: e.source,
+            data: e.data,
+        };
+        let at = self.ledger.partition_point(|r| r.sequence < sequence);
+        self.ledger.insert(at, row);
+    }
+
+    /// FULL_RENORMALIZE's shared part (§10.7 steps 1–3): every raw record again, calls in
+    /// sequence order, with the current sources; system events are kept.
+    fn renormalize(&mut self, as_of: Instant) -> Vec<EventFailure> {
+        let system: Vec<LedgerEvent> = self
+            .ledger
+            .iter()
+            .filter(|e| e.event_type == MERGE_EVENT_TYPE)
+            .cloned()
+            .collect();
+        self.ledger = system;
+        self.hints.clear();
+        self.canonical.clear();
+        for e in &self.ledger {
+            self.canonical.insert(e.event_id.clone(), e.sequence);
+        }
+        let raw = std::mem::take(&mut self.raw);
+        let mut result = IngestResult::default();
+        let mut start = 0;
+        while start < raw.len() {
+            let call = raw[start].call;
+            let end = start + raw[start..].iter().take_while(|r| r.call == call).count();
+            for (sequence, e) in self.normalize_call(&raw[start..end], as_of, &mut result) {
+                self.append(sequence, e);
+            }
+            start = end;
+        }
+        self.raw = raw;
+        result.failures
+    }
+
+    /// The identity reset's shared part (§10.6): identity, assignments, merge_log and
+    /// unapplied merges dropped; hints recomputed from `data` with the current identity
+    /// definitions ([FIX P26]).
+    fn reset_identity(&mut self, as_of: Instant) {
+        self.resolver = Resolver::new(
+            IdentityFields::from_definitions(&self.defs),
+            None,
+            MemoryIdentity::new(),
+        );
+        self.assignments.clear();
+        self.pending_merges.clear();
+        for e in &self.ledger {
+            if e.event_type == MERGE_EVENT_TYPE {
+                continue;
+            }
+            let event_def = self
+                .defs
+                .sources
+                .get(&e.source)
+                .and_then(|s| s.events.get(&e.event_type));
+            let hints = match event_def {
+                Some(def) => extract_hints(&self.defs, def, &e.data, as_of),
+                None => Hints::new(),
+            };
+            self.hints.insert(e.sequence, hints);
+        }
+        self.resolve_cursor = 0;
+        if let Some(s) = self.stored.as_mut() {
+            s.dirty = true;
+        }
+    }
+
+    /// The resolve step (§5.5). Returns (merges detected, renormalization failures).
+    fn resolve_step(&mut self, as_of: Instant, from_raw: bool) -> (u64, Vec<EventFailure>) {
+        let current = (
+            self.hashes.source_hash.clone(),
+            self.hashes.identity_hash.clone(),
+        );
+        let mut failures = Vec::new();
+        match self.resolved_under.clone() {
+            None => self.resolved_under = Some(current.clone()),
+            Some((source_hash, identity_hash)) => {
+                let renormalize = from_raw || source_hash != current.0;
+                if renormalize {
+                    failures = self.renormalize(as_of);
+                }
+                if renormalize || identity_hash != current.1 {
+                    self.reset_identity(as_of);
+                }
+                self.resolved_under = Some(current);
+            }
+        }
+        let from_start = self.resolve_cursor == 0;
+        let mut rows: Vec<(Instant, i64)> = self
             .ledger
             .iter()
             .filter(|e| e.sequence > self.resolve_cursor)
+            .map(|e| e.order_key())
             .collect();
-        new.sort_by_key(|e| e.order_key());
+        rows.sort();
         let mut merges = 0;
-        for e in new {
-            let hints = &self.hints[&e.sequence];
-            let resolution = self.resolver.resolve(hints, e.timestamp);
+        for (timestamp, sequence) in rows {
+            if let Some(system) = self.system.get(&sequence) {
+                if from_start {
+                    let system = system.clone();
+                    if let Some(m) = self.resolver.replay_merge(&system) {
+                        self.record_pending(m);
+                    }
+                    let into = self
+                        .resolver
+                        .store()
+                        .merged_into(&system.into_entity_id)
+                        .unwrap_or(system.into_entity_id.clone());
+                    self.assign(&into, sequence);
+                }
+                continue;
+            }
+            let resolution = self.resolver.resolve(&self.hints[&sequence], timestamp);
             for (entity_type, id) in resolution.entities {
                 self.assignments
                     .entry((entity_type, id))
                     .or_default()
-                    .insert(e.sequence);
+                    .insert(sequence);
             }
             for m in resolution.merges {
-                let ty = self
-                    .resolver
-                    .store()
-                    .entity_type(&m.into)
-                    .unwrap_or_default();
-                self.pending_merges.push((ty, m));
+                self.record_pending(m);
                 merges += 1;
             }
         }
-        self.resolve_cursor = self
-            .ledger
-            .last()
-            .map_or(self.resolve_cursor, |e| e.sequence.max(self.resolve_cursor));
-        merges
+        let head = self.ledger.last().map_or(0, |e| e.sequence);
+        self.resolve_cursor = self.resolve_cursor.max(head);
+        (merges, failures)
     }
 
-    /// The events of an entity (§5.4): its own rows and those of every entity merged into
-    /// it, recursively, in canonical order.
+    fn record_pending(&mut self, m: Merge) {
+        let ty = self
+            .resolver
+            .store()
+            .entity_type(&m.into)
+            .unwrap_or_default();
+        self.pending_merges.push((ty, m));
+    }
+
+    fn assign(&mut self, id: &str, sequence: i64) {
+        let ty = self.resolver.store().entity_type(id).unwrap_or_default();
+        self.assignments
+            .entry((ty, id.to_string()))
+            .or_default()
+            .insert(sequence);
+    }
+
+    /// The ids whose events include those of `id` (§5.4): `id` and every entity merged into
+    /// it, recursively.
+    fn cluster(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(next) = stack.pop() {
+            stack.extend(self.resolver.store().merged_from(&next));
+            out.push(next);
+        }
+        out
+    }
+
+    /// The events of an entity (§5.4), in canonical order.
     fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {
         let mut seqs: BTreeSet<i64> = BTreeSet::new();
-        let mut stack = vec![key.1.clone()];
-        while let Some(id) = stack.pop() {
-            if let Some(s) = self.assignments.get(&(key.0.clone(), id.clone())) {
+        for id in self.cluster(&key.1) {
+            if let Some(s) = self.assignments.get(&(key.0.clone(), id)) {
                 seqs.extend(s);
             }
-            stack.extend(self.resolver.store().merged_from(&id));
         }
         // The ledger is kept in sequence order, so each row is a binary search away.
         let mut events: Vec<&LedgerEvent> = seqs
@@ -218,15 +464,19 @@ impl Engine {
         events
     }
 
+    fn merge_time(&self, loser: &str) -> Option<Instant> {
+        self.resolver
+            .store()
+            .merge_log()
+            .into_iter()
+            .find(|row| row.from == loser)
+            .map(|row| row.timestamp)
+    }
+
     fn job(&self, key: &EntityKey) -> EntityJob<'_> {
         let merged_into = self.resolver.store().merged_into(&key.1).map(|winner| {
             let ts = self
-                .resolver
-                .store()
-                .merge_log()
-                .into_iter()
-                .find(|row| row.from == key.1)
-                .map(|row| row.timestamp)
+                .merge_time(&key.1)
                 .expect("a merged entity has a merge_log row");
             (winner, ts)
         });
@@ -238,100 +488,120 @@ impl Engine {
         }
     }
 
-    /// A build (§10.3, §10.5): resolve, then FULL or INCREMENTAL, then the sweep.
-    pub fn build(&mut self, as_of: Instant, full: bool) -> BuildResult {
+    /// A build (§10.3–§10.9): resolve step, mode detection, FULL or INCREMENTAL, sweep.
+    pub fn build(&mut self, opts: BuildOptions) -> BuildResult {
         let started = Clock::now();
-        let merges_detected = self.resolve();
-        let highest = self.ledger.iter().map(|e| e.sequence).max().unwrap_or(0);
-        let mode = if full {
-            BuildMode::Full
-        } else if highest > self.cursor || !self.pending_merges.is_empty() {
-            BuildMode::Incremental
-        } else {
-            BuildMode::Skip
-        };
-        let mut result = BuildResult {
-            mode,
-            events_processed: 0,
-            effects_produced: 0,
-            entities_created: 0,
-            entities_updated: 0,
-            merges_detected,
-            late_arrivals: 0,
-            duration_ms: 0,
-            events_failed: 0,
-            failures: Vec::new(),
-            timing: BTreeMap::new(),
+        let (merges_detected, renormalization_failures) =
+            self.resolve_step(opts.as_of, opts.from_raw);
+        let stored = self.stored.clone().unwrap_or_else(|| StoredState {
+            hashes: self.hashes.clone(),
+            ..StoredState::default()
+        });
+        let mode = detect(
+            &StoredState {
+                cursor: self.cursor,
+                ..stored
+            },
+            &CurrentState {
+                hashes: self.hashes.clone(),
+                salt_fingerprint: String::new(),
+                highest_sequence: self.resolve_cursor,
+                force_full: opts.full,
+                force_from_raw: opts.from_raw,
+            },
+        );
+        let mode = match mode {
+            BuildMode::Skip if !self.pending_merges.is_empty() => BuildMode::Incremental,
+            m => m,
         };
         if mode == BuildMode::Skip {
-            result.merges_detected = 0;
-            return result;
+            return BuildResult::empty(mode);
         }
+        let mut result = BuildResult::empty(mode);
+        result.merges_detected = merges_detected;
+        self.stored.get_or_insert_with(StoredState::default).dirty = true;
         let existed: BTreeSet<EntityKey> = self
             .slots
             .iter()
             .filter(|(_, s)| s.entity.is_some())
             .map(|(k, _)| k.clone())
             .collect();
-        let mut failures: Vec<((Instant, i64), EventFailure)> = Vec::new();
+        let mut failures: Failures = Vec::new();
         let mut written: BTreeSet<EntityKey> = BTreeSet::new();
-        match mode {
-            BuildMode::Full => {
-                self.slots.clear();
-                self.history.clear();
-                self.relationships.clear();
-                self.pending_merges.clear();
-                result.events_processed = self
-                    .ledger
-                    .iter()
-                    .filter(|e| e.sequence <= self.resolve_cursor)
-                    .count() as u64;
-                let keys: Vec<EntityKey> = self.assignments.keys().cloned().collect();
-                let replays = self.replay(&keys, as_of);
-                for (key, r) in replays {
-                    result.effects_produced += r.snapshots as u64;
-                    if r.snapshots > 0 {
-                        written.insert(key.clone());
-                    }
-                    self.install(key, r, &mut failures);
-                }
-            }
-            _ => {
-                self.incremental(as_of, &mut result, &mut failures, &mut written);
-            }
+        if mode.is_full() {
+            self.full(opts.as_of, &mut result, &mut failures, &mut written);
+        } else {
+            self.incremental(opts.as_of, &mut result, &mut failures, &mut written);
         }
-        // Post-build sweep (§10.9).
-        let tick = self.sweep(as_of, &mut failures, &mut written);
+        let tick = self.sweep(opts.as_of, &mut failures, &mut written);
         result.effects_produced += tick.effects_produced;
         self.cursor = self.cursor.max(self.resolve_cursor);
         let max_ts = self.ledger.iter().map(|e| e.timestamp).max();
         self.watermark = self.watermark.max(max_ts);
-        for key in &written {
-            let exists = self.slots.get(key).is_some_and(|s| s.entity.is_some());
-            if existed.contains(key) {
-                result.entities_updated += 1;
-            } else if exists {
-                result.entities_created += 1;
-            }
-        }
-        if mode == BuildMode::Full {
-            result.entities_updated = 0;
+        if mode.is_full() {
             result.entities_created =
                 self.slots.values().filter(|s| s.entity.is_some()).count() as u64;
+        } else {
+            for key in &written {
+                let exists = self.slots.get(key).is_some_and(|s| s.entity.is_some());
+                if existed.contains(key) {
+                    result.entities_updated += 1;
+                } else if exists {
+                    result.entities_created += 1;
+                }
+            }
         }
         failures.sort_by(|a, b| {
             (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
         });
-        result.failures = failures.into_iter().map(|(_, f)| f).collect();
+        result.failures = renormalization_failures;
+        result.failures.extend(failures.into_iter().map(|(_, f)| f));
         result.events_failed = result.failures.len() as u64;
+        self.stored = Some(StoredState {
+            hashes: self.hashes.clone(),
+            salt_fingerprint: String::new(),
+            dirty: false,
+            cursor: self.cursor,
+        });
         result.duration_ms = started.elapsed().as_millis() as u64;
         result
     }
 
+    fn full(
+        &mut self,
+        as_of: Instant,
+        result: &mut BuildResult,
+        failures: &mut Failures,
+        written: &mut BTreeSet<EntityKey>,
+    ) {
+        self.slots.clear();
+        self.history.clear();
+        self.relationships.clear();
+        self.pending_merges.clear();
+        result.events_processed = self
+            .ledger
+            .iter()
+            .filter(|e| e.sequence <= self.resolve_cursor)
+            .count() as u64;
+        let keys: Vec<EntityKey> = self.assignments.keys().cloned().collect();
+        for (key, r) in self.replay(&keys, as_of) {
+            result.effects_produced += r.snapshots as u64;
+            if r.snapshots > 0 {
+                written.insert(key.clone());
+            }
+            self.install(key, r, failures);
+        }
+    }
+
     /// A FULL replay of the entities one shard owns (§14): `shard_hash(id) mod total`. The
     /// union over all shards equals the replay of every entity.
-    pub fn replay_shard(&mut self, as_of: Instant, shard_id: u32, total_shards: u32) -> BTreeMap<EntityKey, EntityReplay> {
-        self.resolve();
+    pub fn replay_shard(
+        &mut self,
+        as_of: Instant,
+        shard_id: u32,
+        total_shards: u32,
+    ) -> BTreeMap<EntityKey, EntityReplay> {
+        self.resolve_step(as_of, false);
         let keys: Vec<EntityKey> = self
             .assignments
             .keys()
@@ -350,14 +620,9 @@ impl Engine {
         replay_entities(&self.defs, &jobs, as_of, &lookup, self.workers)
     }
 
-    /// Replaces an entity's rows, relationship rows (where it is the source) and state with
-    /// those of a replay.
-    fn install(
-        &mut self,
-        key: EntityKey,
-        r: EntityReplay,
-        failures: &mut Vec<((Instant, i64), EventFailure)>,
-    ) {
+    /// Replaces an entity's rows, its relationship rows as source and its state with those
+    /// of a replay.
+    fn install(&mut self, key: EntityKey, r: EntityReplay, failures: &mut Failures) {
         failures.extend(r.failures);
         if r.history.rows.is_empty() {
             self.history.remove(&key);
@@ -372,11 +637,36 @@ impl Engine {
         self.slots.insert(key, r.slot);
     }
 
+    /// Rebuilds entities from their events (§10.4); their failures replace the ones their
+    /// events produced in the pass.
+    fn rebuild(
+        &mut self,
+        keys: BTreeSet<EntityKey>,
+        as_of: Instant,
+        result: &mut BuildResult,
+        failures: &mut Failures,
+        written: &mut BTreeSet<EntityKey>,
+    ) {
+        if keys.is_empty() {
+            return;
+        }
+        let keys: Vec<EntityKey> = keys.into_iter().collect();
+        for (key, r) in self.replay(&keys, as_of) {
+            failures.retain(|(_, f)| {
+                !(f.entity_type.as_deref() == Some(key.0.as_str())
+                    && f.entity_id.as_deref() == Some(key.1.as_str()))
+            });
+            result.effects_produced += r.snapshots as u64;
+            written.insert(key.clone());
+            self.install(key, r, failures);
+        }
+    }
+
     fn incremental(
         &mut self,
         as_of: Instant,
         result: &mut BuildResult,
-        failures: &mut Vec<((Instant, i64), EventFailure)>,
+        failures: &mut Failures,
         written: &mut BTreeSet<EntityKey>,
     ) {
         let watermark = self.watermark;
@@ -388,16 +678,13 @@ impl Engine {
             .collect();
         rows.sort_by_key(|e| e.order_key());
         result.events_processed = rows.len() as u64;
-        let mut rebuild: BTreeSet<EntityKey> = BTreeSet::new();
-        let by_sequence: BTreeMap<i64, Vec<EntityKey>> = {
-            let mut m: BTreeMap<i64, Vec<EntityKey>> = BTreeMap::new();
-            for (key, seqs) in &self.assignments {
-                for s in seqs.range(self.cursor + 1..) {
-                    m.entry(*s).or_default().push(key.clone());
-                }
+        let mut by_sequence: BTreeMap<i64, Vec<EntityKey>> = BTreeMap::new();
+        for (key, seqs) in &self.assignments {
+            for s in seqs.range(self.cursor + 1..) {
+                by_sequence.entry(*s).or_default().push(key.clone());
             }
-            m
-        };
+        }
+        let mut rebuild: BTreeSet<EntityKey> = BTreeSet::new();
         for event in &rows {
             let Some(keys) = by_sequence.get(&event.sequence) else {
                 continue;
@@ -412,34 +699,17 @@ impl Engine {
                     if late {
                         result.late_arrivals += 1;
                         rebuild.insert(target);
-                        continue;
+                    } else if !rebuild.contains(&target) {
+                        self.apply_one(&target, event, as_of, failures, written, result);
                     }
-                    if rebuild.contains(&target) {
-                        continue;
-                    }
-                    self.apply_one(&target, event, as_of, failures, written, result);
                 }
             }
         }
-        // Late entities, then merges: loser and winner rebuilt from their events.
         for (ty, m) in std::mem::take(&mut self.pending_merges) {
             rebuild.insert((ty.clone(), m.from.clone()));
             rebuild.insert((ty, m.into.clone()));
         }
-        if !rebuild.is_empty() {
-            let keys: Vec<EntityKey> = rebuild.into_iter().collect();
-            let replays = self.replay(&keys, as_of);
-            for (key, r) in replays {
-                // A rebuild replaces the failures its events produced in the pass.
-                failures.retain(|(_, f)| {
-                    !(f.entity_type.as_deref() == Some(key.0.as_str())
-                        && f.entity_id.as_deref() == Some(key.1.as_str()))
-                });
-                result.effects_produced += r.snapshots as u64;
-                written.insert(key.clone());
-                self.install(key, r, failures);
-            }
-        }
+        self.rebuild(rebuild, as_of, result, failures, written);
     }
 
     /// The entity a row is assigned to, and each entity on its chain of merges (§10.3).
@@ -458,11 +728,11 @@ impl Engine {
         key: &EntityKey,
         event: &LedgerEvent,
         as_of: Instant,
-        failures: &mut Vec<((Instant, i64), EventFailure)>,
+        failures: &mut Failures,
         written: &mut BTreeSet<EntityKey>,
         result: &mut BuildResult,
     ) {
-        if event.event_type == crate::replay::MERGE_EVENT_TYPE {
+        if event.event_type == MERGE_EVENT_TYPE {
             return;
         }
         let Some(def) = self.defs.entities.get(&key.0) else {
@@ -515,7 +785,7 @@ impl Engine {
     fn sweep(
         &mut self,
         as_of: Instant,
-        failures: &mut Vec<((Instant, i64), EventFailure)>,
+        failures: &mut Failures,
         written: &mut BTreeSet<EntityKey>,
     ) -> TickResult {
         let mut tick = TickResult::default();
@@ -557,6 +827,76 @@ impl Engine {
         let mut failures = Vec::new();
         let mut written = BTreeSet::new();
         self.sweep(as_of, &mut failures, &mut written)
+    }
+
+    /// An explicit merge (§11.2): the ledger is brought up to date first, then the merge is
+    /// checked, recorded as a system event, executed on identity, and the loser and the
+    /// winner are rebuilt.
+    pub fn merge(
+        &mut self,
+        from: &str,
+        into: &str,
+        reason: &str,
+        as_of: Instant,
+    ) -> Result<MergeResult, IdentityError> {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.build(BuildOptions::at(as_of));
+        let entity_type = self.resolver.check_merge(from, into)?;
+        let mut result = MergeResult {
+            from_entity_id: from.to_string(),
+            into_entity_id: into.to_string(),
+            events_reassigned: 0,
+            entities_rebuilt: 0,
+            tombstones_produced: 0,
+            failures: Vec::new(),
+            duplicate: false,
+        };
+        let event_id = format!(
+            "{MERGE_EVENT_TYPE}:{from}:{into}:{}",
+            timestamp_text(&as_of)
+        );
+        if self.canonical.contains_key(&event_id) {
+            result.duplicate = true;
+            return Ok(result);
+        }
+        result.events_reassigned = self
+            .cluster(from)
+            .iter()
+            .filter_map(|id| self.assignments.get(&(entity_type.clone(), id.clone())))
+            .map(|s| s.len() as u64)
+            .sum();
+        let outcome = self.resolver.merge(from, into, as_of)?;
+        let mut data = indexmap::IndexMap::new();
+        data.insert("from_entity_id".to_string(), Value::str(from));
+        data.insert("into_entity_id".to_string(), Value::str(into));
+        data.insert("reason".to_string(), Value::str(reason));
+        self.canonical.insert(event_id.clone(), sequence);
+        self.system.insert(sequence, outcome.event);
+        self.ledger.push(LedgerEvent {
+            sequence,
+            event_id,
+            event_type: MERGE_EVENT_TYPE.to_string(),
+            timestamp: as_of,
+            source: "_defacto".to_string(),
+            data,
+        });
+        self.ledger.sort_by_key(|e| e.sequence);
+        self.assign(into, sequence);
+        self.resolve_cursor = self.resolve_cursor.max(sequence);
+        let mut rebuild = BTreeSet::from([(entity_type.clone(), into.to_string())]);
+        if outcome.recorded.is_some() {
+            rebuild.insert((entity_type.clone(), from.to_string()));
+            result.tombstones_produced = 1;
+        }
+        result.entities_rebuilt = 1;
+        let mut build = BuildResult::empty(BuildMode::Incremental);
+        let mut failures = Vec::new();
+        let mut written = BTreeSet::new();
+        self.rebuild(rebuild, as_of, &mut build, &mut failures, &mut written);
+        self.cursor = self.cursor.max(sequence);
+        result.failures = failures.into_iter().map(|(_, f)| f).collect();
+        Ok(result)
     }
 
     /// Every history row of an entity type, ordered by entity id then `valid_from`.

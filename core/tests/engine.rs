@@ -7,7 +7,7 @@ use std::path::Path;
 use chrono::{TimeZone, Utc};
 use defacto_core::definitions::mode::BuildMode;
 use defacto_core::definitions::Definitions;
-use defacto_core::engine::{Engine, EntityKey};
+use defacto_core::engine::{BuildOptions, Engine, EntityKey};
 use defacto_core::history::HistoryRow;
 use defacto_core::identity::derived_id;
 use defacto_core::value::{timestamp_text, Instant};
@@ -67,7 +67,7 @@ fn phone(v: &str) -> String {
 }
 
 fn ingest(e: &mut Engine, source: &str, raws: &[Json]) {
-    e.ingest(source, raws, t("01-10"));
+    e.ingest(source, raws, t("01-10")).unwrap();
 }
 
 fn rows<'a>(e: &'a Engine, id: &str) -> Vec<&'a HistoryRow> {
@@ -111,7 +111,7 @@ fn s1(e: &mut Engine) {
 fn s1_builds_customer_a() {
     let mut e = engine();
     s1(&mut e);
-    let r = e.build(t("01-04"), false);
+    let r = e.build(BuildOptions::at(t("01-04")));
     assert_eq!(r.mode, BuildMode::Incremental);
     assert_eq!(r.events_processed, 3);
     assert_eq!(r.entities_created, 1);
@@ -121,7 +121,7 @@ fn s1_builds_customer_a() {
     assert_eq!(rows.len(), 3);
     assert_eq!(prop(&e, rows[0], "email"), Value::str("Alice@X.com"));
     assert_eq!(prop(&e, rows[2], "logins"), Value::Int(1));
-    let again = e.build(t("01-04"), false);
+    let again = e.build(BuildOptions::at(t("01-04")));
     assert_eq!(again.mode, BuildMode::Skip);
 }
 
@@ -134,21 +134,23 @@ fn duplicates_are_not_reapplied() {
         "app",
         &[app("signup", "01-01", json!({"email": "a@x.com"}))],
     );
-    e.build(t("01-10"), false);
+    e.build(BuildOptions::at(t("01-10")));
     ingest(
         &mut e,
         "app",
         &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))],
     );
-    e.build(t("01-10"), false);
+    e.build(BuildOptions::at(t("01-10")));
     let cursor = e.cursor();
-    let r = e.ingest(
-        "app",
-        &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))],
-        t("01-10"),
-    );
+    let r = e
+        .ingest(
+            "app",
+            &[app("login", "01-02", json!({"email": "a@x.com", "n": 1}))],
+            t("01-10"),
+        )
+        .unwrap();
     assert_eq!((r.events_ingested, r.duplicates_skipped), (0, 1));
-    assert_eq!(e.build(t("01-10"), false).mode, BuildMode::Skip);
+    assert_eq!(e.build(BuildOptions::at(t("01-10"))).mode, BuildMode::Skip);
     assert_eq!(e.cursor(), cursor);
     let rows = rows(&e, &email("a@x.com"));
     assert_eq!(prop(&e, rows.last().unwrap(), "logins"), Value::Int(1));
@@ -165,7 +167,7 @@ fn dedup_accounting() {
         json!({"type": "login", "email": "a@x.com"}),
         app("login", "01-03", json!({"email": "a@x.com", "n": 1})),
     ];
-    let r = e.ingest("app", &five, t("01-10"));
+    let r = e.ingest("app", &five, t("01-10")).unwrap();
     assert_eq!(
         (r.events_ingested, r.duplicates_skipped, r.events_failed),
         (2, 1, 2)
@@ -178,7 +180,7 @@ fn dedup_accounting() {
         .unwrap();
     assert_eq!(r.duplicate_ids, std::slice::from_ref(&signup.event_id));
     assert_eq!(signup.timestamp, t("01-01"));
-    let r = e.ingest("app", &five, t("01-10"));
+    let r = e.ingest("app", &five, t("01-10")).unwrap();
     assert_eq!(
         (r.events_ingested, r.duplicates_skipped, r.events_failed),
         (0, 3, 2)
@@ -217,7 +219,7 @@ fn assert_s5_history(e: &Engine) {
 fn identity_discovered_merge_in_one_build_and_one_at_a_time() {
     let mut all = engine();
     ingest(&mut all, "app", &s5());
-    let r = all.build(t("01-04"), false);
+    let r = all.build(BuildOptions::at(t("01-04")));
     assert_eq!(r.merges_detected, 1);
     assert_s5_history(&all);
 
@@ -225,7 +227,7 @@ fn identity_discovered_merge_in_one_build_and_one_at_a_time() {
     let mut merges = 0;
     for raw in s5() {
         ingest(&mut steps, "app", &[raw]);
-        merges += steps.build(t("01-04"), false).merges_detected;
+        merges += steps.build(BuildOptions::at(t("01-04"))).merges_detected;
     }
     assert_eq!(merges, 1);
     assert_s5_history(&steps);
@@ -233,7 +235,10 @@ fn identity_discovered_merge_in_one_build_and_one_at_a_time() {
 
     let mut full = engine();
     ingest(&mut full, "app", &s5());
-    full.build(t("01-04"), true);
+    full.build(BuildOptions {
+        full: true,
+        ..BuildOptions::at(t("01-04"))
+    });
     assert_eq!(full.history, all.history);
 }
 
@@ -243,11 +248,11 @@ fn link_first_starts_one_cluster() {
     let mut e = engine();
     let s = s5();
     ingest(&mut e, "app", std::slice::from_ref(&s[2]));
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     let mut merges = 0;
     for raw in [s[0].clone(), s[1].clone()] {
         ingest(&mut e, "app", &[raw]);
-        merges += e.build(t("01-04"), false).merges_detected;
+        merges += e.build(BuildOptions::at(t("01-04"))).merges_detected;
     }
     assert_eq!(merges, 0);
     assert!(rows(&e, &phone("555")).is_empty());
@@ -265,7 +270,7 @@ fn enrichment_is_not_a_merge_but_a_rename_is() {
         "app",
         &[app("signup", "01-01", json!({"email": "a@x.com"}))],
     );
-    e.build(t("01-10"), false);
+    e.build(BuildOptions::at(t("01-10")));
     ingest(
         &mut e,
         "app",
@@ -275,7 +280,7 @@ fn enrichment_is_not_a_merge_but_a_rename_is() {
             json!({"email": "a@x.com", "phone": "555"}),
         )],
     );
-    let r = e.build(t("01-10"), false);
+    let r = e.build(BuildOptions::at(t("01-10")));
     assert_eq!(r.merges_detected, 0);
     assert_eq!(rows(&e, &email("a@x.com")).len(), 1);
 
@@ -285,7 +290,7 @@ fn enrichment_is_not_a_merge_but_a_rename_is() {
         "app",
         &[app("signup", "01-01", json!({"phone": "555"}))],
     );
-    e.build(t("01-10"), false);
+    e.build(BuildOptions::at(t("01-10")));
     ingest(
         &mut e,
         "app",
@@ -295,7 +300,7 @@ fn enrichment_is_not_a_merge_but_a_rename_is() {
             json!({"email": "a@x.com", "phone": "555"}),
         )],
     );
-    let r = e.build(t("01-10"), false);
+    let r = e.build(BuildOptions::at(t("01-10")));
     assert_eq!(r.merges_detected, 1);
     let p5 = rows(&e, &phone("555"));
     assert_eq!(p5.len(), 1);
@@ -326,7 +331,7 @@ fn a_late_arrival_rebuilds_its_entity() {
             ),
         ],
     );
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     ingest(
         &mut e,
         "app",
@@ -336,7 +341,7 @@ fn a_late_arrival_rebuilds_its_entity() {
             json!({"email": "a@x.com", "n": 1}),
         )],
     );
-    let r = e.build(t("01-04"), false);
+    let r = e.build(BuildOptions::at(t("01-04")));
     assert_eq!(r.late_arrivals, 1);
     let rows = rows(&e, &email("a@x.com"));
     let got: Vec<(Value, Value, Instant)> = rows
@@ -362,13 +367,13 @@ fn late_relative_to_a_rule_firing() {
         "app",
         &[app("signup", "01-01", json!({"email": "a@x.com"}))],
     );
-    e.build(t("03-01"), false);
+    e.build(BuildOptions::at(t("03-01")));
     ingest(
         &mut e,
         "app",
         &[app("login", "01-20", json!({"email": "a@x.com", "n": 1}))],
     );
-    let r = e.build(t("03-01"), false);
+    let r = e.build(BuildOptions::at(t("03-01")));
     assert_eq!(r.late_arrivals, 1);
     let got: Vec<(String, Instant, Option<Instant>)> = rows(&e, &email("a@x.com"))
         .iter()
@@ -394,13 +399,13 @@ fn a_new_entity_before_the_watermark_is_late() {
         "app",
         &[app("signup", "01-01 10:00", json!({"email": "a@x.com"}))],
     );
-    e.build(t("01-02"), false);
+    e.build(BuildOptions::at(t("01-02")));
     ingest(
         &mut e,
         "app",
         &[app("signup", "01-01 09:00", json!({"email": "b@x.com"}))],
     );
-    let r = e.build(t("01-02"), false);
+    let r = e.build(BuildOptions::at(t("01-02")));
     assert_eq!(r.late_arrivals, 1);
     let b = rows(&e, &email("b@x.com"));
     assert_eq!(b.len(), 1);
@@ -416,7 +421,7 @@ fn tick_counts_firings() {
         "app",
         &[app("signup", "01-01", json!({"email": "a@x.com"}))],
     );
-    e.build(t("01-02"), false);
+    e.build(BuildOptions::at(t("01-02")));
     let r = e.tick(t("03-01"));
     assert_eq!(
         (r.effects_produced, r.entities_affected, r.transitions),
@@ -443,7 +448,7 @@ fn multi_type_events_and_relationships() {
             json!({"id": "o1", "customer_email": "Alice@X.com", "amount": 50}),
         )],
     );
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     let o1 = derived_id(None, "order", "order_id", "o1");
     let a = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
     let order_rows = rows(&e, &o1);
@@ -479,7 +484,7 @@ fn multi_type_events_and_relationships() {
             json!({"id": "o-b", "customer_email": "nobody@x.com", "amount": 6}),
         )],
     );
-    let r = e.build(t("01-06"), false);
+    let r = e.build(BuildOptions::at(t("01-06")));
     assert!(r.failures.is_empty());
     let ob = derived_id(None, "order", "order_id", "o-b");
     let n = email("nobody@x.com");
@@ -495,7 +500,10 @@ fn multi_type_events_and_relationships() {
 
     // CONTRACTS G15: a FULL rebuild leaves exactly the same relationship rows.
     let before = e.relationships.clone();
-    e.build(t("01-06"), true);
+    e.build(BuildOptions {
+        full: true,
+        ..BuildOptions::at(t("01-06"))
+    });
     assert_eq!(e.relationships, before);
 }
 
@@ -508,7 +516,7 @@ fn snapshot(e: &Engine) -> String {
 fn full_equals_incremental_for_the_contract_example() {
     let mut e = engine();
     s1(&mut e);
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     ingest(
         &mut e,
         "app",
@@ -518,10 +526,13 @@ fn full_equals_incremental_for_the_contract_example() {
             json!({"email": "alice@x.com", "n": 7}),
         )],
     );
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     e.tick(t("03-01"));
     let before = snapshot(&e);
-    e.build(t("03-01"), true);
+    e.build(BuildOptions {
+        full: true,
+        ..BuildOptions::at(t("03-01"))
+    });
     assert_eq!(snapshot(&e), before);
 }
 
@@ -583,7 +594,7 @@ proptest! {
             let mut e = Engine::new(cust()).with_workers(workers);
             ingest(&mut e, "app", &events.iter().filter(|r| r.get("type").is_some()).cloned().collect::<Vec<_>>());
             ingest(&mut e, "billing", &events.iter().filter(|r| r.get("event").is_some()).cloned().collect::<Vec<_>>());
-            e.build(t("02-15"), true);
+            e.build(BuildOptions { full: true, ..BuildOptions::at(t("02-15")) });
             open_rows_ok(&e);
             outputs.push(snapshot(&e));
         }
@@ -611,16 +622,16 @@ proptest! {
         for cut in cuts {
             ingest(&mut inc, "app", &events[start..cut]);
             ingest(&mut full, "app", &events[start..cut]);
-            inc.build(t("02-15"), false);
+            inc.build(BuildOptions::at(t("02-15")));
             start = cut;
         }
         open_rows_ok(&inc);
-        full.build(t("02-15"), true);
+        full.build(BuildOptions { full: true, ..BuildOptions::at(t("02-15")) });
         // Whether merges appear depends on what earlier builds had resolved (PIPELINE.md §5.2).
         prop_assume!(!merges_seen(&inc) && !merges_seen(&full));
         prop_assert_eq!(&inc.history, &full.history);
         let before = snapshot(&inc);
-        inc.build(t("02-15"), true);
+        inc.build(BuildOptions { full: true, ..BuildOptions::at(t("02-15")) });
         prop_assert_eq!(snapshot(&inc), before);
     }
 }
@@ -638,7 +649,7 @@ proptest! {
         };
         let mut single = engine();
         load(&mut single);
-        single.build(t("02-15"), true);
+        single.build(BuildOptions { full: true, ..BuildOptions::at(t("02-15")) });
         let mut union = std::collections::BTreeMap::new();
         for shard in 0..total {
             let mut e = engine();
@@ -658,14 +669,21 @@ proptest! {
 fn point_in_time_reads() {
     let mut e = engine();
     s1(&mut e);
-    e.build(t("01-04"), false);
+    e.build(BuildOptions::at(t("01-04")));
     let h = e.history.values().next().unwrap();
-    let at = |s: &str| h.as_of(chrono::DateTime::parse_from_rfc3339(s).unwrap().into()).map(|r| r.valid_from);
+    let at = |s: &str| {
+        h.as_of(chrono::DateTime::parse_from_rfc3339(s).unwrap().into())
+            .map(|r| r.valid_from)
+    };
     assert_eq!(at("2024-01-02T10:00:00Z"), Some(t("01-02 10:00")));
     assert_eq!(at("2024-01-02T09:59:59Z"), Some(t("01-01 10:00")));
     assert_eq!(at("2024-01-01T10:00:00Z"), Some(t("01-01 10:00")));
     assert_eq!(at("2023-12-31T00:00:00Z"), None);
-    assert_eq!(at("2024-01-02T15:00:00+05:00"), Some(t("01-02 10:00")), "instants, not text");
+    assert_eq!(
+        at("2024-01-02T15:00:00+05:00"),
+        Some(t("01-02 10:00")),
+        "instants, not text"
+    );
 }
 
 #[test]
@@ -687,10 +705,13 @@ fn now_is_the_jobs_as_of() {
     let mut values = Vec::new();
     for full in [false, true] {
         let mut e = Engine::new(defs.clone());
-        e.ingest("s", std::slice::from_ref(&raw), as_of);
-        e.build(as_of, false);
+        e.ingest("s", std::slice::from_ref(&raw), as_of).unwrap();
+        e.build(BuildOptions::at(as_of));
         if full {
-            e.build(as_of, true);
+            e.build(BuildOptions {
+                full: true,
+                ..BuildOptions::at(as_of)
+            });
         }
         let row = e
             .history

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use defacto_core::definitions::Definitions;
-use defacto_core::engine::Engine;
+use defacto_core::engine::{BuildOptions, Engine};
 use serde_json::Value as Json;
 
 fn example(name: &str) -> PathBuf {
@@ -35,9 +35,9 @@ fn run(name: &str) -> (Engine, u64) {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        failed += engine.ingest(&source, &raws, as_of).events_failed;
+        failed += engine.ingest(&source, &raws, as_of).unwrap().events_failed;
     }
-    let result = engine.build(as_of, false);
+    let result = engine.build(BuildOptions::at(as_of));
     assert!(result.failures.is_empty(), "{:#?}", result.failures);
     (engine, failed)
 }

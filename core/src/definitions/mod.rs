@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-pub use document::{load_path, raw_from_document};
+pub use document::{load_path, raw_from_document, raw_from_yaml_text};
 pub use model::*;
 pub use normalized::{Hashes, NormalizedDocument};
 pub use parse::{parse_threshold, RawDefinition, RawDefinitions};

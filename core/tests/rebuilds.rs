@@ -1,0 +1,575 @@
+//! The in-memory engine across definition changes and explicit merges: mode detection,
+//! FULL / FULL_WITH_IDENTITY_RESET / FULL_RENORMALIZE builds, explicit merges and their
+//! survival through rebuilds and identity resets.
+
+use std::path::Path;
+
+use chrono::{TimeZone, Utc};
+use defacto_core::definitions::mode::BuildMode;
+use defacto_core::definitions::Definitions;
+use defacto_core::engine::{BuildOptions, Engine};
+use defacto_core::history::HistoryRow;
+use defacto_core::identity::derived_id;
+use defacto_core::value::{timestamp_text, Instant};
+use defacto_core::Value;
+use serde_json::{json, Value as Json};
+
+fn t(s: &str) -> Instant {
+    let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
+    let (m, d) = date.split_once('-').unwrap();
+    let (h, min) = time.split_once(':').unwrap();
+    Utc.with_ymd_and_hms(
+        2024,
+        m.parse().unwrap(),
+        d.parse().unwrap(),
+        h.parse().unwrap(),
+        min.parse().unwrap(),
+        0,
+    )
+    .unwrap()
+}
+
+fn app(ty: &str, at: &str, extra: Json) -> Json {
+    let mut raw = json!({"type": ty, "ts": timestamp_text(&t(at))});
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    raw
+}
+
+/// CUST, with text replacements applied to its entity and source files.
+fn cust_with(entities: &[(&str, &str)], sources: &[(&str, &str)]) -> Definitions {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust");
+    let mut e = std::fs::read_to_string(dir.join("entities/customer.yaml")).unwrap();
+    for (from, to) in entities {
+        assert!(e.contains(from), "{from}");
+        e = e.replace(from, to);
+    }
+    let mut s = std::fs::read_to_string(dir.join("sources/app.yaml")).unwrap();
+    for (from, to) in sources {
+        assert!(s.contains(from), "{from}");
+        s = s.replace(from, to);
+    }
+    let indent = |x: &str| x.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    Definitions::from_yaml_str(&format!(
+        "entities:\n{}sources:\n{}",
+        indent(&e),
+        indent(&s)
+    ))
+    .unwrap()
+}
+
+fn cust() -> Definitions {
+    cust_with(&[], &[])
+}
+
+const TRIM: (&str, &str) = (
+    "normalize: \"str::to_lowercase(value)\"",
+    "normalize: \"str::trim(str::to_lowercase(value))\"",
+);
+
+fn build(e: &mut Engine, at: &str) -> defacto_core::engine::BuildResult {
+    e.build(BuildOptions::at(t(at)))
+}
+
+fn ingest(e: &mut Engine, raws: &[Json]) {
+    e.ingest("app", raws, t("01-10")).unwrap();
+}
+
+fn email(v: &str) -> String {
+    derived_id(None, "customer", "email", v)
+}
+
+fn rows<'a>(e: &'a Engine, id: &str) -> Vec<&'a HistoryRow> {
+    e.history
+        .iter()
+        .filter(|(k, _)| k.1 == id)
+        .flat_map(|(_, h)| h.rows.iter())
+        .collect()
+}
+
+fn prop(e: &Engine, row: &HistoryRow, name: &str) -> Value {
+    let i = e.definitions().entities["customer"]
+        .properties
+        .get_index_of(name)
+        .unwrap();
+    row.properties[i].clone()
+}
+
+fn current(e: &Engine) -> Vec<(String, &HistoryRow)> {
+    e.history
+        .iter()
+        .filter(|(k, _)| k.0 == "customer")
+        .filter_map(|(k, h)| h.current().map(|r| (k.1.clone(), r)))
+        .collect()
+}
+
+fn s1(e: &mut Engine) {
+    ingest(
+        e,
+        &[
+            app("signup", "01-01 10:00", json!({"email": "Alice@X.com"})),
+            app(
+                "upgrade",
+                "01-02 10:00",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+            ),
+            app(
+                "login",
+                "01-03 10:00",
+                json!({"email": "alice@x.com", "n": 1}),
+            ),
+        ],
+    );
+}
+
+// CONTRACTS A15
+#[test]
+fn mode_detection_follows_the_kind_of_edit() {
+    let run = |defs: Option<Definitions>, more_events: bool| {
+        let mut e = Engine::new(cust());
+        s1(&mut e);
+        build(&mut e, "01-04");
+        if let Some(d) = defs {
+            e.set_definitions(d);
+        }
+        if more_events {
+            ingest(
+                &mut e,
+                &[app(
+                    "login",
+                    "01-05",
+                    json!({"email": "alice@x.com", "n": 2}),
+                )],
+            );
+        }
+        build(&mut e, "01-06").mode
+    };
+    assert_eq!(run(None, true), BuildMode::Incremental);
+    assert_eq!(run(None, false), BuildMode::Skip);
+    assert_eq!(
+        run(
+            Some(cust_with(&[("default: free", "default: basic")], &[])),
+            false
+        ),
+        BuildMode::Full
+    );
+    assert_eq!(
+        run(Some(cust_with(&[TRIM], &[])), false),
+        BuildMode::FullWithIdentityReset
+    );
+    let mapping = (
+        "signup:  { mappings: { email: { from: email }",
+        "signup:  { mappings: { email: { compute: \"str::to_lowercase(event.email)\" }",
+    );
+    assert_eq!(
+        run(Some(cust_with(&[], &[mapping])), false),
+        BuildMode::FullRenormalize
+    );
+    assert_eq!(
+        run(
+            Some(cust_with(
+                &[("default: free", "default: basic")],
+                &[mapping]
+            )),
+            false
+        ),
+        BuildMode::FullRenormalize
+    );
+    let mut e = Engine::new(cust());
+    s1(&mut e);
+    build(&mut e, "01-04");
+    assert_eq!(
+        e.build(BuildOptions {
+            full: true,
+            ..BuildOptions::at(t("01-04"))
+        })
+        .mode,
+        BuildMode::Full
+    );
+    assert_eq!(
+        e.build(BuildOptions {
+            full: true,
+            from_raw: true,
+            ..BuildOptions::at(t("01-04"))
+        })
+        .mode,
+        BuildMode::FullRenormalize
+    );
+}
+
+// CONTRACTS G14, A16 (the build half: an entity-only change is FULL, ids are kept)
+#[test]
+fn a_full_build_reflects_new_definitions() {
+    let mut e = Engine::new(cust());
+    s1(&mut e);
+    build(&mut e, "01-04");
+    e.set_definitions(cust_with(&[("default: free", "default: basic")], &[]));
+    let r = build(&mut e, "01-04");
+    assert_eq!(r.mode, BuildMode::Full);
+    let a = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
+    let rows = rows(&e, a);
+    assert_eq!(prop(&e, rows[0], "plan"), Value::str("basic"));
+    assert_eq!(prop(&e, rows.last().unwrap(), "plan"), Value::str("pro"));
+    assert!(e
+        .history
+        .values()
+        .flat_map(|h| &h.rows)
+        .all(|r| prop(&e, r, "plan") != Value::str("free")));
+}
+
+// CONTRACTS C15
+#[test]
+fn an_unknown_source_is_rejected_and_nothing_is_appended() {
+    let mut e = Engine::new(cust());
+    let err = e
+        .ingest(
+            "nosuch",
+            &[app("signup", "01-01", json!({"email": "a@x.com"}))],
+            t("01-10"),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("nosuch"));
+    assert!(e.ledger().is_empty());
+}
+
+fn d10() -> Engine {
+    let mut e = Engine::new(cust());
+    ingest(
+        &mut e,
+        &[
+            app("signup", "01-01 10:00", json!({"email": "bob@x.com"})),
+            app("signup", "01-15 10:00", json!({"email": "alice@x.com"})),
+            app(
+                "upgrade",
+                "01-15 10:01",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": 10}),
+            ),
+        ],
+    );
+    build(&mut e, "01-16");
+    e
+}
+
+fn assert_d10_history(e: &Engine) {
+    let (a, b) = (email("alice@x.com"), email("bob@x.com"));
+    let b_rows = rows(e, &b);
+    assert_eq!(b_rows.len(), 2, "{b_rows:#?}");
+    assert_eq!(
+        (b_rows[0].valid_from, b_rows[0].valid_to),
+        (t("01-01 10:00"), Some(t("01-15 10:01")))
+    );
+    assert_eq!(prop(e, b_rows[0], "email"), Value::str("bob@x.com"));
+    assert_eq!(prop(e, b_rows[0], "plan"), Value::str("free"));
+    assert_eq!(b_rows[1].valid_to, None);
+    assert_eq!(prop(e, b_rows[1], "plan"), Value::str("pro"));
+    assert_eq!(prop(e, b_rows[1], "mrr"), Value::Float(10.0));
+    assert_eq!(prop(e, b_rows[1], "annual"), Value::Float(120.0));
+    let a_rows = rows(e, &a);
+    let last = a_rows.last().unwrap();
+    assert_eq!(last.valid_to, Some(t("02-01")));
+    assert_eq!(last.merged_into.as_deref(), Some(b.as_str()));
+    let current = current(e);
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0].0, b);
+}
+
+// CONTRACTS D10
+#[test]
+fn an_explicit_merge_rebuilds_the_winner_from_both_histories() {
+    let mut e = d10();
+    let (a, b) = (email("alice@x.com"), email("bob@x.com"));
+    let r = e.merge(&a, &b, "same person", t("02-01")).unwrap();
+    assert_eq!(
+        (
+            r.events_reassigned,
+            r.entities_rebuilt,
+            r.tombstones_produced
+        ),
+        (2, 1, 1)
+    );
+    assert!(!r.duplicate);
+    assert_d10_history(&e);
+    let system: Vec<_> = e
+        .ledger()
+        .iter()
+        .filter(|x| x.event_type == "_defacto_merge")
+        .collect();
+    assert_eq!(system.len(), 1);
+    assert_eq!(system[0].source, "_defacto");
+    assert!(e.assignments()[&("customer".to_string(), b.clone())].contains(&system[0].sequence));
+    let log = e.resolver().store().merge_log();
+    assert_eq!(
+        (log[0].from.as_str(), log[0].into.as_str()),
+        (a.as_str(), b.as_str())
+    );
+}
+
+// CONTRACTS D11, D16
+#[test]
+fn merge_errors_and_repetitions() {
+    let mut e = d10();
+    let (a, b) = (email("alice@x.com"), email("bob@x.com"));
+    let err = e.merge(&a, "nope", "", t("02-01")).unwrap_err();
+    assert_eq!(err.to_string(), "Surviving entity 'nope' not found");
+    e.merge(&a, &b, "", t("02-01")).unwrap();
+    let count = e.ledger().len();
+    let again = e.merge(&a, &b, "", t("02-01")).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (
+            again.events_reassigned,
+            again.entities_rebuilt,
+            again.tombstones_produced
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(e.ledger().len(), count);
+    let later = e.merge(&a, &b, "", t("02-02")).unwrap();
+    assert!(!later.duplicate);
+    assert_eq!(e.ledger().len(), count + 1);
+    assert_eq!(current(&e).len(), 1);
+    assert_eq!(prop(&e, current(&e)[0].1, "plan"), Value::str("pro"));
+}
+
+// CONTRACTS D12
+#[test]
+fn merges_survive_full_rebuilds_and_identity_resets() {
+    let mut e = d10();
+    let (a, b) = (email("alice@x.com"), email("bob@x.com"));
+    e.merge(&a, &b, "", t("02-01")).unwrap();
+    let before = format!("{:?}", e.history);
+    e.build(BuildOptions {
+        full: true,
+        ..BuildOptions::at(t("01-16"))
+    });
+    assert_eq!(
+        format!("{:?}", e.history),
+        before,
+        "a FULL build rewrites the same rows"
+    );
+    e.set_definitions(cust_with(&[TRIM], &[]));
+    let r = build(&mut e, "01-16");
+    assert_eq!(r.mode, BuildMode::FullWithIdentityReset);
+    assert_d10_history(&e);
+}
+
+// CONTRACTS D14
+#[test]
+fn an_explicit_merge_may_go_against_priority() {
+    let mut e = Engine::new(cust());
+    ingest(
+        &mut e,
+        &[
+            app("signup", "01-01 10:00", json!({"email": "a@x.com"})),
+            app("signup", "01-02 10:00", json!({"phone": "555"})),
+        ],
+    );
+    build(&mut e, "01-03");
+    let (ea, p5, eb) = (
+        email("a@x.com"),
+        derived_id(None, "customer", "phone", "555"),
+        email("b@x.com"),
+    );
+    e.merge(&ea, &p5, "", t("01-04")).unwrap();
+    let ea_rows = rows(&e, &ea);
+    assert_eq!(ea_rows.last().unwrap().valid_to, Some(t("01-04")));
+    assert_eq!(
+        ea_rows.last().unwrap().merged_into.as_deref(),
+        Some(p5.as_str())
+    );
+    ingest(
+        &mut e,
+        &[app(
+            "link",
+            "01-05",
+            json!({"email": "a@x.com", "phone": "555"}),
+        )],
+    );
+    assert_eq!(build(&mut e, "01-05").merges_detected, 0);
+    ingest(
+        &mut e,
+        &[app(
+            "link",
+            "01-06",
+            json!({"email": "b@x.com", "phone": "555"}),
+        )],
+    );
+    let r = build(&mut e, "01-06");
+    assert_eq!(r.merges_detected, 1);
+    let p5_rows = rows(&e, &p5);
+    assert_eq!(p5_rows.last().unwrap().valid_to, Some(t("01-06")));
+    assert_eq!(
+        p5_rows.last().unwrap().merged_into.as_deref(),
+        Some(eb.as_str())
+    );
+    let cur = current(&e);
+    assert_eq!(cur.len(), 1);
+    assert_eq!(cur[0].0, eb);
+    assert_eq!(cur[0].1.valid_from, t("01-01 10:00"));
+    assert_eq!(prop(&e, cur[0].1, "email"), Value::str("a@x.com"));
+    let history = format!("{:?}", e.history);
+    let log = e.resolver().store().merge_log();
+    // An identity reset re-derives the same ids and merge_log rows.
+    e.set_definitions(cust_with(&[TRIM], &[]));
+    build(&mut e, "01-06");
+    assert_eq!(e.resolver().store().merge_log(), log);
+    assert_eq!(format!("{:?}", e.history), history);
+}
+
+// CONTRACTS D15
+#[test]
+fn an_identity_reset_renormalizes_stored_hints() {
+    let mut e = Engine::new(cust());
+    ingest(
+        &mut e,
+        &[app("signup", "01-01 10:00", json!({"email": " bob@x.com"}))],
+    );
+    build(&mut e, "01-02");
+    let bw = email(" bob@x.com");
+    assert_eq!(rows(&e, &bw).len(), 1);
+    e.set_definitions(cust_with(&[TRIM], &[]));
+    assert_eq!(
+        build(&mut e, "01-02").mode,
+        BuildMode::FullWithIdentityReset
+    );
+    let b = email("bob@x.com");
+    assert!(rows(&e, &bw).is_empty());
+    assert_eq!(prop(&e, rows(&e, &b)[0], "email"), Value::str(" bob@x.com"));
+    ingest(
+        &mut e,
+        &[app(
+            "upgrade",
+            "01-02 10:00",
+            json!({"email": "bob@x.com", "plan": "pro", "mrr": 5}),
+        )],
+    );
+    build(&mut e, "01-03");
+    let cur = current(&e);
+    assert_eq!(cur.len(), 1);
+    assert_eq!(cur[0].0, b);
+    assert_eq!(prop(&e, cur[0].1, "plan"), Value::str("pro"));
+}
+
+// CONTRACTS D17
+#[test]
+fn invalid_merges_change_nothing() {
+    let mut e = d10();
+    let (a, b) = (email("alice@x.com"), email("bob@x.com"));
+    e.merge(&a, &b, "", t("02-01")).unwrap();
+    e.ingest(
+        "billing",
+        &[json!({"event": "order.created", "created_at": "2024-01-20T00:00:00Z", "id": "o1", "customer_email": "bob@x.com", "amount": 5})],
+        t("02-01"),
+    )
+    .unwrap();
+    build(&mut e, "02-01");
+    let o1 = derived_id(None, "order", "order_id", "o1");
+    let (count, history) = (e.ledger().len(), format!("{:?}", e.history));
+    let err = e.merge(&b, &b, "", t("02-03")).unwrap_err();
+    assert!(err.to_string().contains("into itself"));
+    for (from, into) in [(o1.as_str(), b.as_str()), (b.as_str(), o1.as_str())] {
+        let err = e.merge(from, into, "", t("02-03")).unwrap_err();
+        assert!(err.to_string().contains("Cannot merge"), "{err}");
+        assert!(err.to_string().contains("order") && err.to_string().contains("customer"));
+    }
+    assert_eq!(e.ledger().len(), count);
+    assert_eq!(format!("{:?}", e.history), history);
+}
+
+// CONTRACTS A14b (the build half): reordering identity fields resets identity and the
+// customer known by both keys carries its phone-derived id.
+#[test]
+fn reordering_identity_fields_renames_by_the_new_priority() {
+    let mut e = Engine::new(cust());
+    ingest(
+        &mut e,
+        &[app(
+            "signup",
+            "01-01",
+            json!({"email": "a@x.com", "phone": "555"}),
+        )],
+    );
+    build(&mut e, "01-02");
+    assert_eq!(current(&e)[0].0, email("a@x.com"));
+    e.set_definitions(cust_with(
+        &[(
+            "    email: { match: exact, normalize: \"str::to_lowercase(value)\" }\n    phone: { match: exact }\n",
+            "    phone: { match: exact }\n    email: { match: exact, normalize: \"str::to_lowercase(value)\" }\n",
+        )],
+        &[],
+    ));
+    assert_eq!(
+        build(&mut e, "01-02").mode,
+        BuildMode::FullWithIdentityReset
+    );
+    assert_eq!(
+        current(&e)[0].0,
+        derived_id(None, "customer", "phone", "555")
+    );
+}
+
+// PIPELINE.md §10.7: a source fix recovers events that failed before.
+#[test]
+fn renormalization_recovers_failed_records() {
+    let mut e = Engine::new(cust());
+    let r = e
+        .ingest(
+            "app",
+            &[
+                app(
+                    "upgrade",
+                    "01-02",
+                    json!({"email": "a@x.com", "plan": "pro", "mrr": "4_9"}),
+                ),
+                app("signup", "01-01", json!({"email": "a@x.com"})),
+            ],
+            t("01-10"),
+        )
+        .unwrap();
+    assert_eq!(r.events_failed, 1);
+    build(&mut e, "01-03");
+    let fixed = cust_with(
+        &[],
+        &[(
+            "mrr: { from: mrr, type: number }",
+            "mrr: { compute: \"to_float(replace(event.mrr, '_', ''))\" }",
+        )],
+    );
+    e.set_definitions(fixed);
+    let r = build(&mut e, "01-03");
+    assert_eq!(r.mode, BuildMode::FullRenormalize);
+    assert_eq!(e.ledger().len(), 2);
+    let cur = current(&e);
+    assert_eq!(prop(&e, cur[0].1, "plan"), Value::str("pro"));
+    assert_eq!(prop(&e, cur[0].1, "mrr"), Value::Float(49.0));
+}
+
+// PIPELINE.md §10.7 step 2: narrowing the event id fields marks rows as duplicates, and
+// widening them again un-marks them.
+#[test]
+fn renormalization_recomputes_duplicates_reversibly() {
+    let mut e = Engine::new(cust());
+    ingest(
+        &mut e,
+        &[
+            app("signup", "01-01", json!({"email": "a@x.com", "phone": "1"})),
+            app("signup", "01-02", json!({"email": "a@x.com", "phone": "2"})),
+        ],
+    );
+    build(&mut e, "01-03");
+    assert_eq!(e.ledger().len(), 2);
+    e.set_definitions(cust_with(
+        &[],
+        &[(
+            "app:\n  event_type: type\n",
+            "app:\n  event_type: type\n  event_id: [email]\n",
+        )],
+    ));
+    assert_eq!(build(&mut e, "01-03").mode, BuildMode::FullRenormalize);
+    assert_eq!(e.ledger().len(), 1);
+    assert_eq!(e.ledger()[0].timestamp, t("01-01"));
+    e.set_definitions(cust());
+    build(&mut e, "01-03");
+    assert_eq!(e.ledger().len(), 2);
+}
