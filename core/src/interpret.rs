@@ -597,3 +597,92 @@ impl Scope for HandlerScope<'_> {
         self.now
     }
 }
+
+/// The persisted form of a working-state slot (PIPELINE.md §1: working state, marks and
+/// horizon included, values with their exact kinds).
+pub mod persist {
+    use super::*;
+    use crate::value::typed;
+    use serde_json::{json, Value as Json};
+
+    fn instant(t: &Option<Instant>) -> Json {
+        t.map_or(Json::Null, |t| typed::to_json(&Value::DateTime(t)))
+    }
+
+    fn read_instant(j: Option<&Json>) -> Option<Instant> {
+        match j.map(typed::from_json) {
+            Some(Value::DateTime(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(slot: &Slot) -> Json {
+        let entity = slot.entity.as_ref().map(|e| {
+            json!({
+                "state": e.state,
+                "properties": e.properties.iter().map(typed::to_json).collect::<Vec<_>>(),
+                "last_event_time": instant(&e.last_event_time),
+                "state_entered_time": instant(&e.state_entered_time),
+                "created_time": instant(&e.created_time),
+                "marks": e.marks.iter().map(|(i, t)| json!([i, instant(&Some(*t))])).collect::<Vec<_>>(),
+            })
+        });
+        json!({
+            "entity": entity,
+            "horizon": slot.horizon.map(|h| json!({"at": instant(&Some(h.at)), "by_rule": h.by_rule})),
+        })
+    }
+
+    pub fn from_json(j: &Json) -> Slot {
+        let entity = j.get("entity").filter(|e| !e.is_null()).map(|e| EntityState {
+            state: e["state"].as_str().unwrap_or_default().to_string(),
+            properties: e["properties"]
+                .as_array()
+                .map(|a| a.iter().map(typed::from_json).collect())
+                .unwrap_or_default(),
+            last_event_time: read_instant(e.get("last_event_time")),
+            state_entered_time: read_instant(e.get("state_entered_time")),
+            created_time: read_instant(e.get("created_time")),
+            marks: e["marks"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| Some((m[0].as_u64()? as usize, read_instant(m.get(1))?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+        let horizon = j.get("horizon").filter(|h| !h.is_null()).and_then(|h| {
+            Some(Horizon {
+                at: read_instant(h.get("at"))?,
+                by_rule: h["by_rule"].as_bool().unwrap_or(false),
+            })
+        });
+        Slot { entity, horizon }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::value::instant_from_nanos;
+
+        #[test]
+        fn slots_round_trip_with_exact_kinds() {
+            let t = instant_from_nanos(1_704_103_200_000_000_001).unwrap();
+            let slot = Slot {
+                entity: Some(EntityState {
+                    state: "active".into(),
+                    properties: vec![Value::Int(2), Value::Float(49.0), Value::DateTime(t), Value::Null],
+                    last_event_time: Some(t),
+                    state_entered_time: None,
+                    created_time: Some(t),
+                    marks: BTreeMap::from([(1, t)]),
+                }),
+                horizon: Some(Horizon { at: t, by_rule: true }),
+            };
+            let text = to_json(&slot).to_string();
+            assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);
+            assert_eq!(from_json(&to_json(&Slot::default())), Slot::default());
+        }
+    }
+}

@@ -278,3 +278,95 @@ mod tests {
         );
     }
 }
+
+/// Typed JSON: a JSON form of a value that reads back with its exact kind ([FIX P1], [FIX E2]),
+/// for everything the engine stores between jobs (ledger data, working state). Int, Float
+/// (always printed with a fraction or exponent), String, Bool, Null and Array are plain JSON;
+/// the kinds JSON lacks are one-key objects: `{"$dt": "<canonical timestamp text>"}`,
+/// `{"$dur": <nanoseconds>}`, and non-finite floats as `{"$f": "NaN" | "inf" | "-inf"}`.
+pub mod typed {
+    use super::*;
+    use serde_json::{Map, Value as Json};
+
+    pub fn to_json(v: &Value) -> Json {
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Int(i) => Json::from(*i),
+            Value::Float(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => Json::Number(n),
+                None => tag("$f", Json::String(float_text(*f))),
+            },
+            Value::String(s) => Json::String(s.to_string()),
+            Value::DateTime(t) => tag("$dt", Json::String(timestamp_text(t))),
+            Value::Duration(d) => tag("$dur", Json::from(d.as_nanos() as u64)),
+            Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        }
+    }
+
+    fn tag(key: &str, v: Json) -> Json {
+        let mut m = Map::new();
+        m.insert(key.to_string(), v);
+        Json::Object(m)
+    }
+
+    /// Reads typed JSON back; anything that is not a known tag reads as plain JSON would.
+    pub fn from_json(j: &Json) -> Value {
+        match j {
+            Json::Number(n) if n.is_f64() => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            Json::Array(items) => Value::array(items.iter().map(from_json).collect()),
+            Json::Object(m) if m.len() == 1 => {
+                let (k, v) = m.iter().next().expect("one entry");
+                match (k.as_str(), v) {
+                    ("$dt", Json::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+                        .map(|t| Value::DateTime(t.with_timezone(&Utc)))
+                        .unwrap_or(Value::Null),
+                    ("$dur", Json::Number(n)) => {
+                        Value::Duration(Duration::from_nanos(n.as_u64().unwrap_or(0)))
+                    }
+                    ("$f", Json::String(s)) => Value::Float(s.parse().unwrap_or(f64::NAN)),
+                    _ => Value::Null,
+                }
+            }
+            other => Value::from_json(other),
+        }
+    }
+
+    /// A whole map of values (event data, properties) as one typed JSON object text.
+    pub fn map_to_text<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
+        let m: Map<String, Json> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), to_json(v)))
+            .collect();
+        Json::Object(m).to_string()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_kind_round_trips() {
+            let t = instant_from_nanos(1_704_103_200_123_456_789).unwrap();
+            let values = [
+                Value::Null,
+                Value::Bool(true),
+                Value::Int(-7),
+                Value::Float(1.0),
+                Value::Float(2.5),
+                Value::Float(f64::NAN),
+                Value::Float(f64::NEG_INFINITY),
+                Value::str("x"),
+                Value::DateTime(t),
+                Value::Duration(Duration::from_nanos(86_400_000_000_123)),
+                Value::array(vec![Value::Int(1), Value::Float(1.0), Value::DateTime(t)]),
+            ];
+            for v in values {
+                let text = to_json(&v).to_string();
+                let back = from_json(&serde_json::from_str(&text).unwrap());
+                assert_eq!(back, v, "{text}");
+                assert_eq!(back.kind(), v.kind());
+            }
+        }
+    }
+}
