@@ -10,7 +10,7 @@ pub use key::{derived_id, salt_fingerprint, shard_hash, shard_of, IdentityFields
 pub use resolve::{
     ClusterHints, Erasure, Merge, MergeOutcome, Resolution, Resolver, SystemMerge, TypedHints,
 };
-pub use store::{IdentityStore, MemoryIdentity, MergeLogRow};
+pub use store::{IdentityChanges, IdentityStore, MemoryIdentity, MergeLogRow};
 
 /// A refused explicit merge (PIPELINE.md §11.2); `class()` names the error of RESULTS.md §11.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

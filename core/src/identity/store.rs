@@ -61,6 +61,21 @@ pub struct MemoryIdentity {
     entities: HashMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
+    /// What changed since loading (or the last `take_changes`), for writing back.
+    changed_keys: BTreeSet<Key>,
+    new_entities: BTreeSet<String>,
+    new_merges: BTreeSet<String>,
+}
+
+/// The changes to write back to a persistent identity store after a resolve pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityChanges {
+    /// Keys inserted or re-pointed, with the entity each is mapped to now.
+    pub mappings: Vec<(Key, String)>,
+    /// Entities that appeared, with their type.
+    pub entities: Vec<(String, String)>,
+    /// merge_log rows recorded.
+    pub merges: Vec<MergeLogRow>,
 }
 
 /// An entity some key was mapped to once; a merged-away entity keeps its record, keyless.
@@ -95,6 +110,51 @@ impl MemoryIdentity {
             .collect()
     }
 
+    /// Loads a stored mapping (no change is recorded).
+    pub fn load_mapping(&mut self, key: Key, id: &str) {
+        self.ids.insert(key.clone(), id.to_string());
+        let entity_type = key.entity_type.clone();
+        self.entity(id, &entity_type).keys.insert(key);
+    }
+
+    /// Loads a stored entity record, e.g. a merged-away entity without keys.
+    pub fn load_entity(&mut self, id: &str, entity_type: &str) {
+        self.entity(id, entity_type);
+    }
+
+    /// Loads a stored merge_log row.
+    pub fn load_merge(&mut self, from: &str, into: &str, ts: Instant) {
+        self.winners.insert(from.to_string(), (into.to_string(), ts));
+        self.losers.entry(into.to_string()).or_default().insert(from.to_string());
+    }
+
+    /// The changes since loading, in key order; the journal starts again empty.
+    pub fn take_changes(&mut self) -> IdentityChanges {
+        let keys = std::mem::take(&mut self.changed_keys);
+        let entities = std::mem::take(&mut self.new_entities);
+        let merges = std::mem::take(&mut self.new_merges);
+        IdentityChanges {
+            mappings: keys
+                .into_iter()
+                .filter_map(|k| self.ids.get(&k).cloned().map(|id| (k, id)))
+                .collect(),
+            entities: entities
+                .into_iter()
+                .filter_map(|id| self.entities.get(&id).map(|e| (id.clone(), e.entity_type.clone())))
+                .collect(),
+            merges: merges
+                .into_iter()
+                .filter_map(|from| {
+                    self.winners.get(&from).map(|(into, ts)| MergeLogRow {
+                        from: from.clone(),
+                        into: into.clone(),
+                        timestamp: *ts,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     fn entity(&mut self, id: &str, entity_type: &str) -> &mut Entity {
         if !self.entities.contains_key(id) {
             let entity = Entity {
@@ -118,6 +178,10 @@ impl IdentityStore for MemoryIdentity {
         }
         self.ids.insert(key.clone(), id.to_string());
         let entity_type = key.entity_type.clone();
+        if !self.entities.contains_key(id) {
+            self.new_entities.insert(id.to_string());
+        }
+        self.changed_keys.insert(key.clone());
         self.entity(id, &entity_type).keys.insert(key);
         id.to_string()
     }
@@ -142,6 +206,10 @@ impl IdentityStore for MemoryIdentity {
             if let Some(id) = self.ids.get_mut(key) {
                 *id = to.to_string();
             }
+            self.changed_keys.insert(key.clone());
+        }
+        if !self.entities.contains_key(to) {
+            self.new_entities.insert(to.to_string());
         }
         let count = moved.len();
         let target = &mut self.entity(to, &entity_type).keys;
@@ -173,6 +241,7 @@ impl IdentityStore for MemoryIdentity {
         }
         self.winners
             .insert(from.to_string(), (into.to_string(), ts));
+        self.new_merges.insert(from.to_string());
         self.losers
             .entry(into.to_string())
             .or_default()
@@ -201,5 +270,29 @@ impl IdentityStore for MemoryIdentity {
             self.winners.remove(&loser);
         }
         keys
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn changes_since_loading_are_journaled() {
+        let mut m = MemoryIdentity::new();
+        let k1 = Key::new("c", "email", "a");
+        let k2 = Key::new("c", "phone", "1");
+        m.load_mapping(k1.clone(), "A");
+        assert_eq!(m.take_changes(), IdentityChanges::default());
+        m.insert_if_absent(k2.clone(), "P");
+        m.repoint("P", "A");
+        let ts = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        assert!(m.record_merge("P", "A", ts));
+        let changes = m.take_changes();
+        assert_eq!(changes.mappings, vec![(k2, "A".to_string())]);
+        assert_eq!(changes.entities, vec![("P".to_string(), "c".to_string())]);
+        assert_eq!(changes.merges.len(), 1);
+        assert_eq!(m.take_changes(), IdentityChanges::default());
     }
 }
