@@ -45,13 +45,19 @@ fn realistic_scope() -> MapScope {
         ("logins", Value::Int(12)),
         ("annual", Value::Float(0.0)),
         ("score", Value::Null),
-        ("signup_date", Value::DateTime(now - chrono::TimeDelta::days(40))),
+        (
+            "signup_date",
+            Value::DateTime(now - chrono::TimeDelta::days(40)),
+        ),
         ("country", Value::str("NL")),
         ("seats", Value::Int(1)),
         ("active", Value::Bool(true)),
     ];
     scope.event = event.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    scope.entity = entity.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    scope.entity = entity
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     scope
         .vars
         .insert("value".into(), Value::str("  Alice@Example.COM "));

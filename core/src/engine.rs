@@ -10,19 +10,16 @@ use std::time::Instant as Clock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::build::{self, BuildInputs, BuildOutput, BuildPlan};
 use crate::definitions::mode::{detect, BuildMode, CurrentState, StoredState};
 use crate::definitions::{Definitions, Hashes, NormalizedDocument};
 use crate::identity::{
-    shard_of, IdentityError, IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, Resolver,
+    shard_of, IdentityError, IdentityFields, IdentityStore, MemoryIdentity, Merge, Resolver,
     SystemMerge,
 };
-use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
-use crate::normalize::{
-    dedup_call, extract_hints, normalize_hint, Hints, NormalizedEvent, Normalizer,
-};
-use crate::replay::{
-    declared_relationship, replay_entities, EntityJob, EntityReplay, LedgerEvent, MERGE_EVENT_TYPE,
-};
+use crate::interpret::Slot;
+use crate::normalize::{dedup_call, extract_hints, Hints, NormalizedEvent, Normalizer};
+use crate::replay::{LedgerEvent, MERGE_EVENT_TYPE};
 use crate::results::{EventFailure, IngestResult};
 use crate::value::{timestamp_text, Instant, Value};
 
@@ -46,7 +43,7 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
-    fn empty(mode: BuildMode) -> BuildResult {
+    pub(crate) fn empty(mode: BuildMode) -> BuildResult {
         BuildResult {
             mode,
             events_processed: 0,
@@ -110,8 +107,6 @@ pub struct RawRow {
     pub source: String,
     pub raw: Json,
 }
-
-type Failures = Vec<((Instant, i64), EventFailure)>;
 
 /// The in-memory pipeline.
 pub struct Engine {
@@ -442,52 +437,6 @@ impl Engine {
         out
     }
 
-    /// The events of an entity (§5.4), in canonical order.
-    fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {
-        let mut seqs: BTreeSet<i64> = BTreeSet::new();
-        for id in self.cluster(&key.1) {
-            if let Some(s) = self.assignments.get(&(key.0.clone(), id)) {
-                seqs.extend(s);
-            }
-        }
-        // The ledger is kept in sequence order, so each row is a binary search away.
-        let mut events: Vec<&LedgerEvent> = seqs
-            .iter()
-            .filter_map(|s| {
-                self.ledger
-                    .binary_search_by_key(s, |e| e.sequence)
-                    .ok()
-                    .map(|i| &self.ledger[i])
-            })
-            .collect();
-        events.sort_by_key(|e| e.order_key());
-        events
-    }
-
-    fn merge_time(&self, loser: &str) -> Option<Instant> {
-        self.resolver
-            .store()
-            .merge_log()
-            .into_iter()
-            .find(|row| row.from == loser)
-            .map(|row| row.timestamp)
-    }
-
-    fn job(&self, key: &EntityKey) -> EntityJob<'_> {
-        let merged_into = self.resolver.store().merged_into(&key.1).map(|winner| {
-            let ts = self
-                .merge_time(&key.1)
-                .expect("a merged entity has a merge_log row");
-            (winner, ts)
-        });
-        EntityJob {
-            entity_type: key.0.clone(),
-            entity_id: key.1.clone(),
-            events: self.events_of(key),
-            merged_into,
-        }
-    }
-
     /// A build (§10.3–§10.9): resolve step, mode detection, FULL or INCREMENTAL, sweep.
     pub fn build(&mut self, opts: BuildOptions) -> BuildResult {
         let started = Clock::now();
@@ -517,45 +466,23 @@ impl Engine {
         if mode == BuildMode::Skip {
             return BuildResult::empty(mode);
         }
-        let mut result = BuildResult::empty(mode);
-        result.merges_detected = merges_detected;
         self.stored.get_or_insert_with(StoredState::default).dirty = true;
-        let existed: BTreeSet<EntityKey> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.entity.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut failures: Failures = Vec::new();
-        let mut written: BTreeSet<EntityKey> = BTreeSet::new();
-        if mode.is_full() {
-            self.full(opts.as_of, &mut result, &mut failures, &mut written);
-        } else {
-            self.incremental(opts.as_of, &mut result, &mut failures, &mut written);
-        }
-        let tick = self.sweep(opts.as_of, &mut failures, &mut written);
-        result.effects_produced += tick.effects_produced;
-        self.cursor = self.cursor.max(self.resolve_cursor);
-        let max_ts = self.ledger.iter().map(|e| e.timestamp).max();
-        self.watermark = self.watermark.max(max_ts);
-        if mode.is_full() {
-            result.entities_created =
-                self.slots.values().filter(|s| s.entity.is_some()).count() as u64;
-        } else {
-            for key in &written {
-                let exists = self.slots.get(key).is_some_and(|s| s.entity.is_some());
-                if existed.contains(key) {
-                    result.entities_updated += 1;
-                } else if exists {
-                    result.entities_created += 1;
-                }
-            }
-        }
-        failures.sort_by(|a, b| {
-            (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
-        });
-        result.failures = renormalization_failures;
-        result.failures.extend(failures.into_iter().map(|(_, f)| f));
+        let plan = BuildPlan {
+            mode,
+            as_of: opts.as_of,
+            cursor: self.cursor,
+            resolve_cursor: self.resolve_cursor,
+            watermark: self.watermark,
+            merges: std::mem::take(&mut self.pending_merges),
+        };
+        let out = self.execute(&plan);
+        self.cursor = out.cursor;
+        self.watermark = out.watermark;
+        let mut result = out.result;
+        result.merges_detected = merges_detected;
+        let mut failures = renormalization_failures;
+        failures.append(&mut result.failures);
+        result.failures = failures;
         result.events_failed = result.failures.len() as u64;
         self.stored = Some(StoredState {
             hashes: self.hashes.clone(),
@@ -567,32 +494,6 @@ impl Engine {
         result
     }
 
-    fn full(
-        &mut self,
-        as_of: Instant,
-        result: &mut BuildResult,
-        failures: &mut Failures,
-        written: &mut BTreeSet<EntityKey>,
-    ) {
-        self.slots.clear();
-        self.history.clear();
-        self.relationships.clear();
-        self.pending_merges.clear();
-        result.events_processed = self
-            .ledger
-            .iter()
-            .filter(|e| e.sequence <= self.resolve_cursor)
-            .count() as u64;
-        let keys: Vec<EntityKey> = self.assignments.keys().cloned().collect();
-        for (key, r) in self.replay(&keys, as_of) {
-            result.effects_produced += r.snapshots as u64;
-            if r.snapshots > 0 {
-                written.insert(key.clone());
-            }
-            self.install(key, r, failures);
-        }
-    }
-
     /// A FULL replay of the entities one shard owns (§14): `shard_hash(id) mod total`. The
     /// union over all shards equals the replay of every entity.
     pub fn replay_shard(
@@ -600,233 +501,73 @@ impl Engine {
         as_of: Instant,
         shard_id: u32,
         total_shards: u32,
-    ) -> BTreeMap<EntityKey, EntityReplay> {
+    ) -> BTreeMap<EntityKey, crate::history::EntityHistory> {
         self.resolve_step(as_of, false);
-        let keys: Vec<EntityKey> = self
-            .assignments
-            .keys()
-            .filter(|k| shard_of(&k.1, total_shards) == shard_id)
-            .cloned()
-            .collect();
-        self.replay(&keys, as_of)
-    }
-
-    fn replay(&self, keys: &[EntityKey], as_of: Instant) -> BTreeMap<EntityKey, EntityReplay> {
-        let jobs: Vec<EntityJob<'_>> = keys.iter().map(|k| self.job(k)).collect();
-        let lookup = Lookup {
-            engine: self,
+        let owns = move |id: &str| shard_of(id, total_shards) == shard_id;
+        let plan = BuildPlan {
+            mode: BuildMode::Full,
             as_of,
+            cursor: 0,
+            resolve_cursor: self.resolve_cursor,
+            watermark: None,
+            merges: Vec::new(),
         };
-        replay_entities(&self.defs, &jobs, as_of, &lookup, self.workers)
+        let inputs = self.inputs(&owns);
+        let mut slots = BTreeMap::new();
+        let out = build::run(&inputs, &plan, &mut slots);
+        out.changes
+            .into_iter()
+            .filter_map(|(k, c)| c.replaced.map(|(h, _)| (k, h)))
+            .filter(|(_, h)| !h.rows.is_empty())
+            .collect()
     }
 
-    /// Replaces an entity's rows, its relationship rows as source and its state with those
-    /// of a replay.
-    fn install(&mut self, key: EntityKey, r: EntityReplay, failures: &mut Failures) {
-        failures.extend(r.failures);
-        if r.history.rows.is_empty() {
-            self.history.remove(&key);
-        } else {
-            self.history.insert(key.clone(), r.history);
-        }
-        if r.relationships.rows.is_empty() {
-            self.relationships.remove(&key);
-        } else {
-            self.relationships.insert(key.clone(), r.relationships);
-        }
-        self.slots.insert(key, r.slot);
-    }
-
-    /// Rebuilds entities from their events (§10.4); their failures replace the ones their
-    /// events produced in the pass.
-    fn rebuild(
-        &mut self,
-        keys: BTreeSet<EntityKey>,
-        as_of: Instant,
-        result: &mut BuildResult,
-        failures: &mut Failures,
-        written: &mut BTreeSet<EntityKey>,
-    ) {
-        if keys.is_empty() {
-            return;
-        }
-        let keys: Vec<EntityKey> = keys.into_iter().collect();
-        for (key, r) in self.replay(&keys, as_of) {
-            failures.retain(|(_, f)| {
-                !(f.entity_type.as_deref() == Some(key.0.as_str())
-                    && f.entity_id.as_deref() == Some(key.1.as_str()))
-            });
-            result.effects_produced += r.snapshots as u64;
-            written.insert(key.clone());
-            self.install(key, r, failures);
+    fn inputs<'a>(
+        &'a self,
+        owns: &'a (dyn Fn(&str) -> bool + Sync),
+    ) -> BuildInputs<'a, MemoryIdentity> {
+        BuildInputs {
+            defs: &self.defs,
+            ledger: &self.ledger,
+            assignments: &self.assignments,
+            identity: self.resolver.store(),
+            owns,
+            workers: self.workers,
         }
     }
 
-    fn incremental(
-        &mut self,
-        as_of: Instant,
-        result: &mut BuildResult,
-        failures: &mut Failures,
-        written: &mut BTreeSet<EntityKey>,
-    ) {
-        let watermark = self.watermark;
-        let mut rows: Vec<LedgerEvent> = self
-            .ledger
-            .iter()
-            .filter(|e| e.sequence > self.cursor && e.sequence <= self.resolve_cursor)
-            .cloned()
-            .collect();
-        rows.sort_by_key(|e| e.order_key());
-        result.events_processed = rows.len() as u64;
-        let mut by_sequence: BTreeMap<i64, Vec<EntityKey>> = BTreeMap::new();
-        for (key, seqs) in &self.assignments {
-            for s in seqs.range(self.cursor + 1..) {
-                by_sequence.entry(*s).or_default().push(key.clone());
-            }
-        }
-        let mut rebuild: BTreeSet<EntityKey> = BTreeSet::new();
-        for event in &rows {
-            let Some(keys) = by_sequence.get(&event.sequence) else {
-                continue;
-            };
-            for key in keys {
-                for target in self.chain(key) {
-                    let slot = self.slots.entry(target.clone()).or_default();
-                    let late = watermark.is_some_and(|w| event.timestamp < w)
-                        || slot.horizon.is_some_and(|h| {
-                            event.timestamp < h.at || (event.timestamp == h.at && h.by_rule)
-                        });
-                    if late {
-                        result.late_arrivals += 1;
-                        rebuild.insert(target);
-                    } else if !rebuild.contains(&target) {
-                        self.apply_one(&target, event, as_of, failures, written, result);
-                    }
-                }
-            }
-        }
-        for (ty, m) in std::mem::take(&mut self.pending_merges) {
-            rebuild.insert((ty.clone(), m.from.clone()));
-            rebuild.insert((ty, m.into.clone()));
-        }
-        self.rebuild(rebuild, as_of, result, failures, written);
-    }
-
-    /// The entity a row is assigned to, and each entity on its chain of merges (§10.3).
-    fn chain(&self, key: &EntityKey) -> Vec<EntityKey> {
-        let mut out = vec![key.clone()];
-        let mut id = key.1.clone();
-        while let Some(next) = self.resolver.store().merged_into(&id) {
-            out.push((key.0.clone(), next.clone()));
-            id = next;
-        }
+    /// Runs one build plan and applies its output to the working state and the history.
+    fn execute(&mut self, plan: &BuildPlan) -> BuildOutput {
+        let all = |_: &str| true;
+        let mut slots = std::mem::take(&mut self.slots);
+        let out = {
+            let inputs = self.inputs(&all);
+            build::run(&inputs, plan, &mut slots)
+        };
+        self.slots = slots;
+        build::apply_changes(&mut self.history, &mut self.relationships, &self.defs, &out);
         out
-    }
-
-    fn apply_one(
-        &mut self,
-        key: &EntityKey,
-        event: &LedgerEvent,
-        as_of: Instant,
-        failures: &mut Failures,
-        written: &mut BTreeSet<EntityKey>,
-        result: &mut BuildResult,
-    ) {
-        if event.event_type == MERGE_EVENT_TYPE {
-            return;
-        }
-        let Some(def) = self.defs.entities.get(&key.0) else {
-            return;
-        };
-        let machine = Machine::new(def, as_of);
-        let mut slot = self.slots.remove(key).unwrap_or_default();
-        let mut snapshots = Vec::new();
-        let lookup = Lookup {
-            engine: self,
-            as_of,
-        };
-        if let Err(error) = machine.apply_event(&mut slot, &event.view(), &lookup, &mut snapshots) {
-            failures.push((
-                event.order_key(),
-                EventFailure::interpretation(&key.0, &key.1, Some(&event.event_id), error),
-            ));
-        }
-        result.effects_produced += snapshots.len() as u64;
-        self.write(key, &snapshots, written);
-        self.slots.insert(key.clone(), slot);
-    }
-
-    fn write(
-        &mut self,
-        key: &EntityKey,
-        snapshots: &[Snapshot],
-        written: &mut BTreeSet<EntityKey>,
-    ) {
-        for s in snapshots {
-            written.insert(key.clone());
-            self.history
-                .entry(key.clone())
-                .or_default()
-                .apply(&key.1, s);
-            for r in &s.relationships {
-                if declared_relationship(&self.defs, &r.relationship_type) {
-                    self.relationships.entry(key.clone()).or_default().apply(
-                        &key.1,
-                        &r.relationship_type,
-                        &r.target_entity_id,
-                        s.valid_from,
-                    );
-                }
-            }
-        }
-    }
-
-    /// Time rules of every live entity up to `as_of` (§7.5).
-    fn sweep(
-        &mut self,
-        as_of: Instant,
-        failures: &mut Failures,
-        written: &mut BTreeSet<EntityKey>,
-    ) -> TickResult {
-        let mut tick = TickResult::default();
-        let keys: Vec<EntityKey> = self
-            .slots
-            .iter()
-            .filter(|(k, s)| {
-                s.entity.is_some() && self.resolver.store().merged_into(&k.1).is_none()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            let Some(def) = self.defs.entities.get(&key.0) else {
-                continue;
-            };
-            let machine = Machine::new(def, as_of);
-            let mut slot = self.slots.remove(&key).unwrap_or_default();
-            let mut snapshots = Vec::new();
-            if let Err(error) = machine.evaluate_rules(&mut slot, as_of, &mut snapshots) {
-                failures.push((
-                    (as_of, i64::MAX),
-                    EventFailure::interpretation(&key.0, &key.1, None, error),
-                ));
-            }
-            let fired = snapshots.iter().filter(|s| s.from_rule).count() as u64;
-            if fired > 0 {
-                tick.entities_affected += 1;
-                tick.effects_produced += fired;
-                tick.transitions += snapshots.iter().filter(|s| s.transitioned).count() as u64;
-            }
-            self.write(&key, &snapshots, written);
-            self.slots.insert(key, slot);
-        }
-        tick
     }
 
     /// `tick` (§7.5): time rules of every live entity up to `as_of`.
     pub fn tick(&mut self, as_of: Instant) -> TickResult {
-        let mut failures = Vec::new();
-        let mut written = BTreeSet::new();
-        self.sweep(as_of, &mut failures, &mut written)
+        let all = |_: &str| true;
+        let mut slots = std::mem::take(&mut self.slots);
+        let (changes, result, _) = {
+            let inputs = self.inputs(&all);
+            build::tick(&inputs, &mut slots, as_of)
+        };
+        self.slots = slots;
+        for (key, change) in &changes {
+            build::apply_change(
+                &mut self.history,
+                &mut self.relationships,
+                &self.defs,
+                key,
+                change,
+            );
+        }
+        result
     }
 
     /// An explicit merge (§11.2): the ledger is brought up to date first, then the merge is
@@ -884,18 +625,29 @@ impl Engine {
         self.ledger.sort_by_key(|e| e.sequence);
         self.assign(into, sequence);
         self.resolve_cursor = self.resolve_cursor.max(sequence);
-        let mut rebuild = BTreeSet::from([(entity_type.clone(), into.to_string())]);
-        if outcome.recorded.is_some() {
-            rebuild.insert((entity_type.clone(), from.to_string()));
-            result.tombstones_produced = 1;
-        }
+        let merge = match &outcome.recorded {
+            Some(m) => {
+                result.tombstones_produced = 1;
+                m.clone()
+            }
+            None => Merge {
+                from: into.to_string(),
+                into: into.to_string(),
+                timestamp: as_of,
+            },
+        };
         result.entities_rebuilt = 1;
-        let mut build = BuildResult::empty(BuildMode::Incremental);
-        let mut failures = Vec::new();
-        let mut written = BTreeSet::new();
-        self.rebuild(rebuild, as_of, &mut build, &mut failures, &mut written);
+        let plan = BuildPlan {
+            mode: BuildMode::Incremental,
+            as_of,
+            cursor: self.resolve_cursor,
+            resolve_cursor: self.resolve_cursor,
+            watermark: self.watermark,
+            merges: vec![(entity_type, merge)],
+        };
+        let out = self.execute(&plan);
         self.cursor = self.cursor.max(sequence);
-        result.failures = failures.into_iter().map(|(_, f)| f).collect();
+        result.failures = out.result.failures;
         Ok(result)
     }
 
@@ -906,26 +658,5 @@ impl Engine {
             .filter(|(k, _)| k.0 == entity_type)
             .flat_map(|(_, h)| h.rows.iter())
             .collect()
-    }
-}
-
-/// Identity lookups for `relate` against the engine's identity store.
-struct Lookup<'a> {
-    engine: &'a Engine,
-    as_of: Instant,
-}
-
-impl RelateLookup for Lookup<'_> {
-    fn lookup(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
-        self.engine
-            .resolver
-            .store()
-            .get(&Key::new(entity_type, field, value))
-    }
-    fn normalize_hint(&self, entity_type: &str, field: &str, value: &str) -> String {
-        match self.engine.defs.entities.get(entity_type) {
-            Some(e) => normalize_hint(e, field, value.to_string(), self.as_of),
-            None => value.to_string(),
-        }
     }
 }

@@ -88,3 +88,15 @@ pub struct IngestResult {
     pub build_result: Option<Json>,
     pub timing: BTreeMap<String, f64>,
 }
+
+/// What a resolve pass did (RESULTS.md §3.1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResolveResult {
+    pub events_resolved: u64,
+    pub merges_detected: u64,
+    pub renormalized: bool,
+    pub identity_reset: bool,
+    pub events_failed: u64,
+    pub failures: Vec<EventFailure>,
+    pub duration_ms: u64,
+}

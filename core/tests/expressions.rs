@@ -378,7 +378,17 @@ fn whitespace_separates_tokens_but_never_splits_one() {
 
 #[test]
 fn keywords_need_a_boundary_and_are_case_sensitive() {
-    for identifier in ["android", "nothing", "null_count", "trueish", "iffy", "orange", "True", "NULL", "_if"] {
+    for identifier in [
+        "android",
+        "nothing",
+        "null_count",
+        "trueish",
+        "iffy",
+        "orange",
+        "True",
+        "NULL",
+        "_if",
+    ] {
         assert_eq!(expr(identifier), Value::Null, "{identifier}");
     }
     assert_eq!(expr("event.a>3and true"), boolean(true));
@@ -431,7 +441,15 @@ fn duration_literals() {
     assert_eq!(expr("45s"), secs(45));
     assert_eq!(expr("0s"), secs(0));
     assert_eq!(expr("213503982334601d"), secs(213_503_982_334_601 * 86_400));
-    for bad in ["213503982334602d", "18446744073709551616s", "2w", "30days", "10min", "1.5h", "1dh"] {
+    for bad in [
+        "213503982334602d",
+        "18446744073709551616s",
+        "2w",
+        "30days",
+        "10min",
+        "1.5h",
+        "1dh",
+    ] {
         parse_fails(bad);
     }
 }
@@ -445,14 +463,33 @@ fn string_literals() {
     assert_eq!(expr(r#""t\tr\rn\n""#), s("t\tr\rn\n"));
     assert_eq!(expr("\"line1\nline2\""), s("line1\nline2"));
     assert_eq!(expr("''"), s(""));
-    for bad in [r#""\u0041""#, r#""a\"#, r#""unterminated"#, r#"'mixed""#, r#""a" 'b'"#, r#""\0""#] {
+    for bad in [
+        r#""\u0041""#,
+        r#""a\"#,
+        r#""unterminated"#,
+        r#"'mixed""#,
+        r#""a" 'b'"#,
+        r#""\0""#,
+    ] {
         parse_fails(bad);
     }
 }
 
 #[test]
 fn other_tokens_are_rejected() {
-    for bad in ["1 = 1", "1 === 1", "1 & 1", "1 | 1", "5 % 2", "[1, 2]", "a ? b : c", "1 in x", "{}", "a;b", "#"] {
+    for bad in [
+        "1 = 1",
+        "1 === 1",
+        "1 & 1",
+        "1 | 1",
+        "5 % 2",
+        "[1, 2]",
+        "a ? b : c",
+        "1 in x",
+        "{}",
+        "a;b",
+        "#",
+    ] {
         parse_fails(bad);
     }
 }
@@ -463,7 +500,25 @@ fn other_tokens_are_rejected() {
 
 #[test]
 fn malformed_expressions_do_not_parse() {
-    for bad in ["", "   ", "1 +", "(1", "1)", "()", "if true then 1", "if true 1 else 2", "not", "-", "f(1", "f(,)", "f(1,,2)", "a[", "a[]", "a b", "1 2"] {
+    for bad in [
+        "",
+        "   ",
+        "1 +",
+        "(1",
+        "1)",
+        "()",
+        "if true then 1",
+        "if true 1 else 2",
+        "not",
+        "-",
+        "f(1",
+        "f(,)",
+        "f(1,,2)",
+        "a[",
+        "a[]",
+        "a b",
+        "1 2",
+    ] {
         parse_fails(bad);
     }
 }
@@ -503,10 +558,7 @@ fn else_extends_as_far_right_as_possible() {
     assert_eq!(expr("if false then 1 else 2 + 3"), int(5));
     assert_eq!(expr("(if false then 1 else 2) + 3"), int(5));
     assert_eq!(expr("1 + if false then 1 else 2 + 3"), int(6));
-    assert_eq!(
-        expr("if false then 1 else if false then 2 else 3"),
-        int(3)
-    );
+    assert_eq!(expr("if false then 1 else if false then 2 else 3"), int(3));
     assert_eq!(
         expr("if if true then false else true then 1 else 2"),
         int(2)
@@ -569,7 +621,11 @@ fn deep_trees_are_a_parse_error_not_a_stack_overflow() {
         format!("{}1{}", "-(".repeat(n), ")".repeat(n)),
         format!("{}1{}", "x[".repeat(n), "]".repeat(n)),
         format!("{}1", "if true then 1 else ".repeat(n)),
-        format!("1{}{}", " or 1 and 1 == 1 + 1 * (1".repeat(n), ")".repeat(n)),
+        format!(
+            "1{}{}",
+            " or 1 and 1 == 1 + 1 * (1".repeat(n),
+            ")".repeat(n)
+        ),
     ];
     for text in &too_deep {
         let e = Expr::parse(text).expect_err("too deep");
@@ -597,7 +653,11 @@ fn nesting_up_to_the_limit_parses_evaluates_and_prints_back() {
         format!("{}1{}", "(".repeat(depth), ")".repeat(depth)),
         format!("{}1", "-".repeat(depth)),
         format!("1{}", " + 1".repeat(depth)),
-        format!("1{}{}", " or 1 and 1 == 1 + 1 * (1".repeat(40), ")".repeat(40)),
+        format!(
+            "1{}{}",
+            " or 1 and 1 == 1 + 1 * (1".repeat(40),
+            ")".repeat(40)
+        ),
         format!("{}1{}", "math::abs(".repeat(depth), ")".repeat(depth)),
     ];
     for text in &cases {
@@ -623,7 +683,10 @@ fn paths_resolve_against_event_entity_and_variables() {
     scope.vars.insert("event".into(), int(7));
     assert_eq!(eval_in(&scope, "entity.plan").unwrap(), s("pro"));
     assert_eq!(eval_in(&scope, "entity.missing").unwrap(), Value::Null);
-    assert_eq!(eval_in(&scope, "str::to_lowercase(value)").unwrap(), s("alice@x.com"));
+    assert_eq!(
+        eval_in(&scope, "str::to_lowercase(value)").unwrap(),
+        s("alice@x.com")
+    );
     assert_eq!(eval_in(&scope, "event").unwrap(), int(7));
     assert_eq!(eval_in(&scope, "entity").unwrap(), Value::Null);
     assert_eq!(eval_in(&scope, "event.t").unwrap(), boolean(true));
@@ -670,7 +733,10 @@ fn ref_scope_borrows_maps() {
     };
     let x = Expr::parse("event.a * entity.mrr").unwrap();
     assert_eq!(x.eval(&scope).unwrap(), float(245.0));
-    assert_eq!(Expr::parse("value").unwrap().eval(&scope).unwrap(), Value::Null);
+    assert_eq!(
+        Expr::parse("value").unwrap().eval(&scope).unwrap(),
+        Value::Null
+    );
 }
 
 #[test]
@@ -679,9 +745,15 @@ fn lookups_and_literals_are_borrowed_not_cloned() {
     let path = Expr::parse("event.s").unwrap();
     assert!(matches!(path.eval_cow(&scope).unwrap(), Cow::Borrowed(_)));
     let literal = Expr::parse("'x'").unwrap();
-    assert!(matches!(literal.eval_cow(&scope).unwrap(), Cow::Borrowed(_)));
+    assert!(matches!(
+        literal.eval_cow(&scope).unwrap(),
+        Cow::Borrowed(_)
+    ));
     let element = Expr::parse("event.arr[1]").unwrap();
-    assert!(matches!(element.eval_cow(&scope).unwrap(), Cow::Borrowed(Value::String(_))));
+    assert!(matches!(
+        element.eval_cow(&scope).unwrap(),
+        Cow::Borrowed(Value::String(_))
+    ));
     let picked = Expr::parse("coalesce(event.n, event.s)").unwrap();
     assert!(matches!(picked.eval_cow(&scope).unwrap(), Cow::Borrowed(_)));
 }
@@ -732,12 +804,21 @@ fn arithmetic_rejects_other_kinds() {
     expr_err("event.n - 1", "Cannot apply '-' to Null and Int");
     expr_err(r#""a" * 2"#, "Cannot apply '*' to String and Int");
     expr_err(r#""a" - "a""#, "Cannot apply '-' to String and String");
-    expr_err("event.arr + event.arr", "Cannot apply '+' to Array and Array");
+    expr_err(
+        "event.arr + event.arr",
+        "Cannot apply '+' to Array and Array",
+    );
     expr_err("1d / 2", "Cannot apply '/' to Duration and Int");
     expr_err("1d * 2.0", "Cannot apply '*' to Duration and Float");
     expr_err("1d ** 2", "Cannot apply '**' to Duration and Int");
-    expr_err(&format!("1d + {}", at("01-01 00:00")), "Cannot apply '+' to Duration and DateTime");
-    expr_err(&format!("{} + 1.5", at("01-01 00:00")), "Cannot apply '+' to DateTime and Float");
+    expr_err(
+        &format!("1d + {}", at("01-01 00:00")),
+        "Cannot apply '+' to Duration and DateTime",
+    );
+    expr_err(
+        &format!("{} + 1.5", at("01-01 00:00")),
+        "Cannot apply '+' to DateTime and Float",
+    );
     expr_err(
         &format!("{0} + {0}", at("01-01 00:00")),
         "Cannot apply '+' to DateTime and DateTime",
@@ -768,7 +849,10 @@ fn datetime_and_duration_arithmetic() {
     // sub-second precision survives subtraction
     let x = "parse_datetime('2024-01-01 00:00:01.5', '%Y-%m-%d %H:%M:%S%.f') - parse_datetime('2024-01-01 00:00:00', '%Y-%m-%d %H:%M:%S')";
     assert_eq!(expr(x), Value::Duration(Duration::from_millis(1500)));
-    assert_eq!(expr(&format!("({x}) * 3")), Value::Duration(Duration::from_millis(4500)));
+    assert_eq!(
+        expr(&format!("({x}) * 3")),
+        Value::Duration(Duration::from_millis(4500))
+    );
 }
 
 #[test]
@@ -784,7 +868,10 @@ fn equality_never_fails() {
     assert_eq!(expr("event.arr != event.arr"), boolean(true));
     assert_eq!(expr("1d == 86400s"), boolean(true));
     assert_eq!(expr("1d == 86400"), boolean(false));
-    assert_eq!(expr(r#"to_float("nan") == to_float("nan")"#), boolean(false));
+    assert_eq!(
+        expr(r#"to_float("nan") == to_float("nan")"#),
+        boolean(false)
+    );
     assert_eq!(expr(r#"to_float("nan") != to_float("nan")"#), boolean(true));
     assert_eq!(expr("event.s == 'héllo'"), boolean(true));
 }
@@ -803,7 +890,10 @@ fn ordering_is_defined_for_four_kind_pairs_only() {
     expr_err(r#""a" < 1"#, "Cannot compare String with Int");
     expr_err("null < null", "Cannot compare Null with Null");
     expr_err("1d < 1", "Cannot compare Duration with Int");
-    expr_err(&format!("{} > 1d", at("01-01 00:00")), "Cannot compare DateTime with Duration");
+    expr_err(
+        &format!("{} > 1d", at("01-01 00:00")),
+        "Cannot compare DateTime with Duration",
+    );
     expr_err(r#"to_float("nan") > 1"#, "NaN");
     expr_err(r#"1 <= to_float("nan")"#, "NaN");
 }
@@ -821,7 +911,10 @@ fn logical_operators_need_bools_on_both_sides() {
     expr_err("not null", "'not' requires Bool");
     expr_err("!event.a", "'not' requires Bool");
     // both sides are evaluated: an error on the right is not masked by the left
-    expr_err("event.n != null and event.n > 5", "Cannot compare Null with Int");
+    expr_err(
+        "event.n != null and event.n > 5",
+        "Cannot compare Null with Int",
+    );
     expr_err("true or 1 / 0 == 1", "Division by zero");
 }
 
@@ -870,9 +963,15 @@ fn unknown_functions_and_arity_fail_at_evaluation() {
     expr_err("abs(1)", "Unknown function 'abs'");
     expr_err("len()", "'len' expects 1 argument, got 0");
     expr_err("len('a', 'b')", "'len' expects 1 argument, got 2");
-    expr_err("str::substring('a', 1)", "'str::substring' expects 3 arguments, got 2");
+    expr_err(
+        "str::substring('a', 1)",
+        "'str::substring' expects 3 arguments, got 2",
+    );
     expr_err("now(1)", "'now' expects 0 arguments, got 1");
-    expr_err("coalesce()", "'coalesce' expects at least 1 argument, got 0");
+    expr_err(
+        "coalesce()",
+        "'coalesce' expects at least 1 argument, got 0",
+    );
     // arguments are evaluated before the name is looked up
     expr_err("foo(1 / 0)", "Division by zero");
     expr_err("len(1 / 0, 2)", "Division by zero");
@@ -911,7 +1010,10 @@ fn case_functions() {
     assert_eq!(expr(r#"str::to_lowercase("MiXeD 1")"#), s("mixed 1"));
     assert_eq!(expr(r#"str::to_uppercase("héllo")"#), s("HÉLLO"));
     assert_eq!(expr(r#"str::to_uppercase("")"#), s(""));
-    expr_err("str::to_lowercase(null)", "'str::to_lowercase' expects String, got Null");
+    expr_err(
+        "str::to_lowercase(null)",
+        "'str::to_lowercase' expects String, got Null",
+    );
     expr_err("str::to_uppercase(1)", "expects String");
 }
 
@@ -946,7 +1048,10 @@ fn prefix_suffix_and_substring_tests() {
     assert_eq!(expr(r#"ends_with("abc", "abcd")"#), boolean(false));
     assert_eq!(expr(r#"contains("abc", "bc")"#), boolean(true));
     assert_eq!(expr(r#"contains("abc", "x")"#), boolean(false));
-    expr_err("starts_with(null, 'a')", "'starts_with' expects (String, String), got (Null, String)");
+    expr_err(
+        "starts_with(null, 'a')",
+        "'starts_with' expects (String, String), got (Null, String)",
+    );
     expr_fails("ends_with('a', 1)");
 }
 
@@ -962,7 +1067,10 @@ fn contains_on_arrays_is_kind_strict() {
     assert_eq!(expr("contains(event.arr, 3.0)"), boolean(true));
     assert_eq!(expr("contains(event.arr, 'two')"), boolean(true));
     assert_eq!(expr("contains(event.arr, null)"), boolean(false));
-    assert_eq!(eval_in(&scope, "contains(event.arr2, null)").unwrap(), boolean(true));
+    assert_eq!(
+        eval_in(&scope, "contains(event.arr2, null)").unwrap(),
+        boolean(true)
+    );
     assert_eq!(
         eval_in(&scope, "contains(event.nested, split('1', ','))").unwrap(),
         boolean(false)
@@ -971,7 +1079,10 @@ fn contains_on_arrays_is_kind_strict() {
         eval_in(&scope, "contains(split('a,b', ','), 'b')").unwrap(),
         boolean(true)
     );
-    expr_err("contains(1, 1)", "'contains' expects (String, String) or (Array, any)");
+    expr_err(
+        "contains(1, 1)",
+        "'contains' expects (String, String) or (Array, any)",
+    );
     expr_fails("contains('abc', 1)");
     expr_fails("contains(null, null)");
 }
@@ -985,12 +1096,18 @@ fn replace_is_global_and_non_overlapping() {
     assert_eq!(expr(r#"replace("", "", "-")"#), s("-"));
     assert_eq!(expr(r#"replace("héllo", "", ".")"#), s(".h.é.l.l.o."));
     assert_eq!(expr(r#"replace("555-1234", "-", "")"#), s("5551234"));
-    expr_err("replace('a', 'a', null)", "expects (String, String, String)");
+    expr_err(
+        "replace('a', 'a', null)",
+        "expects (String, String, String)",
+    );
 }
 
 #[test]
 fn regex_functions() {
-    assert_eq!(expr(r#"regex_match("alice@company.com", ".*@company\\.com$")"#), boolean(true));
+    assert_eq!(
+        expr(r#"regex_match("alice@company.com", ".*@company\\.com$")"#),
+        boolean(true)
+    );
     assert_eq!(expr(r#"regex_match("", "")"#), boolean(true));
     assert_eq!(expr(r#"regex_extract("a1b2", "(\\d)")"#), s("1"));
     assert_eq!(expr(r#"regex_extract("k=v", "(\\w)=(\\w)")"#), s("k"));
@@ -1005,7 +1122,10 @@ fn regex_functions() {
     expr_err(r#"regex_match("aa", "(a)\\1")"#, "Invalid regex");
     // an invalid literal pattern is an evaluation error, not a registration error
     assert!(Expr::parse(r#"regex_match(event.s, "(")"#).is_ok());
-    expr_err("regex_match(null, 'a')", "'regex_match' expects (String, String), got (Null, String)");
+    expr_err(
+        "regex_match(null, 'a')",
+        "'regex_match' expects (String, String), got (Null, String)",
+    );
     expr_fails("regex_extract('a', 1)");
 }
 
@@ -1015,7 +1135,10 @@ fn to_string_renders_every_kind() {
     assert_eq!(expr("to_string(5)"), s("5"));
     assert_eq!(expr("to_string(-5)"), s("-5"));
     assert_eq!(expr("to_string(1.5)"), s("1.5"));
-    assert_eq!(expr("to_string(100000000000000000000.0)"), s("100000000000000000000"));
+    assert_eq!(
+        expr("to_string(100000000000000000000.0)"),
+        s("100000000000000000000")
+    );
     assert_eq!(expr("to_string(0.0000001)"), s("0.0000001"));
     assert_eq!(expr("to_string(to_float('nan'))"), s("NaN"));
     assert_eq!(expr("to_string(to_float('-inf'))"), s("-inf"));
@@ -1048,7 +1171,10 @@ fn abs_floor_ceil_round() {
     assert_eq!(expr("math::abs(3)"), int(3));
     assert_eq!(expr("math::abs(-0.0)"), float(0.0));
     expr_err("math::abs(-9223372036854775807 - 1)", "overflow");
-    expr_err("math::abs(null)", "'math::abs' expects Int or Float, got Null");
+    expr_err(
+        "math::abs(null)",
+        "'math::abs' expects Int or Float, got Null",
+    );
     assert_eq!(expr("floor(1.5)"), int(1));
     assert_eq!(expr("floor(2.0)"), int(2));
     assert_eq!(expr("floor(-7)"), int(-7));
@@ -1076,7 +1202,10 @@ fn min_and_max() {
     assert_eq!(expr("min(to_float('nan'), 1)"), float(1.0));
     assert_eq!(expr("max(1, to_float('nan'))"), float(1.0));
     assert!(matches!(expr("max(to_float('nan'), to_float('nan'))"), Value::Float(f) if f.is_nan()));
-    expr_err("min(null, 1)", "'min' expects (number, number), got (Null, Int)");
+    expr_err(
+        "min(null, 1)",
+        "'min' expects (number, number), got (Null, Int)",
+    );
     expr_fails("max(1d, 2d)");
     expr_err("min(1)", "'min' expects 2 arguments, got 1");
 }
@@ -1090,13 +1219,26 @@ fn calendar_fields_in_utc() {
     assert_eq!(expr(&format!("hour_of({t})")), int(13));
     assert_eq!(expr(&format!("minute_of({t})")), int(45));
     assert_eq!(expr(&format!("day_of_week({t})")), int(4));
-    assert_eq!(expr(&format!("day_of_week({})", pdt("2024-03-17 23:59:59"))), int(6));
+    assert_eq!(
+        expr(&format!("day_of_week({})", pdt("2024-03-17 23:59:59"))),
+        int(6)
+    );
     // an offset in the input does not move the wall clock
     let shifted = r#"parse_datetime("2024-12-31T23:30:00-05:00", "%Y-%m-%dT%H:%M:%S%z")"#;
     assert_eq!(expr(&format!("year_of({shifted})")), int(2024));
     assert_eq!(expr(&format!("hour_of({shifted})")), int(23));
-    for f in ["year_of", "month_of", "day_of", "hour_of", "minute_of", "day_of_week"] {
-        expr_err(&format!("{f}(event.dt)"), &format!("'{f}' expects DateTime, got String"));
+    for f in [
+        "year_of",
+        "month_of",
+        "day_of",
+        "hour_of",
+        "minute_of",
+        "day_of_week",
+    ] {
+        expr_err(
+            &format!("{f}(event.dt)"),
+            &format!("'{f}' expects DateTime, got String"),
+        );
         expr_fails(&format!("{f}(null)"));
     }
 }
@@ -1104,8 +1246,14 @@ fn calendar_fields_in_utc() {
 #[test]
 fn intervals_between_datetimes() {
     let (jan1, jan1_0130) = (at("01-01 00:00"), at("01-01 01:30"));
-    assert_eq!(expr(&format!("minutes_between({jan1}, {jan1_0130})")), int(90));
-    assert_eq!(expr(&format!("minutes_between({jan1_0130}, {jan1})")), int(90));
+    assert_eq!(
+        expr(&format!("minutes_between({jan1}, {jan1_0130})")),
+        int(90)
+    );
+    assert_eq!(
+        expr(&format!("minutes_between({jan1_0130}, {jan1})")),
+        int(90)
+    );
     assert_eq!(expr(&format!("hours_between({jan1_0130}, {jan1})")), int(1));
     assert_eq!(expr(&format!("days_between({jan1}, {jan1})")), int(0));
     assert_eq!(
@@ -1121,10 +1269,19 @@ fn intervals_between_datetimes() {
 
 #[test]
 fn days_since_counts_to_now_in_either_direction() {
-    assert_eq!(expr(&format!("days_since({})", pdt("2024-05-31 00:00:01"))), int(0));
-    assert_eq!(expr(&format!("days_since({})", pdt("2024-06-11 00:00:00"))), int(10));
+    assert_eq!(
+        expr(&format!("days_since({})", pdt("2024-05-31 00:00:01"))),
+        int(0)
+    );
+    assert_eq!(
+        expr(&format!("days_since({})", pdt("2024-06-11 00:00:00"))),
+        int(10)
+    );
     assert_eq!(expr("days_since(now())"), int(0));
-    expr_err("days_since(event.dt)", "'days_since' expects DateTime, got String");
+    expr_err(
+        "days_since(event.dt)",
+        "'days_since' expects DateTime, got String",
+    );
 }
 
 #[test]
@@ -1139,7 +1296,10 @@ fn date_trunc_units() {
     for bad in ["week", "Month", "second", ""] {
         expr_err(&format!("date_trunc({t}, '{bad}')"), "unit must be");
     }
-    expr_err("date_trunc(event.dt, 'day')", "'date_trunc' expects (DateTime, String)");
+    expr_err(
+        "date_trunc(event.dt, 'day')",
+        "'date_trunc' expects (DateTime, String)",
+    );
 }
 
 #[test]
@@ -1168,7 +1328,10 @@ fn parse_datetime_formats() {
         expr("parse_datetime(event.ts, '%Y-%m-%dT%H:%M:%SZ')"),
         ts("2024-01-01T00:00:00Z")
     );
-    expr_err("parse_datetime(null, '%Y')", "'parse_datetime' expects (String, String), got (Null, String)");
+    expr_err(
+        "parse_datetime(null, '%Y')",
+        "'parse_datetime' expects (String, String), got (Null, String)",
+    );
 }
 
 #[test]
@@ -1200,8 +1363,14 @@ fn split_and_join() {
         eval_in(&scope, "join(event.mixed, ';')").unwrap(),
         s("true;1.5;-2;null;60;[1];2024-01-01T00:00:00+00:00")
     );
-    expr_err("split(null, ',')", "'split' expects (String, String), got (Null, String)");
-    expr_err("join('a', ',')", "'join' expects (Array, String), got (String, String)");
+    expr_err(
+        "split(null, ',')",
+        "'split' expects (String, String), got (Null, String)",
+    );
+    expr_err(
+        "join('a', ',')",
+        "'join' expects (Array, String), got (String, String)",
+    );
     expr_fails("join(event.arr, null)");
 }
 
@@ -1215,7 +1384,14 @@ fn to_int_and_to_float() {
     assert_eq!(expr("to_int('007')"), int(7));
     assert_eq!(expr("to_int(to_float('inf'))"), int(i64::MAX));
     assert_eq!(expr("to_int(to_float('nan'))"), int(0));
-    for bad in ["to_int('')", "to_int('42 ')", "to_int('1e3')", "to_int('99999999999999999999')", "to_int(1d)", "to_int(event.arr)"] {
+    for bad in [
+        "to_int('')",
+        "to_int('42 ')",
+        "to_int('1e3')",
+        "to_int('99999999999999999999')",
+        "to_int(1d)",
+        "to_int(event.arr)",
+    ] {
         expr_fails(bad);
     }
     assert_eq!(expr("to_float(2)"), float(2.0));
@@ -1225,7 +1401,13 @@ fn to_int_and_to_float() {
     assert_eq!(expr("to_float('INF')"), float(f64::INFINITY));
     assert_eq!(expr("to_float('-infinity')"), float(f64::NEG_INFINITY));
     assert!(matches!(expr("to_float('NaN')"), Value::Float(f) if f.is_nan()));
-    for bad in ["to_float(' 1')", "to_float('1,5')", "to_float('')", "to_float(null)", "to_float(1d)"] {
+    for bad in [
+        "to_float(' 1')",
+        "to_float('1,5')",
+        "to_float('')",
+        "to_float(null)",
+        "to_float(1d)",
+    ] {
         expr_fails(bad);
     }
 }
@@ -1323,7 +1505,18 @@ fn literal_and_path_constructors_only_accept_writable_values() {
 
 #[test]
 fn float_literals_print_back_exactly() {
-    for f in [0.0, 0.1, 1.0, 1.5, 1e20, 1e-7, 5e-324, f64::MAX, f64::INFINITY, 123456.789] {
+    for f in [
+        0.0,
+        0.1,
+        1.0,
+        1.5,
+        1e20,
+        1e-7,
+        5e-324,
+        f64::MAX,
+        f64::INFINITY,
+        123456.789,
+    ] {
         let ast = Ast::Literal(Literal::new(float(f)).unwrap());
         let again = Expr::parse(&ast.to_string()).unwrap();
         assert_eq!(again.ast(), &ast, "{f}");
@@ -1340,7 +1533,10 @@ fn identifier() -> impl Strategy<Value = String> {
 
 fn non_keyword() -> impl Strategy<Value = String> {
     identifier().prop_filter("not a keyword", |w| {
-        !["and", "or", "not", "if", "then", "else", "true", "false", "null"].contains(&w.as_str())
+        ![
+            "and", "or", "not", "if", "then", "else", "true", "false", "null",
+        ]
+        .contains(&w.as_str())
     })
 }
 
@@ -1400,7 +1596,10 @@ fn ast() -> impl Strategy<Value = Ast> {
     leaf.prop_recursive(6, 64, 4, |inner| {
         let boxed = inner.clone().prop_map(Box::new);
         prop_oneof![
-            (prop::sample::select(vec![UnaryOp::Not, UnaryOp::Neg]), boxed.clone())
+            (
+                prop::sample::select(vec![UnaryOp::Not, UnaryOp::Neg]),
+                boxed.clone()
+            )
                 .prop_map(|(op, x)| Ast::Unary(op, x)),
             (
                 prop::sample::select(BinaryOp::ALL.to_vec()),

@@ -294,9 +294,8 @@ impl Ast {
 }
 
 impl fmt::Display for Ast {
-    /// Writes the node without outer parentheses; every operand is atomic or parenthesized.
-    /// Delimited children (index, arguments, `if` parts) are written bare, so re-parsing the
-    /// text nests no deeper than the tree itself.
+    /// Writes the node without outer parentheses; every operand is atomic or parenthesized,
+    /// and delimited children (index, arguments, `if` parts) are written bare.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ast::Literal(lit) => write_literal(f, lit.value()),

@@ -22,64 +22,100 @@ pub(crate) static NULL: Value = Value::Null;
 /// instead of exhausting memory.
 pub(crate) const MAX_STRING_BYTES: usize = 16 << 20;
 
-pub(crate) type Out<'a> = Result<Cow<'a, Value>, EvalError>;
+/// An evaluation failure, boxed so that `Result<(), Fail>` fits in a register.
+pub(crate) type Fail = Box<EvalError>;
 
-pub(crate) fn err(message: impl Into<String>) -> EvalError {
-    EvalError {
+/// A value slot written by [`eval_into`].
+pub(crate) type Slot<'a> = Cow<'a, Value>;
+
+pub(crate) fn err(message: impl Into<String>) -> Fail {
+    Box::new(EvalError {
         message: message.into(),
-    }
+    })
 }
 
-pub(crate) fn eval<'a, S: Scope + ?Sized>(ast: &'a Ast, scope: &'a S) -> Out<'a> {
+/// A fresh slot for [`eval_into`] to fill.
+pub(crate) fn slot<'a>() -> Slot<'a> {
+    Cow::Borrowed(&NULL)
+}
+
+/// Evaluates `ast` into `out`. Results are written in place rather than returned: moving
+/// freshly written enums between stack frames was the main cost of evaluating a guard.
+pub(crate) fn eval_into<'a, S: Scope + ?Sized>(
+    ast: &'a Ast,
+    scope: &'a S,
+    out: &mut Slot<'a>,
+) -> Result<(), Fail> {
     match ast {
-        Ast::Literal(lit) => Ok(Cow::Borrowed(lit.value())),
-        Ast::Path(path) => eval_path(path, scope),
+        Ast::Literal(lit) => *out = Cow::Borrowed(lit.value()),
+        Ast::Path(path) => *out = Cow::Borrowed(lookup(path, scope)?),
         Ast::Binary(op, left, right) => {
-            let a = eval(left, scope)?;
-            let b = eval(right, scope)?;
-            binary(*op, &a, &b).map(Cow::Owned)
+            let mut a = slot();
+            eval_into(left, scope, &mut a)?;
+            let mut b = slot();
+            eval_into(right, scope, &mut b)?;
+            *out = Cow::Owned(match op {
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Pow => {
+                    arithmetic(*op, &a, &b)?
+                }
+                _ => Value::Bool(predicate(*op, &a, &b)?),
+            });
         }
         Ast::Unary(op, operand) => {
-            let v = eval(operand, scope)?;
-            unary(*op, &v).map(Cow::Owned)
+            let mut v = slot();
+            eval_into(operand, scope, &mut v)?;
+            *out = Cow::Owned(unary(*op, &v)?);
         }
-        Ast::If(cond, then, otherwise) => match eval(cond, scope)?.as_ref() {
-            Value::Bool(true) => eval(then, scope),
-            Value::Bool(false) => eval(otherwise, scope),
-            other => Err(err(format!(
-                "'if' condition must be Bool, got {}",
-                other.kind()
-            ))),
-        },
+        Ast::If(cond, then, otherwise) => {
+            let mut c = slot();
+            eval_into(cond, scope, &mut c)?;
+            match *c {
+                Value::Bool(true) => eval_into(then, scope, out)?,
+                Value::Bool(false) => eval_into(otherwise, scope, out)?,
+                ref other => {
+                    return Err(err(format!(
+                        "'if' condition must be Bool, got {}",
+                        other.kind()
+                    )))
+                }
+            }
+        }
         Ast::Index(base, index) => {
-            let base = eval(base, scope)?;
-            let index = eval(index, scope)?;
-            eval_index(base, &index)
+            let mut b = slot();
+            eval_into(base, scope, &mut b)?;
+            let mut i = slot();
+            eval_into(index, scope, &mut i)?;
+            *out = eval_index(b, &i)?;
         }
-        Ast::Call(call) => functions::call(call, scope),
+        Ast::Call(call) => functions::call(call, scope, out)?,
     }
+    Ok(())
 }
 
-fn eval_path<'a, S: Scope + ?Sized>(path: &'a Path, scope: &'a S) -> Out<'a> {
+fn lookup<'a, S: Scope + ?Sized>(path: &'a Path, scope: &'a S) -> Result<&'a Value, Fail> {
     let segments = path.segments();
     let found = match path.target() {
         PathTarget::Event => scope.event_field(&segments[1]),
         PathTarget::Entity => scope.entity_field(&segments[1]),
         PathTarget::Variable => scope.variable(&segments[0]),
         PathTarget::Nested => None,
-        PathTarget::UnknownContext => {
-            return Err(err(format!(
-                "Unknown context '{}' in '{}': expected 'event' or 'entity'",
-                segments[0],
-                segments.join(".")
-            )))
-        }
+        PathTarget::UnknownContext => return Err(unknown_context(path)),
     };
-    Ok(Cow::Borrowed(found.unwrap_or(&NULL)))
+    Ok(found.unwrap_or(&NULL))
+}
+
+#[cold]
+fn unknown_context(path: &Path) -> Fail {
+    let segments = path.segments();
+    err(format!(
+        "Unknown context '{}' in '{}': expected 'event' or 'entity'",
+        segments[0],
+        segments.join(".")
+    ))
 }
 
 /// `base[index]` (EXPRESSIONS.md §5.7). An element of a borrowed array stays borrowed.
-fn eval_index<'a>(base: Cow<'a, Value>, index: &Value) -> Out<'a> {
+fn eval_index<'a>(base: Slot<'a>, index: &Value) -> Result<Slot<'a>, Fail> {
     let i = match index {
         Value::Int(i) => *i,
         other => return Err(err(format!("Index must be Int, got {}", other.kind()))),
@@ -116,7 +152,7 @@ fn resolve_index(i: i64, len: usize) -> Option<usize> {
     (0..len).contains(&resolved).then_some(resolved as usize)
 }
 
-fn unary(op: UnaryOp, v: &Value) -> Result<Value, EvalError> {
+fn unary(op: UnaryOp, v: &Value) -> Result<Value, Fail> {
     match (op, v) {
         (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
         (UnaryOp::Not, other) => Err(err(format!("'not' requires Bool, got {}", other.kind()))),
@@ -132,41 +168,46 @@ fn unary(op: UnaryOp, v: &Value) -> Result<Value, EvalError> {
     }
 }
 
-pub(crate) fn binary(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
-    match op {
+/// The Bool-valued operators: `and`, `or`, equality and ordering.
+fn predicate(op: BinaryOp, a: &Value, b: &Value) -> Result<bool, Fail> {
+    Ok(match op {
         BinaryOp::And | BinaryOp::Or => match (a, b) {
-            (Value::Bool(x), Value::Bool(y)) => Ok(Value::Bool(if op == BinaryOp::And {
-                *x && *y
-            } else {
-                *x || *y
-            })),
-            _ => Err(err(format!(
-                "'{}' requires Bool on both sides, got {} and {}",
-                op.symbol(),
-                a.kind(),
-                b.kind()
-            ))),
+            (Value::Bool(x), Value::Bool(y)) => {
+                if op == BinaryOp::And {
+                    *x && *y
+                } else {
+                    *x || *y
+                }
+            }
+            _ => return Err(logic_error(op, a, b)),
         },
-        BinaryOp::Eq => Ok(Value::Bool(a.loose_eq(b))),
-        BinaryOp::Ne => Ok(Value::Bool(!a.loose_eq(b))),
-        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+        BinaryOp::Eq => a.loose_eq(b),
+        BinaryOp::Ne => !a.loose_eq(b),
+        _ => {
             let ordering = compare(a, b)?;
-            Ok(Value::Bool(match op {
+            match op {
                 BinaryOp::Lt => ordering == Ordering::Less,
                 BinaryOp::Le => ordering != Ordering::Greater,
                 BinaryOp::Gt => ordering == Ordering::Greater,
                 _ => ordering != Ordering::Less,
-            }))
+            }
         }
-        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Pow => {
-            arithmetic(op, a, b)
-        }
-    }
+    })
+}
+
+#[cold]
+fn logic_error(op: BinaryOp, a: &Value, b: &Value) -> Fail {
+    err(format!(
+        "'{}' requires Bool on both sides, got {} and {}",
+        op.symbol(),
+        a.kind(),
+        b.kind()
+    ))
 }
 
 /// Ordering (EXPRESSIONS.md §5.3): numbers (mixed as Float), Strings by code point,
 /// DateTimes, Durations. NaN and every other pairing are errors.
-fn compare(a: &Value, b: &Value) -> Result<Ordering, EvalError> {
+fn compare(a: &Value, b: &Value) -> Result<Ordering, Fail> {
     let floats = |x: f64, y: f64| {
         x.partial_cmp(&y)
             .ok_or_else(|| err("Cannot compare NaN values"))
@@ -180,17 +221,22 @@ fn compare(a: &Value, b: &Value) -> Result<Ordering, EvalError> {
         (Value::String(x), Value::String(y)) => Ok(x.as_bytes().cmp(y.as_bytes())),
         (Value::DateTime(x), Value::DateTime(y)) => Ok(x.cmp(y)),
         (Value::Duration(x), Value::Duration(y)) => Ok(x.cmp(y)),
-        _ => Err(err(format!(
-            "Cannot compare {} with {}: both sides must be numbers, Strings, DateTimes or Durations",
-            a.kind(),
-            b.kind()
-        ))),
+        _ => Err(compare_error(a, b)),
     }
+}
+
+#[cold]
+fn compare_error(a: &Value, b: &Value) -> Fail {
+    err(format!(
+        "Cannot compare {} with {}: both sides must be numbers, Strings, DateTimes or Durations",
+        a.kind(),
+        b.kind()
+    ))
 }
 
 /// `+ - * / **` (EXPRESSIONS.md §5.1).
 #[inline(never)]
-fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
+fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, Fail> {
     use BinaryOp::*;
     match (a, op, b) {
         (Value::Int(x), _, Value::Int(y)) => int_arithmetic(op, *x, *y).map(Value::Int),
@@ -230,7 +276,7 @@ fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
     }
 }
 
-fn int_arithmetic(op: BinaryOp, x: i64, y: i64) -> Result<i64, EvalError> {
+fn int_arithmetic(op: BinaryOp, x: i64, y: i64) -> Result<i64, Fail> {
     let result = match op {
         BinaryOp::Add => x.checked_add(y),
         BinaryOp::Sub => x.checked_sub(y),
@@ -265,7 +311,7 @@ fn int_pow(x: i64, y: i64) -> Option<i64> {
     }
 }
 
-fn float_arithmetic(op: BinaryOp, x: f64, y: f64) -> Result<Value, EvalError> {
+fn float_arithmetic(op: BinaryOp, x: f64, y: f64) -> Result<Value, Fail> {
     Ok(Value::Float(match op {
         BinaryOp::Add => x + y,
         BinaryOp::Sub => x - y,
@@ -280,7 +326,7 @@ fn float_arithmetic(op: BinaryOp, x: f64, y: f64) -> Result<Value, EvalError> {
     }))
 }
 
-fn shift(t: Instant, op: BinaryOp, d: Duration) -> Result<Value, EvalError> {
+fn shift(t: Instant, op: BinaryOp, d: Duration) -> Result<Value, Fail> {
     let delta =
         TimeDelta::from_std(d).map_err(|_| err("Duration too large for DateTime arithmetic"))?;
     let shifted = if op == BinaryOp::Add {
@@ -294,7 +340,7 @@ fn shift(t: Instant, op: BinaryOp, d: Duration) -> Result<Value, EvalError> {
 }
 
 /// `Duration * Int`: the factor must be non-negative and the product must fit.
-fn scale(d: Duration, n: i64) -> Result<Value, EvalError> {
+fn scale(d: Duration, n: i64) -> Result<Value, Fail> {
     if n < 0 {
         return Err(err(format!(
             "Cannot multiply a Duration by a negative factor ({n})"
@@ -311,7 +357,7 @@ fn scale(d: Duration, n: i64) -> Result<Value, EvalError> {
     )))
 }
 
-pub(crate) fn check_string_len(len: usize) -> Result<(), EvalError> {
+pub(crate) fn check_string_len(len: usize) -> Result<(), Fail> {
     if len > MAX_STRING_BYTES {
         return Err(err(format!(
             "String result too long ({len} bytes, limit {MAX_STRING_BYTES})"

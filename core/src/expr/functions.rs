@@ -12,8 +12,8 @@ use chrono::{Datelike, NaiveDateTime, TimeZone, Timelike, Utc};
 use regex::Regex;
 
 use super::ast::{compile_regex, Call};
-use super::eval::{check_string_len, err, eval, Out, NULL};
-use super::{EvalError, Scope};
+use super::eval::{check_string_len, err, eval_into, slot, Fail, Slot};
+use super::Scope;
 use crate::value::{float_text, Instant, Value};
 
 /// A built-in function, resolved from its name when the call is parsed.
@@ -188,71 +188,79 @@ impl Builtin {
 /// Calls with up to this many arguments evaluate them into a stack buffer.
 const INLINE_ARGS: usize = 4;
 
-// Kept out of `eval` so that the hot recursion has a small stack frame.
+// Kept out of `eval_into` so that the hot recursion has a small stack frame.
 #[inline(never)]
-pub(crate) fn call<'a, S: Scope + ?Sized>(call: &'a Call, scope: &'a S) -> Out<'a> {
+pub(crate) fn call<'a, S: Scope + ?Sized>(
+    call: &'a Call,
+    scope: &'a S,
+    out: &mut Slot<'a>,
+) -> Result<(), Fail> {
     let args = call.args();
     if args.len() <= INLINE_ARGS {
-        let mut buffer: [Cow<'a, Value>; INLINE_ARGS] =
-            std::array::from_fn(|_| Cow::Borrowed(&NULL));
-        for (slot, arg) in buffer.iter_mut().zip(args) {
-            *slot = eval(arg, scope)?;
+        let mut buffer: [Slot<'a>; INLINE_ARGS] = std::array::from_fn(|_| slot());
+        for (value, arg) in buffer.iter_mut().zip(args) {
+            eval_into(arg, scope, value)?;
         }
-        apply(call, &mut buffer[..args.len()], scope)
+        apply(call, &mut buffer[..args.len()], scope, out)
     } else {
-        let mut values = args
-            .iter()
-            .map(|arg| eval(arg, scope))
-            .collect::<Result<Vec<_>, _>>()?;
-        apply(call, &mut values, scope)
+        let mut values: Vec<Slot<'a>> = Vec::with_capacity(args.len());
+        for arg in args {
+            let mut value = slot();
+            eval_into(arg, scope, &mut value)?;
+            values.push(value);
+        }
+        apply(call, &mut values, scope, out)
     }
 }
 
-fn apply<'a, S: Scope + ?Sized>(call: &'a Call, args: &mut [Cow<'a, Value>], scope: &S) -> Out<'a> {
+fn apply<'a, S: Scope + ?Sized>(
+    call: &'a Call,
+    args: &mut [Slot<'a>],
+    scope: &S,
+    out: &mut Slot<'a>,
+) -> Result<(), Fail> {
     let Some(f) = call.builtin() else {
         return Err(err(format!("Unknown function '{}'", call.name())));
     };
     if !f.arity().accepts(args.len()) {
         return Err(err(f.arity().error_message(f.name(), args.len())));
     }
-    let owned = |v: Value| Ok(Cow::Owned(v));
     use Builtin::*;
-    match f {
-        Coalesce => {
-            let found = args.iter_mut().find(|a| !a.is_null());
-            Ok(found.map_or(Cow::Borrowed(&NULL), |a| {
-                std::mem::replace(a, Cow::Borrowed(&NULL))
-            }))
-        }
-        ToString => match std::mem::replace(&mut args[0], Cow::Borrowed(&NULL)) {
-            s @ (Cow::Borrowed(Value::String(_)) | Cow::Owned(Value::String(_))) => Ok(s),
-            v => owned(Value::str(checked_text(&v)?)),
+    *out = match f {
+        Coalesce => match args.iter_mut().find(|a| !a.is_null()) {
+            Some(found) => std::mem::replace(found, slot()),
+            None => slot(),
         },
-        Contains => match (args[0].as_ref(), args[1].as_ref()) {
-            (Value::String(s), Value::String(sub)) => owned(Value::Bool(s.contains(&**sub))),
+        ToString => match std::mem::replace(&mut args[0], slot()) {
+            s @ (Cow::Borrowed(Value::String(_)) | Cow::Owned(Value::String(_))) => s,
+            v => Cow::Owned(Value::str(checked_text(&v)?)),
+        },
+        Contains => Cow::Owned(match (args[0].as_ref(), args[1].as_ref()) {
+            (Value::String(s), Value::String(sub)) => Value::Bool(s.contains(&**sub)),
             (Value::Array(items), needle) => {
-                owned(Value::Bool(items.iter().any(|item| item.identical(needle))))
+                Value::Bool(items.iter().any(|item| item.identical(needle)))
             }
-            _ => Err(kinds_error(f, "(String, String) or (Array, any)", args)),
-        },
-        Len => match args[0].as_ref() {
-            Value::String(s) => owned(Value::Int(s.len() as i64)),
-            Value::Array(items) => owned(Value::Int(items.len() as i64)),
-            _ => Err(kinds_error(f, "String or Array", args)),
-        },
-        Now => owned(Value::DateTime(scope.now())),
+            _ => return Err(kinds_error(f, "(String, String) or (Array, any)", args)),
+        }),
+        Len => Cow::Owned(match args[0].as_ref() {
+            Value::String(s) => Value::Int(s.len() as i64),
+            Value::Array(items) => Value::Int(items.len() as i64),
+            _ => return Err(kinds_error(f, "String or Array", args)),
+        }),
+        Now => Cow::Owned(Value::DateTime(scope.now())),
         DaysSince => match args[0].as_ref() {
-            Value::DateTime(t) => owned(Value::Int(
+            Value::DateTime(t) => Cow::Owned(Value::Int(
                 scope.now().signed_duration_since(*t).num_days().abs(),
             )),
-            _ => Err(kinds_error(f, "DateTime", args)),
+            _ => return Err(kinds_error(f, "DateTime", args)),
         },
-        _ => pure(f, call, args).map(Cow::Owned),
-    }
+        _ => Cow::Owned(pure(f, call, args)?),
+    };
+    Ok(())
 }
 
 /// The functions whose result depends on their arguments only and is always a new value.
-fn pure(f: Builtin, call: &Call, args: &[Cow<'_, Value>]) -> Result<Value, EvalError> {
+fn pure(f: Builtin, call: &Call, args: &[Cow<'_, Value>]) -> Result<Value, Fail> {
     use Builtin::*;
     let a = args[0].as_ref();
     let b = args.get(1).map(|b| b.as_ref());
@@ -372,7 +380,7 @@ fn expected_kinds(f: Builtin) -> &'static str {
     }
 }
 
-fn kinds_error(f: Builtin, expected: &str, args: &[Cow<'_, Value>]) -> EvalError {
+fn kinds_error(f: Builtin, expected: &str, args: &[Cow<'_, Value>]) -> Fail {
     let kinds: Vec<String> = args.iter().map(|a| a.kind().to_string()).collect();
     let got = if kinds.len() == 1 {
         kinds[0].clone()
@@ -382,13 +390,13 @@ fn kinds_error(f: Builtin, expected: &str, args: &[Cow<'_, Value>]) -> EvalError
     err(format!("'{}' expects {expected}, got {got}", f.name()))
 }
 
-fn string_result(s: String) -> Result<Value, EvalError> {
+fn string_result(s: String) -> Result<Value, Fail> {
     check_string_len(s.len())?;
     Ok(Value::str(s))
 }
 
 /// `to_string` text, refusing results beyond the string size limit.
-fn checked_text(v: &Value) -> Result<String, EvalError> {
+fn checked_text(v: &Value) -> Result<String, Fail> {
     if let Value::Array(items) = v {
         // A rough lower bound (one byte per element) rejects absurd arrays before rendering.
         check_string_len(items.len())?;
@@ -399,7 +407,7 @@ fn checked_text(v: &Value) -> Result<String, EvalError> {
 }
 
 /// `replace`, with the result size computed before building it.
-fn replace(s: &str, from: &str, to: &str) -> Result<Value, EvalError> {
+fn replace(s: &str, from: &str, to: &str) -> Result<Value, Fail> {
     let count = if from.is_empty() {
         s.chars().count() + 1
     } else {
@@ -425,7 +433,7 @@ fn min_max(f: Builtin, a: &Value, b: &Value) -> Option<Value> {
     })
 }
 
-fn date_trunc(t: &Instant, unit: &str) -> Result<Value, EvalError> {
+fn date_trunc(t: &Instant, unit: &str) -> Result<Value, Fail> {
     let (y, mo, d, h, mi) = (t.year(), t.month(), t.day(), t.hour(), t.minute());
     let (mo, d, h, mi) = match unit {
         "year" => (1, 1, 0, 0),
@@ -433,9 +441,11 @@ fn date_trunc(t: &Instant, unit: &str) -> Result<Value, EvalError> {
         "day" => (mo, d, 0, 0),
         "hour" => (mo, d, h, 0),
         "minute" => (mo, d, h, mi),
-        other => return Err(err(format!(
+        other => {
+            return Err(err(format!(
             "'date_trunc' unit must be 'year', 'month', 'day', 'hour' or 'minute', got '{other}'"
-        ))),
+        )))
+        }
     };
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
         .single()
@@ -445,7 +455,7 @@ fn date_trunc(t: &Instant, unit: &str) -> Result<Value, EvalError> {
 
 /// strftime parsing; both a date and a time are required and a parsed `%z` offset is
 /// ignored (the wall-clock fields are taken as UTC).
-fn parse_datetime(s: &str, format: &str) -> Result<Value, EvalError> {
+fn parse_datetime(s: &str, format: &str) -> Result<Value, Fail> {
     NaiveDateTime::parse_from_str(s, format)
         .map(|naive| Value::DateTime(Utc.from_utc_datetime(&naive)))
         .map_err(|e| {
@@ -456,7 +466,7 @@ fn parse_datetime(s: &str, format: &str) -> Result<Value, EvalError> {
 }
 
 /// `join`: like `to_string` per element, except that Null is written `null`.
-fn join(items: &[Value], delimiter: &str) -> Result<Value, EvalError> {
+fn join(items: &[Value], delimiter: &str) -> Result<Value, Fail> {
     let mut out = String::new();
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -486,11 +496,7 @@ const REGEX_CACHE_CAPACITY: usize = 64;
 
 /// Runs `f` with the compiled `pattern`: the call's precompiled literal when there is one,
 /// else a per-thread cache entry.
-fn with_regex(
-    call: &Call,
-    pattern: &str,
-    f: impl FnOnce(&Regex) -> Value,
-) -> Result<Value, EvalError> {
+fn with_regex(call: &Call, pattern: &str, f: impl FnOnce(&Regex) -> Value) -> Result<Value, Fail> {
     let invalid = |e: &str| err(format!("Invalid regex '{pattern}': {e}"));
     if let Some(compiled) = call.literal_pattern() {
         return compiled.as_ref().map(f).map_err(|e| invalid(e));

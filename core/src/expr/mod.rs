@@ -48,7 +48,7 @@ impl Expr {
 
     /// Evaluates the expression.
     pub fn eval<S: Scope + ?Sized>(&self, scope: &S) -> Result<Value, EvalError> {
-        eval::eval(&self.ast, scope).map(Cow::into_owned)
+        self.eval_cow(scope).map(Cow::into_owned)
     }
 
     /// Evaluates the expression, borrowing the result when it is a literal or a value of the
@@ -57,7 +57,11 @@ impl Expr {
         &'a self,
         scope: &'a S,
     ) -> Result<Cow<'a, Value>, EvalError> {
-        eval::eval(&self.ast, scope)
+        let mut out = eval::slot();
+        match eval::eval_into(&self.ast, scope, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => Err(*e),
+        }
     }
 
     /// Calls that will fail whenever they are evaluated: unknown function names and wrong

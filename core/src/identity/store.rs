@@ -35,6 +35,9 @@ pub trait IdentityStore {
     /// The entities recorded in merge_log as merged into `id` (ascending).
     fn merged_from(&self, id: &str) -> Vec<String>;
 
+    /// The merge_log timestamp of `id`'s merge, when it is merged away.
+    fn merge_time(&self, id: &str) -> Option<Instant>;
+
     /// Records merge_log row `(from, into, ts)`; `false` (and nothing written) when `from` is
     /// already recorded as merged away, so every entity has at most one winner (§11.2).
     fn record_merge(&mut self, from: &str, into: &str, ts: Instant) -> bool;
@@ -124,8 +127,12 @@ impl MemoryIdentity {
 
     /// Loads a stored merge_log row.
     pub fn load_merge(&mut self, from: &str, into: &str, ts: Instant) {
-        self.winners.insert(from.to_string(), (into.to_string(), ts));
-        self.losers.entry(into.to_string()).or_default().insert(from.to_string());
+        self.winners
+            .insert(from.to_string(), (into.to_string(), ts));
+        self.losers
+            .entry(into.to_string())
+            .or_default()
+            .insert(from.to_string());
     }
 
     /// The changes since loading, in key order; the journal starts again empty.
@@ -140,7 +147,11 @@ impl MemoryIdentity {
                 .collect(),
             entities: entities
                 .into_iter()
-                .filter_map(|id| self.entities.get(&id).map(|e| (id.clone(), e.entity_type.clone())))
+                .filter_map(|id| {
+                    self.entities
+                        .get(&id)
+                        .map(|e| (id.clone(), e.entity_type.clone()))
+                })
                 .collect(),
             merges: merges
                 .into_iter()
@@ -226,6 +237,10 @@ impl IdentityStore for MemoryIdentity {
 
     fn merged_into(&self, id: &str) -> Option<String> {
         self.winners.get(id).map(|(into, _)| into.clone())
+    }
+
+    fn merge_time(&self, id: &str) -> Option<Instant> {
+        self.winners.get(id).map(|(_, ts)| *ts)
     }
 
     fn merged_from(&self, id: &str) -> Vec<String> {

@@ -1,0 +1,526 @@
+//! One build of one build-state key (PIPELINE.md §10.3–§10.9), independent of storage: given
+//! the ledger rows, the assignments, the identity store (for merge chains and `relate`), the
+//! working state and the unapplied merges, it computes the new working state and the history
+//! changes — entities replaced by a replay, snapshots to apply to the others. The in-memory
+//! engine applies the changes to maps; the jobs apply them to Delta tables.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::definitions::mode::BuildMode;
+use crate::definitions::Definitions;
+use crate::engine::{BuildResult, EntityKey, TickResult};
+use crate::history::{EntityHistory, RelationshipHistory};
+use crate::identity::{IdentityStore, Key, Merge};
+use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
+use crate::normalize::normalize_hint;
+use crate::replay::{replay_entities, EntityJob, EntityReplay, LedgerEvent, MERGE_EVENT_TYPE};
+use crate::results::EventFailure;
+use crate::value::Instant;
+
+/// What a build reads.
+pub struct BuildInputs<'a, S: IdentityStore + Sync> {
+    pub defs: &'a Definitions,
+    /// Every ledger row up to the resolve cursor, sorted by sequence.
+    pub ledger: &'a [LedgerEvent],
+    /// `event_entities`: entity → its sequences.
+    pub assignments: &'a BTreeMap<EntityKey, BTreeSet<i64>>,
+    pub identity: &'a S,
+    /// Which entity ids this build owns (its shard, §14); every id when unsharded.
+    pub owns: &'a (dyn Fn(&str) -> bool + Sync),
+    pub workers: usize,
+}
+
+/// Where the build starts from and how it runs.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    pub mode: BuildMode,
+    pub as_of: Instant,
+    pub cursor: i64,
+    pub resolve_cursor: i64,
+    pub watermark: Option<Instant>,
+    /// Merges the build has not applied yet (rebuild requests, §14), with the entity type.
+    pub merges: Vec<(String, Merge)>,
+}
+
+/// How one entity's history changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryChange {
+    /// The entity was replayed: these are all its rows and its relationship rows as source.
+    pub replaced: Option<(EntityHistory, RelationshipHistory)>,
+    /// Snapshots to apply after that, in order.
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// What a build produces.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub result: BuildResult,
+    /// A FULL build's changes replace every table of the key (entities not listed have none).
+    pub full: bool,
+    pub changes: BTreeMap<EntityKey, HistoryChange>,
+    /// Working-state slots to write; `None` removes the entity's slot.
+    pub slots: BTreeMap<EntityKey, Option<Slot>>,
+    pub cursor: i64,
+    pub watermark: Option<Instant>,
+}
+
+type Failures = Vec<((Instant, i64), EventFailure)>;
+
+/// Runs a build over `slots`, the key's working state (a FULL build starts it afresh), which
+/// it updates in place; the output lists the slots it changed.
+pub fn run<S: IdentityStore + Sync>(
+    inputs: &BuildInputs<'_, S>,
+    plan: &BuildPlan,
+    slots: &mut BTreeMap<EntityKey, Slot>,
+) -> BuildOutput {
+    let mut b = Builder {
+        inputs,
+        plan,
+        changes: BTreeMap::new(),
+        failures: Vec::new(),
+        result: BuildResult::empty(plan.mode),
+        touched_slots: BTreeSet::new(),
+    };
+    let existed: BTreeSet<EntityKey> = slots
+        .iter()
+        .filter(|(_, s)| s.entity.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let full = plan.mode.is_full();
+    if full {
+        slots.clear();
+        b.full(slots);
+    } else {
+        b.incremental(slots);
+    }
+    let tick = b.sweep(slots, plan.as_of);
+    // Entities that never came into existence (ghosts) keep no working state.
+    slots.retain(|_, s| *s != Slot::default());
+    b.result.effects_produced += tick.effects_produced;
+    let written: Vec<EntityKey> = b.changes.keys().cloned().collect();
+    if full {
+        b.result.entities_created = slots.values().filter(|s| s.entity.is_some()).count() as u64;
+    } else {
+        for key in &written {
+            let exists = slots.get(key).is_some_and(|s| s.entity.is_some());
+            if existed.contains(key) {
+                b.result.entities_updated += 1;
+            } else if exists {
+                b.result.entities_created += 1;
+            }
+        }
+    }
+    let mut failures = std::mem::take(&mut b.failures);
+    failures.sort_by(|a, b| {
+        (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
+    });
+    b.result.failures = failures.into_iter().map(|(_, f)| f).collect();
+    b.result.events_failed = b.result.failures.len() as u64;
+    let out_slots: BTreeMap<EntityKey, Option<Slot>> = if full {
+        slots
+            .iter()
+            .map(|(k, s)| (k.clone(), Some(s.clone())))
+            .collect()
+    } else {
+        b.touched_slots
+            .iter()
+            .map(|k| (k.clone(), slots.get(k).cloned()))
+            .collect()
+    };
+    let max_ts = inputs
+        .ledger
+        .iter()
+        .filter(|e| e.sequence <= plan.resolve_cursor)
+        .map(|e| e.timestamp)
+        .max();
+    BuildOutput {
+        result: b.result,
+        full,
+        changes: b.changes,
+        slots: out_slots,
+        cursor: plan.cursor.max(plan.resolve_cursor),
+        watermark: plan.watermark.max(max_ts),
+    }
+}
+
+struct Builder<'a, 'i, S: IdentityStore + Sync> {
+    inputs: &'a BuildInputs<'i, S>,
+    plan: &'a BuildPlan,
+    changes: BTreeMap<EntityKey, HistoryChange>,
+    failures: Failures,
+    result: BuildResult,
+    touched_slots: BTreeSet<EntityKey>,
+}
+
+impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
+    fn owns(&self, id: &str) -> bool {
+        (self.inputs.owns)(id)
+    }
+
+    /// The ids whose events include those of `id` (§5.4).
+    fn cluster(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(next) = stack.pop() {
+            stack.extend(self.inputs.identity.merged_from(&next));
+            out.push(next);
+        }
+        out
+    }
+
+    fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {
+        let mut seqs: BTreeSet<i64> = BTreeSet::new();
+        for id in self.cluster(&key.1) {
+            if let Some(s) = self.inputs.assignments.get(&(key.0.clone(), id)) {
+                seqs.extend(s.range(..=self.plan.resolve_cursor));
+            }
+        }
+        let ledger = self.inputs.ledger;
+        let mut events: Vec<&LedgerEvent> = seqs
+            .iter()
+            .filter_map(|s| {
+                ledger
+                    .binary_search_by_key(s, |e| e.sequence)
+                    .ok()
+                    .map(|i| &ledger[i])
+            })
+            .collect();
+        events.sort_by_key(|e| e.order_key());
+        events
+    }
+
+    fn job(&self, key: &EntityKey) -> EntityJob<'_> {
+        let merged_into = self.inputs.identity.merged_into(&key.1).map(|winner| {
+            let ts = self
+                .inputs
+                .identity
+                .merge_time(&key.1)
+                .expect("a merged entity has a merge_log row");
+            (winner, ts)
+        });
+        EntityJob {
+            entity_type: key.0.clone(),
+            entity_id: key.1.clone(),
+            events: self.events_of(key),
+            merged_into,
+        }
+    }
+
+    fn replay(&self, keys: &[EntityKey]) -> BTreeMap<EntityKey, EntityReplay> {
+        let jobs: Vec<EntityJob<'_>> = keys.iter().map(|k| self.job(k)).collect();
+        let lookup = Lookup {
+            defs: self.inputs.defs,
+            identity: self.inputs.identity,
+            as_of: self.plan.as_of,
+        };
+        replay_entities(
+            self.inputs.defs,
+            &jobs,
+            self.plan.as_of,
+            &lookup,
+            self.inputs.workers,
+        )
+    }
+
+    fn install(&mut self, key: EntityKey, r: EntityReplay, slots: &mut BTreeMap<EntityKey, Slot>) {
+        self.failures.extend(r.failures);
+        self.result.effects_produced += r.snapshots as u64;
+        self.changes.insert(
+            key.clone(),
+            HistoryChange {
+                replaced: Some((r.history, r.relationships)),
+                snapshots: Vec::new(),
+            },
+        );
+        self.touched_slots.insert(key.clone());
+        if r.slot == Slot::default() {
+            slots.remove(&key);
+        } else {
+            slots.insert(key, r.slot);
+        }
+    }
+
+    fn full(&mut self, slots: &mut BTreeMap<EntityKey, Slot>) {
+        self.result.events_processed = self
+            .inputs
+            .ledger
+            .iter()
+            .filter(|e| e.sequence <= self.plan.resolve_cursor)
+            .count() as u64;
+        let keys: Vec<EntityKey> = self
+            .inputs
+            .assignments
+            .keys()
+            .filter(|k| self.owns(&k.1))
+            .cloned()
+            .collect();
+        for (key, r) in self.replay(&keys) {
+            self.install(key, r, slots);
+        }
+        self.changes.retain(|_, c| {
+            c.replaced
+                .as_ref()
+                .is_some_and(|(h, r)| !h.rows.is_empty() || !r.rows.is_empty())
+        });
+    }
+
+    fn incremental(&mut self, slots: &mut BTreeMap<EntityKey, Slot>) {
+        let (cursor, resolve_cursor) = (self.plan.cursor, self.plan.resolve_cursor);
+        let ledger = self.inputs.ledger;
+        let mut rows: Vec<&LedgerEvent> = ledger
+            .iter()
+            .filter(|e| e.sequence > cursor && e.sequence <= resolve_cursor)
+            .collect();
+        rows.sort_by_key(|e| e.order_key());
+        self.result.events_processed = rows.len() as u64;
+        let mut by_sequence: BTreeMap<i64, Vec<EntityKey>> = BTreeMap::new();
+        for (key, seqs) in self.inputs.assignments {
+            for s in seqs.range(cursor + 1..=resolve_cursor) {
+                by_sequence.entry(*s).or_default().push(key.clone());
+            }
+        }
+        let mut rebuild: BTreeSet<EntityKey> = BTreeSet::new();
+        for event in rows {
+            let Some(keys) = by_sequence.get(&event.sequence) else {
+                continue;
+            };
+            for key in keys {
+                for target in self.chain(key) {
+                    if !self.owns(&target.1) {
+                        continue;
+                    }
+                    let slot = slots.entry(target.clone()).or_default();
+                    let late = self.plan.watermark.is_some_and(|w| event.timestamp < w)
+                        || slot.horizon.is_some_and(|h| {
+                            event.timestamp < h.at || (event.timestamp == h.at && h.by_rule)
+                        });
+                    if late {
+                        self.result.late_arrivals += 1;
+                        rebuild.insert(target);
+                    } else if !rebuild.contains(&target) {
+                        self.apply_one(&target, event, slots);
+                    }
+                }
+            }
+        }
+        for (ty, m) in &self.plan.merges {
+            for id in [&m.from, &m.into] {
+                if self.owns(id) {
+                    rebuild.insert((ty.clone(), id.clone()));
+                }
+            }
+        }
+        self.rebuild(rebuild, slots);
+    }
+
+    /// Rebuilds entities from their events (§10.4); their failures replace the ones their
+    /// events produced in the pass.
+    fn rebuild(&mut self, keys: BTreeSet<EntityKey>, slots: &mut BTreeMap<EntityKey, Slot>) {
+        if keys.is_empty() {
+            return;
+        }
+        let keys: Vec<EntityKey> = keys.into_iter().collect();
+        for (key, r) in self.replay(&keys) {
+            self.failures.retain(|(_, f)| {
+                !(f.entity_type.as_deref() == Some(key.0.as_str())
+                    && f.entity_id.as_deref() == Some(key.1.as_str()))
+            });
+            self.install(key, r, slots);
+        }
+    }
+
+    /// The entity a row is assigned to, and each entity on its chain of merges (§10.3).
+    fn chain(&self, key: &EntityKey) -> Vec<EntityKey> {
+        let mut out = vec![key.clone()];
+        let mut id = key.1.clone();
+        while let Some(next) = self.inputs.identity.merged_into(&id) {
+            out.push((key.0.clone(), next.clone()));
+            id = next;
+        }
+        out
+    }
+
+    fn apply_one(
+        &mut self,
+        key: &EntityKey,
+        event: &LedgerEvent,
+        slots: &mut BTreeMap<EntityKey, Slot>,
+    ) {
+        if event.event_type == MERGE_EVENT_TYPE {
+            return;
+        }
+        let Some(def) = self.inputs.defs.entities.get(&key.0) else {
+            return;
+        };
+        let machine = Machine::new(def, self.plan.as_of);
+        let slot = slots.entry(key.clone()).or_default();
+        let mut snapshots = Vec::new();
+        let lookup = Lookup {
+            defs: self.inputs.defs,
+            identity: self.inputs.identity,
+            as_of: self.plan.as_of,
+        };
+        if let Err(error) = machine.apply_event(slot, &event.view(), &lookup, &mut snapshots) {
+            self.failures.push((
+                event.order_key(),
+                EventFailure::interpretation(&key.0, &key.1, Some(&event.event_id), error),
+            ));
+        }
+        self.touched_slots.insert(key.clone());
+        self.record(key, snapshots);
+    }
+
+    fn record(&mut self, key: &EntityKey, snapshots: Vec<Snapshot>) {
+        if snapshots.is_empty() {
+            return;
+        }
+        self.result.effects_produced += snapshots.len() as u64;
+        self.changes
+            .entry(key.clone())
+            .or_default()
+            .snapshots
+            .extend(snapshots);
+    }
+
+    /// Time rules of every live owned entity up to `as_of` (§7.5).
+    fn sweep(&mut self, slots: &mut BTreeMap<EntityKey, Slot>, as_of: Instant) -> TickResult {
+        let mut tick = TickResult::default();
+        let keys: Vec<EntityKey> = slots
+            .iter()
+            .filter(|(k, s)| {
+                s.entity.is_some()
+                    && self.inputs.identity.merged_into(&k.1).is_none()
+                    && self.owns(&k.1)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(def) = self.inputs.defs.entities.get(&key.0) else {
+                continue;
+            };
+            let machine = Machine::new(def, as_of);
+            let slot = slots.get_mut(&key).expect("listed above");
+            let mut snapshots = Vec::new();
+            if let Err(error) = machine.evaluate_rules(slot, as_of, &mut snapshots) {
+                self.failures.push((
+                    (as_of, i64::MAX),
+                    EventFailure::interpretation(&key.0, &key.1, None, error),
+                ));
+            }
+            let fired = snapshots.iter().filter(|s| s.from_rule).count() as u64;
+            if fired > 0 {
+                tick.entities_affected += 1;
+                tick.effects_produced += fired;
+                tick.transitions += snapshots.iter().filter(|s| s.transitioned).count() as u64;
+                self.touched_slots.insert(key.clone());
+                self.changes
+                    .entry(key.clone())
+                    .or_default()
+                    .snapshots
+                    .extend(snapshots);
+            }
+        }
+        tick
+    }
+}
+
+/// A `tick` (§7.5) over a key's working state: the snapshots per entity and the counters.
+pub fn tick<S: IdentityStore + Sync>(
+    inputs: &BuildInputs<'_, S>,
+    slots: &mut BTreeMap<EntityKey, Slot>,
+    as_of: Instant,
+) -> (
+    BTreeMap<EntityKey, HistoryChange>,
+    TickResult,
+    Vec<EventFailure>,
+) {
+    let plan = BuildPlan {
+        mode: BuildMode::Incremental,
+        as_of,
+        cursor: 0,
+        resolve_cursor: 0,
+        watermark: None,
+        merges: Vec::new(),
+    };
+    let mut b = Builder {
+        inputs,
+        plan: &plan,
+        changes: BTreeMap::new(),
+        failures: Vec::new(),
+        result: BuildResult::empty(BuildMode::Incremental),
+        touched_slots: BTreeSet::new(),
+    };
+    let result = b.sweep(slots, as_of);
+    (
+        b.changes,
+        result,
+        b.failures.into_iter().map(|(_, f)| f).collect(),
+    )
+}
+
+/// Identity lookups for `relate` against an identity store.
+pub struct Lookup<'a, S: IdentityStore> {
+    pub defs: &'a Definitions,
+    pub identity: &'a S,
+    pub as_of: Instant,
+}
+
+impl<S: IdentityStore + Sync> RelateLookup for Lookup<'_, S> {
+    fn lookup(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
+        self.identity.get(&Key::new(entity_type, field, value))
+    }
+    fn normalize_hint(&self, entity_type: &str, field: &str, value: &str) -> String {
+        match self.defs.entities.get(entity_type) {
+            Some(e) => normalize_hint(e, field, value.to_string(), self.as_of),
+            None => value.to_string(),
+        }
+    }
+}
+
+/// Applies a key's history changes to in-memory histories (the reference for storage).
+pub fn apply_changes(
+    history: &mut BTreeMap<EntityKey, EntityHistory>,
+    relationships: &mut BTreeMap<EntityKey, RelationshipHistory>,
+    defs: &Definitions,
+    out: &BuildOutput,
+) {
+    if out.full {
+        history.clear();
+        relationships.clear();
+    }
+    for (key, change) in &out.changes {
+        apply_change(history, relationships, defs, key, change);
+    }
+}
+
+pub fn apply_change(
+    history: &mut BTreeMap<EntityKey, EntityHistory>,
+    relationships: &mut BTreeMap<EntityKey, RelationshipHistory>,
+    defs: &Definitions,
+    key: &EntityKey,
+    change: &HistoryChange,
+) {
+    if let Some((h, r)) = &change.replaced {
+        history.insert(key.clone(), h.clone());
+        relationships.insert(key.clone(), r.clone());
+    }
+    for s in &change.snapshots {
+        history.entry(key.clone()).or_default().apply(&key.1, s);
+        for rec in &s.relationships {
+            if crate::replay::declared_relationship(defs, &rec.relationship_type) {
+                relationships.entry(key.clone()).or_default().apply(
+                    &key.1,
+                    &rec.relationship_type,
+                    &rec.target_entity_id,
+                    s.valid_from,
+                );
+            }
+        }
+    }
+    if history.get(key).is_some_and(|h| h.rows.is_empty()) {
+        history.remove(key);
+    }
+    if relationships.get(key).is_some_and(|r| r.rows.is_empty()) {
+        relationships.remove(key);
+    }
+}
