@@ -6,7 +6,8 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p defacto-jobs --bins \
  && mkdir -p /out \
- && find target/release -maxdepth 1 -type f -perm -u+x -exec cp {} /out/ \;
+ && cp target/release/defacto /out/ \
+ && for job in normalize build tick export; do ln -s defacto /out/$job; done
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -8,7 +8,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
+use crate::jobs::build::BuildArgs;
+use crate::jobs::ingest::IngestArgs;
+use crate::jobs::normalize::NormalizeArgs;
+use crate::jobs::resolve::ResolveArgs;
+use crate::jobs::status::StatusArgs;
+use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
+use crate::jobs::{build, ingest, normalize, resolve, status, tick};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +84,18 @@ pub enum LogFormat {
 pub enum Command {
     /// Check the definitions: every error and warning, with file and path.
     Validate(ValidateArgs),
+    /// Append records to the raw ledger (one commit, one range of sequences).
+    Ingest(IngestArgs),
+    /// Normalize the raw records above the cursor into ledger/events.
+    Normalize(NormalizeArgs),
+    /// Resolve identity for new events (run once before sharded builds).
+    Resolve(ResolveArgs),
+    /// Build SCD2 history (mode detected: SKIP, INCREMENTAL, FULL, FULL_RENORMALIZE, FULL_WITH_IDENTITY_RESET).
+    Build(BuildArgs),
+    /// Evaluate time rules of every live entity up to --as-of.
+    Tick(TickArgs),
+    /// Show the build status of the version `build` would build.
+    Status(StatusArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -102,7 +121,62 @@ where
 }
 
 fn run(cli: &Cli) -> Result<i32, Error> {
-    match &cli.command {
-        Command::Validate(args) => validate::run(&cli.global, args),
+    init_logging(&cli.global);
+    if let Command::Validate(args) = &cli.command {
+        return validate::run(&cli.global, args);
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let g = &cli.global;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Validate(_) => unreachable!("handled above"),
+            Command::Ingest(args) => ingest::run(g, args).await,
+            Command::Normalize(args) => normalize::run(g, args).await,
+            Command::Resolve(args) => resolve::run(g, args).await,
+            Command::Build(args) => build::run(g, args).await,
+            Command::Tick(args) => tick::run(g, args).await,
+            Command::Status(args) => status::run(g, args).await,
+        }
+    })
+}
+
+/// Logs go to stderr (stdout carries the result JSON), as text or JSON lines.
+fn init_logging(global: &Global) {
+    // The Delta kernel logs an error for every table it probes that does not exist yet;
+    // those surface as results where they matter.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "defacto_jobs={0},defacto_core={0},warn,buoyant_kernel=off",
+        global.log_level
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match global.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Console => builder.try_init(),
+    };
+}
+
+/// The jobs that also exist as binaries of their own name.
+pub const JOB_BINARIES: [&str; 4] = ["normalize", "build", "tick", "export"];
+
+/// Runs with the process arguments; under a job's name, as that job.
+pub fn main_from_env() -> i32 {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let invoked = args
+        .first()
+        .and_then(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    if let Some(job) = JOB_BINARIES.iter().find(|j| **j == invoked) {
+        args.insert(1, OsString::from(*job));
+    }
+    main_with_args(args)
 }

@@ -1,10 +1,16 @@
 //! defacto-jobs: the batch jobs and the command line. Everything that touches the outside
-//! world (files, and in later stages the Delta lake and the catalog database) lives here; the
-//! engine itself is `defacto-core`.
+//! world — the Delta lake (local or S3), the catalog database (SQLite or Postgres), input
+//! files — lives here; the engine itself is `defacto-core`.
 
+pub mod catalog;
 pub mod cli;
+pub mod context;
 pub mod error;
+pub mod history_table;
 pub mod jobs;
+pub mod lake;
+pub mod ledger;
 pub mod output;
+pub mod parquet_input;
 
 pub use error::{Error, Result};

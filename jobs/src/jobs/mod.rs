@@ -1,3 +1,9 @@
-//! One module per job, each with the same shape: its options, `run`, and its result type.
+//! One module per job, each with the same shape: its arguments, `run`, and its result type.
 
+pub mod build;
+pub mod ingest;
+pub mod normalize;
+pub mod resolve;
+pub mod status;
+pub mod tick;
 pub mod validate;

@@ -13,6 +13,14 @@ pub struct Dir {
 }
 
 impl Dir {
+    /// An empty temp folder.
+    #[allow(dead_code)]
+    pub fn empty() -> Dir {
+        Dir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     /// A copy of one of core's test fixtures (`cust`, `min`).
     pub fn from_fixture(name: &str) -> Dir {
         let dir = Dir {
@@ -26,6 +34,7 @@ impl Dir {
         self.dir.path()
     }
 
+    #[allow(dead_code)]
     pub fn write(&self, rel: &str, text: &str) {
         let path = self.path().join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -33,6 +42,7 @@ impl Dir {
     }
 
     /// Replaces one exact piece of text in a file; the piece must be there.
+    #[allow(dead_code)]
     pub fn edit(&self, rel: &str, from: &str, to: &str) {
         let text = fs::read_to_string(self.path().join(rel)).unwrap();
         assert!(text.contains(from), "{rel} does not contain {from:?}");
@@ -88,6 +98,7 @@ impl TestCommand {
         self
     }
 
+    #[allow(dead_code)]
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         self.cmd.env(key, value);
         self

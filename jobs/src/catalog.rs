@@ -1,0 +1,914 @@
+//! The catalog database (SQLite by default, Postgres in production): definition versions,
+//! build state per (version, shard), the ledger sequence allocator and cursors, identity,
+//! merge_log, rebuild requests, working state, leases and the log of job runs. One schema
+//! for both databases, written in the SQL they share; tables live in schema `{namespace}` on
+//! Postgres and are prefixed `{namespace}_` in SQLite.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use defacto_core::definitions::mode::StoredState;
+use defacto_core::definitions::Hashes;
+use defacto_core::identity::{IdentityChanges, Key, MemoryIdentity};
+use defacto_core::interpret::{persist, Slot};
+use defacto_core::value::{timestamp_text, Instant};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to the catalog, with the namespace its tables live in.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    dialect: Dialect,
+    namespace: String,
+}
+
+fn db(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{op} failed: {e}"))
+}
+
+/// Migrations, in order; `{t:name}` is replaced by the qualified table name. Each runs once,
+/// recorded in `schema_migrations`.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {t:definition_versions} (
+        version TEXT PRIMARY KEY, definitions TEXT NOT NULL,
+        definition_hash TEXT NOT NULL, source_hash TEXT NOT NULL, identity_hash TEXT NOT NULL,
+        seed_definition_hash TEXT NOT NULL, seed_source_hash TEXT NOT NULL, seed_identity_hash TEXT NOT NULL,
+        active BIGINT NOT NULL DEFAULT 0, created_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t:build_state} (
+        key TEXT PRIMARY KEY, version TEXT NOT NULL, cursor_seq BIGINT NOT NULL DEFAULT 0, watermark TEXT,
+        definition_hash TEXT NOT NULL, source_hash TEXT NOT NULL, identity_hash TEXT NOT NULL,
+        salt_fingerprint TEXT NOT NULL DEFAULT '', requests_applied BIGINT NOT NULL DEFAULT 0,
+        dirty BIGINT NOT NULL DEFAULT 0, last_build_time TEXT, last_build_mode TEXT)",
+    "CREATE TABLE IF NOT EXISTS {t:counters} (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t:resolve_state} (
+        id BIGINT PRIMARY KEY, cursor_seq BIGINT NOT NULL DEFAULT 0, source_hash TEXT, identity_hash TEXT,
+        salt_fingerprint TEXT, reset_due BIGINT NOT NULL DEFAULT 0, writing BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS {t:identity} (
+        entity_type TEXT NOT NULL, hint_type TEXT NOT NULL, hint_value TEXT NOT NULL,
+        entity_id TEXT NOT NULL, created_at TEXT NOT NULL,
+        PRIMARY KEY (entity_type, hint_type, hint_value))",
+    "CREATE TABLE IF NOT EXISTS {t:entities} (entity_id TEXT PRIMARY KEY, entity_type TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t:merge_log} (
+        from_entity_id TEXT PRIMARY KEY, into_entity_id TEXT NOT NULL, timestamp TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t:rebuild_requests} (
+        position BIGINT PRIMARY KEY, kind TEXT NOT NULL, loser TEXT, winner TEXT, entity_type TEXT,
+        entity_id TEXT, timestamp TEXT)",
+    "CREATE TABLE IF NOT EXISTS {t:working_state} (
+        state_key TEXT NOT NULL, entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, slot TEXT NOT NULL,
+        PRIMARY KEY (state_key, entity_type, entity_id))",
+    "CREATE TABLE IF NOT EXISTS {t:leases} (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, since TEXT NOT NULL, expires_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t:job_runs} (
+        id TEXT PRIMARY KEY, job TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+        status TEXT NOT NULL, result TEXT)",
+];
+
+/// The ledger sequence allocator's counter, and `normalize`'s cursor.
+pub const NEXT_SEQUENCE: &str = "next_sequence";
+pub const NORMALIZE_CURSOR: &str = "normalize_cursor";
+
+/// What the resolve step records with the identity store (PIPELINE.md §5.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolveState {
+    pub cursor: i64,
+    pub source_hash: Option<String>,
+    pub identity_hash: Option<String>,
+    pub salt_fingerprint: Option<String>,
+    pub reset_due: bool,
+    pub writing: bool,
+}
+
+/// A build-state record (DEFINITIONS.md §8.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildState {
+    pub key: String,
+    pub version: String,
+    pub cursor: i64,
+    pub watermark: Option<String>,
+    pub hashes: Hashes,
+    pub salt_fingerprint: String,
+    pub requests_applied: i64,
+    pub dirty: bool,
+    pub last_build_time: Option<String>,
+    pub last_build_mode: Option<String>,
+}
+
+impl BuildState {
+    pub fn stored(&self) -> StoredState {
+        StoredState {
+            hashes: self.hashes.clone(),
+            salt_fingerprint: self.salt_fingerprint.clone(),
+            dirty: self.dirty,
+            cursor: self.cursor,
+        }
+    }
+}
+
+/// A rebuild request (PIPELINE.md §14): a merge, or an entity `redact` changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildRequest {
+    pub position: i64,
+    pub kind: String,
+    pub loser: Option<String>,
+    pub winner: Option<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+/// A registered definition version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub version: String,
+    pub definitions: String,
+    pub hashes: Hashes,
+    pub seed: Hashes,
+    pub active: bool,
+    pub created_at: String,
+}
+
+/// A query over SQL text built here from constants and validated names (the namespace is
+/// checked to be an identifier before any query runs); values are always bound.
+fn q<'a>(sql: &str) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+}
+
+pub fn now_text() -> String {
+    timestamp_text(&Utc::now())
+}
+
+impl Catalog {
+    /// Connects, creating the SQLite file or the Postgres schema as needed, and migrates.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Catalog> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::Config(format!(
+                "unsupported database URL '{url}': use sqlite://PATH or postgres://…"
+            )));
+        };
+        if !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || namespace.is_empty()
+        {
+            return Err(Error::Config(format!(
+                "namespace '{namespace}' must be letters, digits or '_'"
+            )));
+        }
+        let url = match dialect {
+            Dialect::Sqlite => sqlite_url(url)?,
+            Dialect::Postgres => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
+            .acquire_timeout(Duration::from_secs(60))
+            .connect(&url)
+            .await
+            .map_err(|e| db("Connecting to the catalog database", e))?;
+        let catalog = Catalog {
+            pool,
+            dialect,
+            namespace: namespace.to_string(),
+        };
+        catalog.migrate().await?;
+        Ok(catalog)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The qualified name of a catalog table.
+    pub fn t(&self, name: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("{}_{name}", self.namespace),
+            Dialect::Postgres => format!("\"{}\".{name}", self.namespace),
+        }
+    }
+
+    fn sql(&self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(start) = rest.find("{t:") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed placeholder") + start;
+            out.push_str(&self.t(&rest[start + 3..end]));
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            q(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                self.namespace
+            ))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Creating the catalog schema", e))?;
+        }
+        let table = self.t("schema_migrations");
+        q(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        ))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Migrating the catalog", e))?;
+        let applied: Vec<i64> = q(&format!("SELECT version FROM {table}"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("Migrating the catalog", e))?
+            .iter()
+            .map(|r| r.get::<i64, _>(0))
+            .collect();
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if applied.contains(&version) {
+                continue;
+            }
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| db("Migrating the catalog", e))?;
+            q(&self.sql(m))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Migrating the catalog", e))?;
+            q(&format!(
+                "INSERT INTO {table} (version, applied_at) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING"
+            ))
+            .bind(version)
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db("Migrating the catalog", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| db("Migrating the catalog", e))?;
+        }
+        Ok(())
+    }
+
+    // ---- counters -------------------------------------------------------------------------
+
+    pub async fn counter(&self, name: &str) -> Result<i64> {
+        let row = q(&self.sql("SELECT value FROM {t:counters} WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db("Reading a counter", e))?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>(0)))
+    }
+
+    pub async fn set_counter(&self, name: &str, value: i64) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:counters} (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        ))
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Writing a counter", e))?;
+        Ok(())
+    }
+
+    /// Takes `n` consecutive ledger sequences; returns the first. Sequences start at 1 and a
+    /// range is never handed out twice, even when its commit later fails (a gap).
+    pub async fn allocate_sequences(&self, n: i64) -> Result<i64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("Allocating sequences", e))?;
+        q(&self.sql(
+            "INSERT INTO {t:counters} (name, value) VALUES ($1, 1) ON CONFLICT (name) DO NOTHING",
+        ))
+        .bind(NEXT_SEQUENCE)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db("Allocating sequences", e))?;
+        let row =
+            q(&self
+                .sql("UPDATE {t:counters} SET value = value + $1 WHERE name = $2 RETURNING value"))
+            .bind(n)
+            .bind(NEXT_SEQUENCE)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db("Allocating sequences", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| db("Allocating sequences", e))?;
+        Ok(row.get::<i64, _>(0) - n)
+    }
+
+    // ---- definition versions --------------------------------------------------------------
+
+    pub async fn versions(&self) -> Result<Vec<VersionRow>> {
+        let rows = q(&self.sql(
+            "SELECT version, definitions, definition_hash, source_hash, identity_hash,
+                    seed_definition_hash, seed_source_hash, seed_identity_hash, active, created_at
+             FROM {t:definition_versions} ORDER BY created_at, version",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("Reading definition versions", e))?;
+        Ok(rows.iter().map(version_row).collect())
+    }
+
+    pub async fn version(&self, version: &str) -> Result<Option<VersionRow>> {
+        Ok(self
+            .versions()
+            .await?
+            .into_iter()
+            .find(|v| v.version == version))
+    }
+
+    pub async fn active_version(&self) -> Result<Option<VersionRow>> {
+        Ok(self.versions().await?.into_iter().find(|v| v.active))
+    }
+
+    /// Registers a version when new (DEFINITIONS.md §8.2), seeded with the active version's
+    /// hashes, or its own when none is active. Returns whether it was new.
+    pub async fn register_version(
+        &self,
+        version: &str,
+        definitions: &str,
+        hashes: &Hashes,
+    ) -> Result<bool> {
+        if self.version(version).await?.is_some() {
+            return Ok(false);
+        }
+        let seed = match self.active_version().await? {
+            Some(active) => active.hashes,
+            None => hashes.clone(),
+        };
+        q(&self.sql(
+            "INSERT INTO {t:definition_versions} (version, definitions, definition_hash, source_hash,
+                identity_hash, seed_definition_hash, seed_source_hash, seed_identity_hash, active, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9) ON CONFLICT (version) DO NOTHING",
+        ))
+        .bind(version)
+        .bind(definitions)
+        .bind(&hashes.definition_hash)
+        .bind(&hashes.source_hash)
+        .bind(&hashes.identity_hash)
+        .bind(&seed.definition_hash)
+        .bind(&seed.source_hash)
+        .bind(&seed.identity_hash)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Registering a definition version", e))?;
+        Ok(true)
+    }
+
+    // ---- build state ----------------------------------------------------------------------
+
+    /// The build-state record of `key`, created from the version's seed hashes on first use.
+    pub async fn build_state(&self, key: &str, version: &VersionRow) -> Result<BuildState> {
+        let row = q(&self.sql(
+            "SELECT key, version, cursor_seq, watermark, definition_hash, source_hash, identity_hash,
+                    salt_fingerprint, requests_applied, dirty, last_build_time, last_build_mode
+             FROM {t:build_state} WHERE key = $1",
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db("Reading build state", e))?;
+        if let Some(r) = row {
+            return Ok(build_state_row(&r));
+        }
+        let state = BuildState {
+            key: key.to_string(),
+            version: version.version.clone(),
+            hashes: version.seed.clone(),
+            requests_applied: self.request_count().await?,
+            ..BuildState::default()
+        };
+        self.put_build_state(&state).await?;
+        Ok(state)
+    }
+
+    pub async fn put_build_state(&self, s: &BuildState) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:build_state} (key, version, cursor_seq, watermark, definition_hash, source_hash,
+                identity_hash, salt_fingerprint, requests_applied, dirty, last_build_time, last_build_mode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (key) DO UPDATE SET version = excluded.version, cursor_seq = excluded.cursor_seq,
+                watermark = excluded.watermark, definition_hash = excluded.definition_hash,
+                source_hash = excluded.source_hash, identity_hash = excluded.identity_hash,
+                salt_fingerprint = excluded.salt_fingerprint, requests_applied = excluded.requests_applied,
+                dirty = excluded.dirty, last_build_time = excluded.last_build_time,
+                last_build_mode = excluded.last_build_mode",
+        ))
+        .bind(&s.key)
+        .bind(&s.version)
+        .bind(s.cursor)
+        .bind(s.watermark.clone())
+        .bind(&s.hashes.definition_hash)
+        .bind(&s.hashes.source_hash)
+        .bind(&s.hashes.identity_hash)
+        .bind(&s.salt_fingerprint)
+        .bind(s.requests_applied)
+        .bind(s.dirty as i64)
+        .bind(s.last_build_time.clone())
+        .bind(s.last_build_mode.clone())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Writing build state", e))?;
+        Ok(())
+    }
+
+    /// Completes a build: its state, and (blue/green) the version's activation, in one
+    /// transaction.
+    pub async fn complete_build(&self, s: &BuildState, activate: bool) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("Completing a build", e))?;
+        q(&self.sql(
+            "UPDATE {t:build_state} SET cursor_seq = $1, watermark = $2, definition_hash = $3, source_hash = $4,
+                identity_hash = $5, salt_fingerprint = $6, requests_applied = $7, dirty = 0,
+                last_build_time = $8, last_build_mode = $9 WHERE key = $10",
+        ))
+        .bind(s.cursor)
+        .bind(s.watermark.clone())
+        .bind(&s.hashes.definition_hash)
+        .bind(&s.hashes.source_hash)
+        .bind(&s.hashes.identity_hash)
+        .bind(&s.salt_fingerprint)
+        .bind(s.requests_applied)
+        .bind(s.last_build_time.clone())
+        .bind(s.last_build_mode.clone())
+        .bind(&s.key)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db("Completing a build", e))?;
+        if activate {
+            q(&self.sql("UPDATE {t:definition_versions} SET active = CASE WHEN version = $1 THEN 1 ELSE 0 END"))
+                .bind(&s.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Activating a version", e))?;
+        }
+        tx.commit().await.map_err(|e| db("Completing a build", e))?;
+        Ok(())
+    }
+
+    /// Marks every build-state record dirty (an identity reset, PIPELINE.md §5.5 step 2).
+    pub async fn dirty_all(&self) -> Result<()> {
+        q(&self.sql("UPDATE {t:build_state} SET dirty = 1"))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Marking build state dirty", e))?;
+        Ok(())
+    }
+
+    // ---- the resolve step ---------------------------------------------------------------
+
+    pub async fn resolve_state(&self) -> Result<ResolveState> {
+        let row = q(&self.sql(
+            "SELECT cursor_seq, source_hash, identity_hash, salt_fingerprint, reset_due, writing
+             FROM {t:resolve_state} WHERE id = 1",
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db("Reading resolve state", e))?;
+        Ok(row.map_or_else(ResolveState::default, |r| ResolveState {
+            cursor: r.get(0),
+            source_hash: r.get(1),
+            identity_hash: r.get(2),
+            salt_fingerprint: r.get(3),
+            reset_due: r.get::<i64, _>(4) != 0,
+            writing: r.get::<i64, _>(5) != 0,
+        }))
+    }
+
+    pub async fn put_resolve_state(&self, s: &ResolveState) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:resolve_state} (id, cursor_seq, source_hash, identity_hash, salt_fingerprint, reset_due, writing)
+             VALUES (1, $1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET cursor_seq = excluded.cursor_seq, source_hash = excluded.source_hash,
+                identity_hash = excluded.identity_hash, salt_fingerprint = excluded.salt_fingerprint,
+                reset_due = excluded.reset_due, writing = excluded.writing",
+        ))
+        .bind(s.cursor)
+        .bind(s.source_hash.clone())
+        .bind(s.identity_hash.clone())
+        .bind(s.salt_fingerprint.clone())
+        .bind(s.reset_due as i64)
+        .bind(s.writing as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Writing resolve state", e))?;
+        Ok(())
+    }
+
+    // ---- identity ------------------------------------------------------------------------
+
+    /// Loads the whole identity store (mappings, entities, merge_log) into memory.
+    pub async fn load_identity(&self) -> Result<MemoryIdentity> {
+        let mut m = MemoryIdentity::new();
+        let entities = q(&self.sql("SELECT entity_id, entity_type FROM {t:entities}"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("Loading identity", e))?;
+        for r in &entities {
+            m.load_entity(&r.get::<String, _>(0), &r.get::<String, _>(1));
+        }
+        let rows =
+            q(&self.sql("SELECT entity_type, hint_type, hint_value, entity_id FROM {t:identity}"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("Loading identity", e))?;
+        for r in &rows {
+            let key = Key::new(
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<String, _>(2),
+            );
+            m.load_mapping(key, &r.get::<String, _>(3));
+        }
+        let merges =
+            q(&self.sql("SELECT from_entity_id, into_entity_id, timestamp FROM {t:merge_log}"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("Loading identity", e))?;
+        for r in &merges {
+            let ts = parse_instant(&r.get::<String, _>(2))?;
+            m.load_merge(&r.get::<String, _>(0), &r.get::<String, _>(1), ts);
+        }
+        Ok(m)
+    }
+
+    /// Writes the changes of a resolve pass in one transaction.
+    pub async fn save_identity(&self, changes: &IdentityChanges) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("Saving identity", e))?;
+        let now = now_text();
+        let upsert = self.sql(
+            "INSERT INTO {t:identity} (entity_type, hint_type, hint_value, entity_id, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (entity_type, hint_type, hint_value) DO UPDATE SET entity_id = excluded.entity_id",
+        );
+        for (key, id) in &changes.mappings {
+            q(&upsert)
+                .bind(&key.entity_type)
+                .bind(&key.field)
+                .bind(&key.value)
+                .bind(id)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Saving identity", e))?;
+        }
+        let entity = self.sql(
+            "INSERT INTO {t:entities} (entity_id, entity_type) VALUES ($1, $2) ON CONFLICT (entity_id) DO NOTHING",
+        );
+        for (id, ty) in &changes.entities {
+            q(&entity)
+                .bind(id)
+                .bind(ty)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Saving identity", e))?;
+        }
+        let merge = self.sql(
+            "INSERT INTO {t:merge_log} (from_entity_id, into_entity_id, timestamp) VALUES ($1, $2, $3)
+             ON CONFLICT (from_entity_id) DO NOTHING",
+        );
+        for m in &changes.merges {
+            q(&merge)
+                .bind(&m.from)
+                .bind(&m.into)
+                .bind(timestamp_text(&m.timestamp))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Saving identity", e))?;
+        }
+        tx.commit().await.map_err(|e| db("Saving identity", e))?;
+        Ok(())
+    }
+
+    /// The identity reset's catalog part (§10.6): mappings, entities, merge_log and the
+    /// unapplied rebuild requests go.
+    pub async fn reset_identity(&self) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("Resetting identity", e))?;
+        for table in ["identity", "entities", "merge_log", "rebuild_requests"] {
+            q(&format!("DELETE FROM {}", self.t(table)))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Resetting identity", e))?;
+        }
+        tx.commit().await.map_err(|e| db("Resetting identity", e))?;
+        Ok(())
+    }
+
+    // ---- rebuild requests ---------------------------------------------------------------
+
+    pub async fn request_count(&self) -> Result<i64> {
+        let row = q(&self.sql("SELECT COALESCE(MAX(position), 0) FROM {t:rebuild_requests}"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db("Reading rebuild requests", e))?;
+        Ok(row.get::<i64, _>(0))
+    }
+
+    pub async fn append_merge_requests(
+        &self,
+        merges: &[(String, defacto_core::identity::Merge)],
+    ) -> Result<()> {
+        let mut position = self.request_count().await?;
+        let insert = self.sql(
+            "INSERT INTO {t:rebuild_requests} (position, kind, loser, winner, entity_type, entity_id, timestamp)
+             VALUES ($1, 'merge', $2, $3, $4, NULL, $5)",
+        );
+        for (ty, m) in merges {
+            position += 1;
+            q(&insert)
+                .bind(position)
+                .bind(&m.from)
+                .bind(&m.into)
+                .bind(ty)
+                .bind(timestamp_text(&m.timestamp))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db("Recording rebuild requests", e))?;
+        }
+        Ok(())
+    }
+
+    /// Requests after position `applied`, in order.
+    pub async fn requests_after(&self, applied: i64) -> Result<Vec<RebuildRequest>> {
+        let rows = q(&self.sql(
+            "SELECT position, kind, loser, winner, entity_type, entity_id, timestamp
+             FROM {t:rebuild_requests} WHERE position > $1 ORDER BY position",
+        ))
+        .bind(applied)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("Reading rebuild requests", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| RebuildRequest {
+                position: r.get(0),
+                kind: r.get(1),
+                loser: r.get(2),
+                winner: r.get(3),
+                entity_type: r.get(4),
+                entity_id: r.get(5),
+                timestamp: r.get(6),
+            })
+            .collect())
+    }
+
+    // ---- working state ------------------------------------------------------------------
+
+    pub async fn load_working_state(&self, key: &str) -> Result<BTreeMap<(String, String), Slot>> {
+        let rows = q(&self.sql(
+            "SELECT entity_type, entity_id, slot FROM {t:working_state} WHERE state_key = $1",
+        ))
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("Loading working state", e))?;
+        let mut out = BTreeMap::new();
+        for r in &rows {
+            let json: serde_json::Value = serde_json::from_str(&r.get::<String, _>(2))
+                .map_err(|e| Error::Storage(format!("Loading working state failed: {e}")))?;
+            out.insert(
+                (r.get::<String, _>(0), r.get::<String, _>(1)),
+                persist::from_json(&json),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes the given slots (and deletes the keys whose slot is `None`) in one transaction;
+    /// with `replace_all`, the key's previous working state is dropped first.
+    pub async fn save_working_state(
+        &self,
+        key: &str,
+        slots: &BTreeMap<(String, String), Option<Slot>>,
+        replace_all: bool,
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("Saving working state", e))?;
+        if replace_all {
+            q(&self.sql("DELETE FROM {t:working_state} WHERE state_key = $1"))
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("Saving working state", e))?;
+        }
+        let upsert = self.sql(
+            "INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot",
+        );
+        let delete = self.sql(
+            "DELETE FROM {t:working_state} WHERE state_key = $1 AND entity_type = $2 AND entity_id = $3",
+        );
+        for ((ty, id), slot) in slots {
+            let q = match slot {
+                Some(slot) => q(&upsert)
+                    .bind(key)
+                    .bind(ty)
+                    .bind(id)
+                    .bind(persist::to_json(slot).to_string()),
+                None => q(&delete).bind(key).bind(ty).bind(id),
+            };
+            q.execute(&mut *tx)
+                .await
+                .map_err(|e| db("Saving working state", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db("Saving working state", e))?;
+        Ok(())
+    }
+
+    // ---- leases -------------------------------------------------------------------------
+
+    /// Takes a lease, or fails at once naming its holder (PIPELINE.md §1).
+    pub async fn take_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<()> {
+        let now = Utc::now();
+        let expires = now.timestamp() + ttl.as_secs() as i64;
+        let row = q(&self.sql(
+            "INSERT INTO {t:leases} (name, holder, since, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, since = excluded.since,
+                expires_at = excluded.expires_at
+             WHERE {t:leases}.expires_at < $5 OR {t:leases}.holder = excluded.holder
+             RETURNING holder",
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(timestamp_text(&now))
+        .bind(expires)
+        .bind(now.timestamp())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db("Taking a lease", e))?;
+        if row.is_some() {
+            return Ok(());
+        }
+        let held = q(&self.sql("SELECT holder, since FROM {t:leases} WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db("Taking a lease", e))?;
+        let (who, since) = held.map_or((String::from("unknown"), String::new()), |r| {
+            (r.get(0), r.get(1))
+        });
+        Err(Error::Storage(format!(
+            "Lease '{name}' is held by {who} since {since}"
+        )))
+    }
+
+    /// Extends a lease this holder has.
+    pub async fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<()> {
+        let expires = Utc::now().timestamp() + ttl.as_secs() as i64;
+        q(&self.sql("UPDATE {t:leases} SET expires_at = $1 WHERE name = $2 AND holder = $3"))
+            .bind(expires)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Renewing a lease", e))?;
+        Ok(())
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        q(&self.sql("DELETE FROM {t:leases} WHERE name = $1 AND holder = $2"))
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Releasing a lease", e))?;
+        Ok(())
+    }
+
+    // ---- job runs -----------------------------------------------------------------------
+
+    pub async fn record_run(
+        &self,
+        id: &str,
+        job: &str,
+        started: &str,
+        status: &str,
+        result: &str,
+    ) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:job_runs} (id, job, started_at, finished_at, status, result) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at, status = excluded.status,
+                result = excluded.result",
+        ))
+        .bind(id)
+        .bind(job)
+        .bind(started)
+        .bind(now_text())
+        .bind(status)
+        .bind(result)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Recording a job run", e))?;
+        Ok(())
+    }
+}
+
+fn version_row(r: &AnyRow) -> VersionRow {
+    VersionRow {
+        version: r.get(0),
+        definitions: r.get(1),
+        hashes: Hashes {
+            definition_hash: r.get(2),
+            source_hash: r.get(3),
+            identity_hash: r.get(4),
+        },
+        seed: Hashes {
+            definition_hash: r.get(5),
+            source_hash: r.get(6),
+            identity_hash: r.get(7),
+        },
+        active: r.get::<i64, _>(8) != 0,
+        created_at: r.get(9),
+    }
+}
+
+fn build_state_row(r: &AnyRow) -> BuildState {
+    BuildState {
+        key: r.get(0),
+        version: r.get(1),
+        cursor: r.get(2),
+        watermark: r.get(3),
+        hashes: Hashes {
+            definition_hash: r.get(4),
+            source_hash: r.get(5),
+            identity_hash: r.get(6),
+        },
+        salt_fingerprint: r.get(7),
+        requests_applied: r.get(8),
+        dirty: r.get::<i64, _>(9) != 0,
+        last_build_time: r.get(10),
+        last_build_mode: r.get(11),
+    }
+}
+
+pub fn parse_instant(text: &str) -> Result<Instant> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Storage(format!("bad timestamp '{text}' in the catalog: {e}")))
+}
+
+/// `sqlite://path` with the file (and its folder) created on first use.
+fn sqlite_url(url: &str) -> Result<String> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    if let Some(dir) = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create the folder of '{path}': {e}")))?;
+    }
+    Ok(format!("sqlite://{path}?mode=rwc"))
+}

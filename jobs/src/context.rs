@@ -1,0 +1,126 @@
+//! What every job starts from: the definitions of the config folder (validated, with their
+//! content-derived version registered in the catalog), the lake, the catalog, the job's
+//! `as_of`, and the leases it holds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use defacto_core::definitions::{Definitions, Hashes, NormalizedDocument};
+use defacto_core::value::Instant;
+
+use crate::catalog::{Catalog, VersionRow};
+use crate::cli::Global;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+
+/// A job's view of the world.
+pub struct Context {
+    pub config: PathBuf,
+    pub defs: Arc<Definitions>,
+    pub document: NormalizedDocument,
+    pub version: String,
+    pub hashes: Hashes,
+    pub lake: Lake,
+    pub catalog: Catalog,
+    pub as_of: Instant,
+    /// Who this job is, for leases and the run log: `job@host:pid`.
+    pub holder: String,
+    leases: std::sync::Mutex<Vec<String>>,
+}
+
+/// How long a lease lives without renewal; a job that dies loses its leases after this.
+pub const LEASE_TTL: Duration = Duration::from_secs(120);
+
+impl Context {
+    /// Loads the definitions (every error blocks), connects to the lake and the catalog and
+    /// registers the folder's version when it is new.
+    pub async fn open(global: &Global, job: &str, as_of: Option<Instant>) -> Result<Context> {
+        let config = global.config_path()?.to_path_buf();
+        let defs = Definitions::load(&config)?;
+        let document = NormalizedDocument::of(&defs);
+        let version = document.version_name();
+        let hashes = document.hashes();
+        let lake = Lake::new(&global.lake.clone().unwrap_or_else(|| default_lake(&config)))?;
+        let database = global
+            .database
+            .clone()
+            .unwrap_or_else(|| default_database(&config));
+        let catalog = Catalog::connect(&database, &global.namespace).await?;
+        catalog
+            .register_version(&version, &document.json().to_string(), &hashes)
+            .await?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Ok(Context {
+            config,
+            defs: Arc::new(defs),
+            document,
+            version,
+            hashes,
+            lake,
+            catalog,
+            as_of: as_of.unwrap_or_else(Utc::now),
+            holder: format!("{job}@{host}:{}", std::process::id()),
+            leases: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The registered row of the folder's version.
+    pub async fn version_row(&self) -> Result<VersionRow> {
+        self.catalog
+            .version(&self.version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("version '{}' is not registered", self.version)))
+    }
+
+    /// Takes a lease for the rest of the job (released by `release_leases`).
+    pub async fn lease(&self, name: &str) -> Result<()> {
+        self.catalog
+            .take_lease(name, &self.holder, LEASE_TTL)
+            .await?;
+        self.leases
+            .lock()
+            .expect("lease list")
+            .push(name.to_string());
+        Ok(())
+    }
+
+    pub async fn release_leases(&self) -> Result<()> {
+        let names: Vec<String> = std::mem::take(&mut *self.leases.lock().expect("lease list"));
+        for name in names {
+            self.catalog.release_lease(&name, &self.holder).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews the leases this job holds; long jobs call it between stages.
+    pub async fn renew_leases(&self) -> Result<()> {
+        let names: Vec<String> = self.leases.lock().expect("lease list").clone();
+        for name in names {
+            self.catalog
+                .renew_lease(&name, &self.holder, LEASE_TTL)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn default_lake(config: &Path) -> String {
+    config.join(".defacto").join("lake").display().to_string()
+}
+
+pub fn default_database(config: &Path) -> String {
+    format!(
+        "sqlite://{}",
+        config.join(".defacto").join("defacto.db").display()
+    )
+}
+
+/// The global lease over the stores shared by all versions (PIPELINE.md §1).
+pub const GLOBAL_LEASE: &str = "global";
+
+/// The lease of one build-state key.
+pub fn build_lease(key: &str) -> String {
+    format!("build:{key}")
+}

@@ -1,0 +1,410 @@
+//! `defacto build`: the resolve step (unsharded), mode detection, then a FULL or INCREMENTAL
+//! build of one version (or one shard of it) with the engine's build mechanism, writing SCD2
+//! history to `state/<version>/…` and the working state to the catalog; the version becomes
+//! active when its build completes (blue/green).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant as Clock;
+
+use clap::Args;
+use defacto_core::build::{self, BuildInputs, BuildOutput, BuildPlan, HistoryChange};
+use defacto_core::definitions::mode::{detect, BuildMode, CurrentState};
+use defacto_core::definitions::Definitions;
+use defacto_core::engine::{BuildResult, EntityKey};
+use defacto_core::history::{EntityHistory, RelationshipHistory};
+use defacto_core::identity::{shard_of, IdentityStore, MemoryIdentity, Merge};
+use defacto_core::interpret::Slot;
+use defacto_core::replay::LedgerEvent;
+use defacto_core::value::{timestamp_text, Instant};
+use futures::TryStreamExt;
+
+use crate::catalog::{parse_instant, VersionRow};
+use crate::cli::Global;
+use crate::context::{build_lease, Context, GLOBAL_LEASE};
+use crate::error::{Error, Result};
+use crate::history_table::{
+    entity_batch, entity_schema, group_relationships, group_rows, read_entity_rows,
+    read_relationship_rows, relationship_batch, relationship_schema, relationship_types, sql_list,
+};
+use crate::jobs::resolve::{events_after, resolve_step};
+use crate::lake::tables;
+use crate::ledger::{read_assignments, ASSIGNMENTS_SCHEMA};
+use crate::output;
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Build this registered version instead of the config folder's.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Rebuild everything (FULL).
+    #[arg(long)]
+    pub full: bool,
+    /// Renormalize every raw record first (FULL_RENORMALIZE).
+    #[arg(long)]
+    pub from_raw: bool,
+    /// The job's instant for time rules and now() (RFC 3339); default: the wall clock.
+    #[arg(long, value_parser = parse_as_of)]
+    pub as_of: Option<Instant>,
+    /// Interpretation threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, requires = "total_shards")]
+    pub shard_id: Option<u32>,
+    #[arg(long, requires = "shard_id")]
+    pub total_shards: Option<u32>,
+    /// Exit with status 3 when more events than this fail.
+    #[arg(long)]
+    pub max_failures: Option<u64>,
+}
+
+pub fn parse_as_of(s: &str) -> std::result::Result<Instant, String> {
+    defacto_core::normalize::parse_rfc3339(s).ok_or_else(|| {
+        format!("'{s}' is not an RFC 3339 instant with an offset, e.g. 2024-01-10T00:00:00Z")
+    })
+}
+
+pub async fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
+    let ctx = Context::open(global, "build", args.as_of).await?;
+    let result = build(&ctx, args).await;
+    ctx.release_leases().await?;
+    let result = result?;
+    output::write_result_file(global.result_file.as_deref(), &result)?;
+    output::print(&output::to_json(&result))?;
+    Ok(match args.max_failures {
+        Some(max) if result.events_failed > max => 3,
+        _ => 0,
+    })
+}
+
+/// The build-state key of a version (and shard).
+pub fn state_key(version: &str, shard: Option<u32>) -> String {
+    match shard {
+        Some(i) => format!("{version}_s{i}"),
+        None => version.to_string(),
+    }
+}
+
+/// A version's definitions: the folder's when it is the folder's version, else the stored
+/// document.
+pub fn version_definitions(ctx: &Context, row: &VersionRow) -> Result<Definitions> {
+    if row.version == ctx.version {
+        return Ok((*ctx.defs).clone());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&row.definitions).map_err(|e| {
+        Error::Storage(format!(
+            "version '{}' has an unreadable document: {e}",
+            row.version
+        ))
+    })?;
+    Ok(Definitions::from_document(&doc)?)
+}
+
+pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
+    let started = Clock::now();
+    let shard = match (args.shard_id, args.total_shards) {
+        (Some(i), Some(n)) if n == 0 || i >= n => {
+            return Err(Error::Config(format!(
+                "--shard-id {i} must be below --total-shards {n}"
+            )))
+        }
+        (Some(i), Some(n)) => Some((i, n)),
+        _ => None,
+    };
+    let version_name = args.version.clone().unwrap_or_else(|| ctx.version.clone());
+    let row = ctx
+        .catalog
+        .version(&version_name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("Version '{version_name}' not found")))?;
+    let defs = version_definitions(ctx, &row)?;
+    let key = state_key(&row.version, shard.map(|s| s.0));
+    let mut resolve = None;
+    if shard.is_none() {
+        ctx.lease(GLOBAL_LEASE).await?;
+    }
+    ctx.lease(&build_lease(&key)).await?;
+    if shard.is_none() {
+        resolve = Some(resolve_step(ctx, &row.hashes, args.from_raw).await?);
+    } else {
+        let rs = ctx.catalog.resolve_state().await?;
+        if rs.source_hash.as_deref() != Some(&row.hashes.source_hash)
+            || rs.identity_hash.as_deref() != Some(&row.hashes.identity_hash)
+            || rs.reset_due
+        {
+            return Err(Error::Build(format!(
+                "the resolve step is not current for version '{}': run `defacto resolve` before the shards' builds",
+                row.version
+            )));
+        }
+    }
+    let rs = ctx.catalog.resolve_state().await?;
+    let mut state = ctx.catalog.build_state(&key, &row).await?;
+    let mode = detect(
+        &state.stored(),
+        &CurrentState {
+            hashes: row.hashes.clone(),
+            salt_fingerprint: String::new(),
+            highest_sequence: rs.cursor,
+            force_full: args.full,
+            force_from_raw: args.from_raw,
+        },
+    );
+    // A key's first build (cursor 0) replays every event, so every merge recorded so far is
+    // still to be applied to it, whenever its record was created.
+    let applied = if state.cursor == 0 {
+        0
+    } else {
+        state.requests_applied
+    };
+    let requests = ctx.catalog.requests_after(applied).await?;
+    let requests_end = requests
+        .last()
+        .map_or(state.requests_applied, |r| r.position);
+    let mode = match mode {
+        BuildMode::Skip if !requests.is_empty() => BuildMode::Incremental,
+        m => m,
+    };
+    if mode == BuildMode::Skip {
+        let complete = state.last_build_time.is_some() && !state.dirty;
+        if complete && !row.active && shard.is_none() {
+            ctx.catalog.complete_build(&state, true).await?;
+        }
+        return Ok(BuildResult {
+            merges_detected: 0,
+            ..empty(mode)
+        });
+    }
+    state.dirty = true;
+    ctx.catalog.put_build_state(&state).await?;
+    ctx.renew_leases().await?;
+
+    let ledger: Vec<LedgerEvent> = {
+        let mut events: Vec<LedgerEvent> = events_after(ctx, 0)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .filter(|e| e.sequence <= rs.cursor)
+            .collect();
+        events.sort_by_key(|e| e.sequence);
+        events
+    };
+    let assignments = load_assignments(ctx).await?;
+    let identity = ctx.catalog.load_identity().await?;
+    let mut slots = if mode.is_full() {
+        BTreeMap::new()
+    } else {
+        ctx.catalog.load_working_state(&key).await?
+    };
+    let merges: Vec<(String, Merge)> = requests
+        .iter()
+        .filter(|r| r.kind == "merge")
+        .filter_map(|r| {
+            Some((
+                r.entity_type.clone()?,
+                Merge {
+                    from: r.loser.clone()?,
+                    into: r.winner.clone()?,
+                    timestamp: parse_instant(r.timestamp.as_deref()?).ok()?,
+                },
+            ))
+        })
+        .collect();
+    let owns = move |id: &str| shard.is_none_or(|(i, n)| shard_of(id, n) == i);
+    let inputs = BuildInputs {
+        defs: &defs,
+        ledger: &ledger,
+        assignments: &assignments,
+        identity: &identity,
+        owns: &owns,
+        workers: args.workers.max(1),
+    };
+    let plan = BuildPlan {
+        mode,
+        as_of: ctx.as_of,
+        cursor: state.cursor,
+        resolve_cursor: rs.cursor,
+        watermark: state.watermark.as_deref().map(parse_instant).transpose()?,
+        merges,
+    };
+    let out = build::run(&inputs, &plan, &mut slots);
+    write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
+    ctx.catalog
+        .save_working_state(&key, &out.slots, out.full)
+        .await?;
+
+    state.cursor = out.cursor;
+    state.watermark = out.watermark.as_ref().map(timestamp_text);
+    state.hashes = row.hashes.clone();
+    state.requests_applied = requests_end;
+    state.last_build_time = Some(timestamp_text(&chrono::Utc::now()));
+    state.last_build_mode = Some(mode.as_str().to_string());
+    ctx.catalog.complete_build(&state, shard.is_none()).await?;
+
+    let mut result = out.result;
+    if let Some(r) = resolve {
+        result.merges_detected = r.merges_detected;
+        let mut failures = r.failures;
+        failures.append(&mut result.failures);
+        result.failures = failures;
+        result.events_failed = result.failures.len() as u64;
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(result)
+}
+
+fn empty(mode: BuildMode) -> BuildResult {
+    BuildResult {
+        mode,
+        events_processed: 0,
+        effects_produced: 0,
+        entities_created: 0,
+        entities_updated: 0,
+        merges_detected: 0,
+        late_arrivals: 0,
+        duration_ms: 0,
+        events_failed: 0,
+        failures: Vec::new(),
+        timing: BTreeMap::new(),
+    }
+}
+
+/// `ledger/assignments` as entity → sequences.
+pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+    let batches: Vec<_> = ctx
+        .lake
+        .query(
+            &[(
+                "assignments",
+                tables::ASSIGNMENTS,
+                ASSIGNMENTS_SCHEMA.clone(),
+            )],
+            "SELECT sequence, entity_type, entity_id FROM assignments",
+        )
+        .await?
+        .try_collect()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/assignments failed: {e}")))?;
+    let mut out: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
+    for b in &batches {
+        for (seq, ty, id) in read_assignments(b)? {
+            out.entry((ty, id)).or_default().insert(seq);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a build's history changes: a FULL build replaces every table of the version (its
+/// shard's rows only, when sharded); an incremental one replaces the rows of the entities it
+/// changed, old and new rows in one commit per table.
+pub async fn write_history(
+    ctx: &Context,
+    defs: &Definitions,
+    version: &str,
+    identity: &MemoryIdentity,
+    out: &BuildOutput,
+    sharded: bool,
+) -> Result<()> {
+    write_changes(
+        ctx,
+        defs,
+        version,
+        identity,
+        &out.changes,
+        out.full && !sharded,
+    )
+    .await
+}
+
+pub async fn write_changes(
+    ctx: &Context,
+    defs: &Definitions,
+    version: &str,
+    identity: &MemoryIdentity,
+    changes: &BTreeMap<EntityKey, HistoryChange>,
+    replace_all: bool,
+) -> Result<()> {
+    let entity_type_of = |id: &str| identity.entity_type(id);
+    for (name, entity) in &defs.entities {
+        let table = tables::history(version, name);
+        let keys: Vec<&EntityKey> = changes.keys().filter(|k| &k.0 == name).collect();
+        if keys.is_empty() && !replace_all {
+            continue;
+        }
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+        if !replace_all {
+            let sql = format!(
+                "SELECT * FROM h WHERE \"{name}_id\" IN ({})",
+                sql_list(&ids)
+            );
+            for b in ctx
+                .lake
+                .query_all(&[("h", &table, entity_schema(entity))], &sql)
+                .await?
+            {
+                histories.extend(group_rows(name, read_entity_rows(entity, &b)?));
+            }
+        }
+        for key in &keys {
+            build::apply_change(&mut histories, &mut rels, defs, key, &changes[*key]);
+        }
+        let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+        let batch = entity_batch(entity, &rows)?;
+        if replace_all {
+            ctx.lake.overwrite(&table, vec![batch]).await?;
+        } else {
+            let predicate = format!("{name}_id IN ({})", sql_list(&ids));
+            ctx.lake
+                .replace_where(&table, &predicate, vec![batch])
+                .await?;
+        }
+    }
+    // Relationship rows belong to their source entity.
+    for rel in relationship_types(defs) {
+        let table = tables::relationship_history(version, &rel);
+        let keys: Vec<&EntityKey> = changes.keys().collect();
+        if keys.is_empty() && !replace_all {
+            continue;
+        }
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+        if !replace_all && !ids.is_empty() {
+            let sql = format!("SELECT * FROM r WHERE source_id IN ({})", sql_list(&ids));
+            for b in ctx
+                .lake
+                .query_all(&[("r", &table, relationship_schema(defs, &rel))], &sql)
+                .await?
+            {
+                rels.extend(group_relationships(
+                    &entity_type_of,
+                    read_relationship_rows(&b)?,
+                ));
+            }
+        }
+        let mut scratch: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+        for key in &keys {
+            build::apply_change(&mut scratch, &mut rels, defs, key, &changes[*key]);
+        }
+        let rows: Vec<_> = rels
+            .values()
+            .flat_map(|r| r.all())
+            .filter(|r| r.relationship_type == rel)
+            .collect();
+        let batch = relationship_batch(defs, &rel, &rows)?;
+        if replace_all {
+            ctx.lake.overwrite(&table, vec![batch]).await?;
+        } else if !ids.is_empty() {
+            let predicate = format!("source_id IN ({})", sql_list(&ids));
+            ctx.lake
+                .replace_where(&table, &predicate, vec![batch])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A slot map's entry count, for logs.
+pub fn live(slots: &BTreeMap<EntityKey, Slot>) -> usize {
+    slots.values().filter(|s| s.entity.is_some()).count()
+}

@@ -1,0 +1,232 @@
+//! `defacto normalize [--from-raw]`: raw records above the cursor become normalized events in
+//! `ledger/events` (deduplicated call by call against the whole ledger), failures go to the
+//! dead letters, and the cursor moves to the highest sequence processed (PIPELINE.md §1, §2).
+//! `--from-raw` renormalizes every raw record and replaces `ledger/events` in one commit.
+
+use std::collections::HashSet;
+
+use clap::Args;
+use defacto_core::normalize::{dedup_call, NormalizedEvent, Normalizer};
+use defacto_core::results::{EventFailure, IngestResult};
+use futures::TryStreamExt;
+
+use crate::catalog::NORMALIZE_CURSOR;
+use crate::cli::Global;
+use crate::context::{Context, GLOBAL_LEASE};
+use crate::error::{Error, Result};
+use crate::lake::tables;
+use crate::ledger::{
+    dead_letters_batch, events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA,
+};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    /// Renormalize every raw record with the current sources, replacing ledger/events.
+    #[arg(long)]
+    pub from_raw: bool,
+    /// Exit with status 3 when more records than this fail.
+    #[arg(long)]
+    pub max_failures: Option<u64>,
+}
+
+pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
+    let ctx = Context::open(global, "normalize", None).await?;
+    ctx.lease(GLOBAL_LEASE).await?;
+    let result = if args.from_raw {
+        renormalize(&ctx).await
+    } else {
+        normalize_pending(&ctx).await
+    };
+    ctx.release_leases().await?;
+    let result = result?;
+    output::write_result_file(global.result_file.as_deref(), &result)?;
+    output::print(&output::to_json(&result))?;
+    Ok(match args.max_failures {
+        Some(max) if result.events_failed > max => 3,
+        _ => 0,
+    })
+}
+
+/// Reads raw records with sequence in `(after, ..]`, in sequence order.
+pub async fn raw_records(ctx: &Context, after: i64) -> Result<Vec<RawRecord>> {
+    let sql = format!(
+        "SELECT sequence, call, source, raw FROM raw WHERE sequence > {after} ORDER BY sequence"
+    );
+    let stream = ctx
+        .lake
+        .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
+        .await?;
+    let batches: Vec<_> = stream
+        .try_collect()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/raw failed: {e}")))?;
+    let mut out = Vec::new();
+    for b in &batches {
+        out.extend(read_raw(b)?);
+    }
+    Ok(out)
+}
+
+/// The event ids of the canonical ledger rows, and the highest sequence in the ledger.
+async fn known_events(ctx: &Context) -> Result<(HashSet<String>, i64)> {
+    let batches = ctx
+        .lake
+        .query_all(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            "SELECT event_id, sequence FROM events",
+        )
+        .await?;
+    let mut ids = HashSet::new();
+    let mut max = 0;
+    for b in &batches {
+        let c = Columns::new(b);
+        let (id, seq) = (c.str("event_id")?, c.i64("sequence")?);
+        for i in 0..b.num_rows() {
+            ids.insert(id.value(i).to_string());
+            max = max.max(seq.value(i));
+        }
+    }
+    Ok((ids, max))
+}
+
+/// Normalizes raw records call by call, deduplicating against `known` (which grows).
+pub fn normalize_calls(
+    ctx: &Context,
+    records: &[RawRecord],
+    known: &mut HashSet<String>,
+    result: &mut IngestResult,
+) -> (
+    Vec<(i64, NormalizedEvent)>,
+    Vec<(Option<i64>, EventFailure)>,
+) {
+    let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
+    let mut accepted = Vec::new();
+    let mut failures = Vec::new();
+    let mut start = 0;
+    while start < records.len() {
+        let call = records[start].call;
+        let end = start
+            + records[start..]
+                .iter()
+                .take_while(|r| r.call == call)
+                .count();
+        let mut normalized = Vec::new();
+        for (i, r) in records[start..end].iter().enumerate() {
+            let raw: serde_json::Value = match serde_json::from_str(&r.raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    let f = EventFailure::normalization(
+                        &serde_json::Value::String(r.raw.clone()),
+                        &r.source,
+                        None,
+                        None,
+                        format!("the raw record is not JSON: {e}"),
+                    );
+                    failures.push((Some(r.sequence), f));
+                    continue;
+                }
+            };
+            match normalizer.normalize(&r.source, &raw) {
+                Ok(e) => normalized.push((i, (r.sequence, e))),
+                Err(f) => failures.push((Some(r.sequence), f)),
+            }
+        }
+        let dedup = dedup_call(
+            normalized,
+            |(_, e)| (e.event_id.as_str(), e.timestamp),
+            |id| known.contains(id),
+        );
+        result.duplicates_skipped += dedup.duplicate_ids.len() as u64;
+        result.duplicate_ids.extend(dedup.duplicate_ids);
+        for (seq, e) in dedup.accepted {
+            known.insert(e.event_id.clone());
+            accepted.push((seq, e));
+        }
+        start = end;
+    }
+    accepted.sort_by_key(|(s, _)| *s);
+    failures.sort_by_key(|(s, _)| *s);
+    result.events_ingested += accepted.len() as u64;
+    result
+        .failures
+        .extend(failures.iter().map(|(_, f)| f.clone()));
+    result.events_failed = result.failures.len() as u64;
+    (accepted, failures)
+}
+
+async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
+    let (mut known, ledger_head) = known_events(ctx).await?;
+    // A run that committed its events but died before moving the cursor left the cursor
+    // behind the ledger: sequences already in ledger/events are never appended again.
+    let cursor = ctx
+        .catalog
+        .counter(NORMALIZE_CURSOR)
+        .await?
+        .max(ledger_head);
+    let records = raw_records(ctx, cursor).await?;
+    let mut result = IngestResult::default();
+    if records.is_empty() {
+        return Ok(result);
+    }
+    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &mut result);
+    write_events(ctx, &accepted, false).await?;
+    write_dead_letters(ctx, &failures).await?;
+    let head = records.last().map_or(cursor, |r| r.sequence);
+    ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
+    Ok(result)
+}
+
+/// FULL_RENORMALIZE's ledger part (PIPELINE.md §10.7 steps 1–3) from the raw records; the
+/// events table is replaced in one commit. Returns the failures.
+pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
+    let records = raw_records(ctx, 0).await?;
+    let mut known = HashSet::new();
+    let mut result = IngestResult::default();
+    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &mut result);
+    write_events(ctx, &accepted, true).await?;
+    write_dead_letters(ctx, &failures).await?;
+    let head = records.last().map_or(0, |r| r.sequence);
+    ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
+    Ok(result)
+}
+
+pub async fn write_events(
+    ctx: &Context,
+    accepted: &[(i64, NormalizedEvent)],
+    replace: bool,
+) -> Result<()> {
+    let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
+    let batches = rows
+        .chunks(65_536)
+        .map(events_batch)
+        .collect::<Result<Vec<_>>>()?;
+    if replace {
+        let batches = if batches.is_empty() {
+            vec![events_batch(&[])?]
+        } else {
+            batches
+        };
+        ctx.lake.overwrite(tables::EVENTS, batches).await
+    } else if batches.is_empty() {
+        Ok(())
+    } else {
+        ctx.lake.append(tables::EVENTS, batches).await
+    }
+}
+
+pub async fn write_dead_letters(
+    ctx: &Context,
+    failures: &[(Option<i64>, EventFailure)],
+) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(Option<i64>, &EventFailure)> = failures.iter().map(|(s, f)| (*s, f)).collect();
+    ctx.lake
+        .append(
+            tables::DEAD_LETTERS,
+            vec![dead_letters_batch(&rows, chrono::Utc::now())?],
+        )
+        .await
+}

@@ -1,0 +1,187 @@
+//! `defacto resolve`: the resolve step (PIPELINE.md §5.5), once and unsharded, under the global
+//! lease — renormalization and identity reset when the definitions require them, then
+//! sequential identity resolution of the new events in canonical order, writing
+//! `ledger/assignments`, identity, merge_log and rebuild requests. An unsharded `build` runs
+//! the same step first.
+
+use std::time::Instant as Clock;
+
+use clap::Args;
+use defacto_core::definitions::Hashes;
+use defacto_core::identity::{IdentityFields, IdentityStore, Resolver};
+use defacto_core::normalize::extract_hints;
+use defacto_core::results::ResolveResult;
+use futures::TryStreamExt;
+
+use crate::catalog::ResolveState;
+use crate::cli::Global;
+use crate::context::{Context, GLOBAL_LEASE};
+use crate::error::{Error, Result};
+use crate::jobs::normalize::renormalize;
+use crate::lake::tables;
+use crate::ledger::{
+    assignments_batch, events_batch, read_events, StoredEvent, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
+};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// Renormalize every raw record first (as `build --from-raw` does).
+    #[arg(long)]
+    pub from_raw: bool,
+}
+
+pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
+    let ctx = Context::open(global, "resolve", None).await?;
+    ctx.lease(GLOBAL_LEASE).await?;
+    let hashes = ctx.hashes.clone();
+    let result = resolve_step(&ctx, &hashes, args.from_raw).await;
+    ctx.release_leases().await?;
+    let result = result?;
+    output::write_result_file(global.result_file.as_deref(), &result)?;
+    output::print(&output::to_json(&result))?;
+    Ok(0)
+}
+
+/// Every normalized event with sequence in `(after, ..]`, in canonical order.
+pub async fn events_after(ctx: &Context, after: i64) -> Result<Vec<StoredEvent>> {
+    let sql =
+        format!("SELECT * FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence");
+    let batches: Vec<_> = ctx
+        .lake
+        .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
+        .await?
+        .try_collect()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?;
+    let mut out = Vec::new();
+    for b in &batches {
+        out.extend(read_events(b)?);
+    }
+    Ok(out)
+}
+
+/// The resolve step for a version with `hashes` (the shared parts of the FULL-family modes
+/// included). The caller holds the global lease.
+pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Result<ResolveResult> {
+    let started = Clock::now();
+    let mut result = ResolveResult::default();
+    let mut state = ctx.catalog.resolve_state().await?;
+    let salt = String::new();
+    if state.source_hash.is_none() {
+        record(&mut state, hashes, &salt);
+    } else {
+        if from_raw || state.source_hash.as_deref() != Some(&hashes.source_hash) {
+            let renormalized = renormalize(ctx).await?;
+            result.failures = renormalized.failures;
+            result.renormalized = true;
+            state.reset_due = true;
+        }
+        let reset = state.reset_due
+            || state.writing
+            || state.identity_hash.as_deref() != Some(&hashes.identity_hash)
+            || state.salt_fingerprint.as_deref() != Some(&salt);
+        if reset {
+            reset_identity(ctx).await?;
+            result.identity_reset = true;
+            state.cursor = 0;
+            state.reset_due = false;
+        }
+        record(&mut state, hashes, &salt);
+    }
+    state.writing = true;
+    ctx.catalog.put_resolve_state(&state).await?;
+
+    let store = ctx.catalog.load_identity().await?;
+    let mut resolver = Resolver::new(IdentityFields::from_definitions(&ctx.defs), None, store);
+    let events = events_after(ctx, state.cursor).await?;
+    let mut assignments = Vec::new();
+    let mut merges = Vec::new();
+    let mut head = state.cursor;
+    for e in &events {
+        head = head.max(e.event.sequence);
+        let resolution = resolver.resolve(&e.hints, e.event.timestamp);
+        for (entity_type, id) in resolution.entities {
+            assignments.push((e.event.sequence, entity_type, id));
+        }
+        for m in resolution.merges {
+            let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
+            merges.push((ty, m));
+        }
+    }
+    result.events_resolved = events.len() as u64;
+    result.merges_detected = merges.len() as u64;
+    if !assignments.is_empty() {
+        let batches = assignments
+            .chunks(65_536)
+            .map(assignments_batch)
+            .collect::<Result<Vec<_>>>()?;
+        ctx.lake.append(tables::ASSIGNMENTS, batches).await?;
+    }
+    let changes = resolver.store_mut().take_changes();
+    ctx.catalog.save_identity(&changes).await?;
+    ctx.catalog.append_merge_requests(&merges).await?;
+    state.cursor = head;
+    state.writing = false;
+    ctx.catalog.put_resolve_state(&state).await?;
+    result.events_failed = result.failures.len() as u64;
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(result)
+}
+
+fn record(state: &mut ResolveState, hashes: &Hashes, salt: &str) {
+    state.source_hash = Some(hashes.source_hash.clone());
+    state.identity_hash = Some(hashes.identity_hash.clone());
+    state.salt_fingerprint = Some(salt.to_string());
+}
+
+/// FULL_WITH_IDENTITY_RESET's shared part (PIPELINE.md §10.6): identity, assignments,
+/// merge_log and unapplied rebuild requests dropped, every ledger row's hints recomputed
+/// from its data with the current identity definitions ([FIX P26]), every build dirty.
+async fn reset_identity(ctx: &Context) -> Result<()> {
+    let events = events_after(ctx, 0).await?;
+    let recomputed: Vec<(i64, defacto_core::normalize::NormalizedEvent)> = events
+        .into_iter()
+        .map(|e| {
+            let def = ctx
+                .defs
+                .sources
+                .get(&e.event.source)
+                .and_then(|s| s.events.get(&e.event.event_type));
+            let hints = def.map_or_else(Default::default, |d| {
+                extract_hints(&ctx.defs, d, &e.event.data, ctx.as_of)
+            });
+            (
+                e.event.sequence,
+                defacto_core::normalize::NormalizedEvent {
+                    event_id: e.event.event_id,
+                    event_type: e.event.event_type,
+                    timestamp: e.event.timestamp,
+                    source: e.event.source,
+                    data: e.event.data,
+                    raw: serde_json::Value::Null,
+                    hints,
+                },
+            )
+        })
+        .collect();
+    let mut sorted = recomputed;
+    sorted.sort_by_key(|(s, _)| *s);
+    let rows: Vec<(i64, &defacto_core::normalize::NormalizedEvent)> =
+        sorted.iter().map(|(s, e)| (*s, e)).collect();
+    let mut batches = rows
+        .chunks(65_536)
+        .map(events_batch)
+        .collect::<Result<Vec<_>>>()?;
+    if batches.is_empty() {
+        batches.push(events_batch(&[])?);
+    }
+    ctx.lake.overwrite(tables::EVENTS, batches).await?;
+    ctx.lake
+        .overwrite(tables::ASSIGNMENTS, vec![assignments_batch(&[])?])
+        .await?;
+    let _ = &*ASSIGNMENTS_SCHEMA;
+    ctx.catalog.reset_identity().await?;
+    ctx.catalog.dirty_all().await?;
+    Ok(())
+}

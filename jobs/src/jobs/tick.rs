@@ -1,0 +1,80 @@
+//! `defacto tick [--as-of T]`: time rules of every live entity of the active version (or of
+//! one shard's entities) up to `as_of` (PIPELINE.md §7.5). Results do not depend on how
+//! often it runs.
+
+use clap::Args;
+use defacto_core::build::{self, BuildInputs};
+use defacto_core::engine::TickResult;
+use defacto_core::identity::shard_of;
+use defacto_core::value::Instant;
+
+use crate::cli::Global;
+use crate::context::{build_lease, Context};
+use crate::error::{Error, Result};
+use crate::jobs::build::{parse_as_of, state_key, version_definitions, write_changes};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct TickArgs {
+    /// The instant to evaluate time rules at (RFC 3339); default: the wall clock.
+    #[arg(long, value_parser = parse_as_of)]
+    pub as_of: Option<Instant>,
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, requires = "total_shards")]
+    pub shard_id: Option<u32>,
+    #[arg(long, requires = "shard_id")]
+    pub total_shards: Option<u32>,
+}
+
+pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
+    let ctx = Context::open(global, "tick", args.as_of).await?;
+    let result = tick(&ctx, args).await;
+    ctx.release_leases().await?;
+    let result = result?;
+    output::write_result_file(global.result_file.as_deref(), &result)?;
+    output::print(&output::to_json(&result))?;
+    Ok(0)
+}
+
+async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
+    let shard = match (args.shard_id, args.total_shards) {
+        (Some(i), Some(n)) if n == 0 || i >= n => {
+            return Err(Error::Config(format!(
+                "--shard-id {i} must be below --total-shards {n}"
+            )))
+        }
+        (Some(i), Some(n)) => Some((i, n)),
+        _ => None,
+    };
+    let row = ctx
+        .catalog
+        .active_version()
+        .await?
+        .ok_or_else(|| Error::Config("No active definition version".into()))?;
+    let defs = version_definitions(ctx, &row)?;
+    let key = state_key(&row.version, shard.map(|s| s.0));
+    ctx.lease(&build_lease(&key)).await?;
+    let identity = ctx.catalog.load_identity().await?;
+    let mut slots = ctx.catalog.load_working_state(&key).await?;
+    let assignments = Default::default();
+    let owns = move |id: &str| shard.is_none_or(|(i, n)| shard_of(id, n) == i);
+    let inputs = BuildInputs {
+        defs: &defs,
+        ledger: &[],
+        assignments: &assignments,
+        identity: &identity,
+        owns: &owns,
+        workers: args.workers.max(1),
+    };
+    let (changes, result, _failures) = build::tick(&inputs, &mut slots, ctx.as_of);
+    write_changes(ctx, &defs, &row.version, &identity, &changes, false).await?;
+    let touched = changes
+        .keys()
+        .map(|k| (k.clone(), slots.get(k).cloned()))
+        .collect();
+    ctx.catalog
+        .save_working_state(&key, &touched, false)
+        .await?;
+    Ok(result)
+}

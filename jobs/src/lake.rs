@@ -1,0 +1,191 @@
+//! The lake: every Delta table under one root (a local folder or `s3://bucket/prefix`).
+//! Object-store settings come from the standard `AWS_*` environment variables, which the
+//! `object_store` S3 client reads itself; nothing S3-specific is configured here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::datafusion::execution::SendableRecordBatchStream;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+
+use crate::error::{Error, Result};
+
+/// The lake root and the tables under it.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: String,
+}
+
+/// Table names relative to the lake root (ARCHITECTURE.md "Data flow").
+pub mod tables {
+    pub const RAW: &str = "ledger/raw";
+    pub const EVENTS: &str = "ledger/events";
+    pub const ASSIGNMENTS: &str = "ledger/assignments";
+    pub const DEAD_LETTERS: &str = "ledger/dead_letters";
+
+    /// `state/<version>/<entity>_history`.
+    pub fn history(version: &str, entity: &str) -> String {
+        format!("state/{version}/{entity}_history")
+    }
+
+    /// `state/<version>/rel_<type>_history`.
+    pub fn relationship_history(version: &str, relationship: &str) -> String {
+        format!("state/{version}/rel_{relationship}_history")
+    }
+}
+
+fn storage(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{op} failed: {e}"))
+}
+
+impl Lake {
+    /// A lake at `root`: a URL (`s3://…`, `file://…`) or a local path.
+    pub fn new(root: &str) -> Result<Lake> {
+        let root = if root.contains("://") {
+            root.trim_end_matches('/').to_string()
+        } else {
+            let path = std::path::Path::new(root);
+            std::fs::create_dir_all(path).map_err(|e| {
+                Error::Config(format!("cannot create the lake folder '{root}': {e}"))
+            })?;
+            let abs = std::fs::canonicalize(path)
+                .map_err(|e| Error::Config(format!("cannot use the lake folder '{root}': {e}")))?;
+            abs.display().to_string()
+        };
+        Ok(Lake { root })
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn location(&self, table: &str) -> String {
+        format!("{}/{table}", self.root)
+    }
+
+    async fn handle(&self, table: &str) -> Result<DeltaTable> {
+        let url = deltalake::ensure_table_uri(self.location(table))
+            .map_err(|e| storage(&format!("Opening table {table}"), e))?;
+        DeltaTable::try_from_url_with_storage_options(url, HashMap::new())
+            .await
+            .map_err(|e| storage(&format!("Opening table {table}"), e))
+    }
+
+    /// The table when it exists (has a Delta log), else `None`.
+    pub async fn open(&self, table: &str) -> Result<Option<DeltaTable>> {
+        let t = self.handle(table).await?;
+        Ok(t.version().is_some().then_some(t))
+    }
+
+    /// Appends batches in one commit, creating the table on first use.
+    pub async fn append(&self, table: &str, batches: Vec<RecordBatch>) -> Result<()> {
+        self.write(table, batches, SaveMode::Append, None).await
+    }
+
+    /// Replaces the whole table in one commit.
+    pub async fn overwrite(&self, table: &str, batches: Vec<RecordBatch>) -> Result<()> {
+        self.write(table, batches, SaveMode::Overwrite, None).await
+    }
+
+    /// Replaces the rows matching `predicate` (SQL) by `batches` in one commit: the old rows
+    /// disappear in the same commit that adds the new ones.
+    pub async fn replace_where(
+        &self,
+        table: &str,
+        predicate: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
+        if self.open(table).await?.is_none() {
+            return self.append(table, batches).await;
+        }
+        self.write(
+            table,
+            batches,
+            SaveMode::Overwrite,
+            Some(predicate.to_string()),
+        )
+        .await
+    }
+
+    async fn write(
+        &self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        mode: SaveMode,
+        predicate: Option<String>,
+    ) -> Result<()> {
+        let t = self.handle(table).await?;
+        let mut builder = t.write(batches).with_save_mode(mode);
+        if let Some(p) = predicate {
+            builder = builder.with_replace_where(p);
+        }
+        builder
+            .await
+            .map_err(|e| storage(&format!("Writing table {table}"), e))?;
+        Ok(())
+    }
+
+    /// Runs SQL over the named tables (registered under the given names); a table that does
+    /// not exist yet is registered as an empty table of `empty_schema`.
+    pub async fn query(
+        &self,
+        tables: &[(&str, &str, SchemaRef)],
+        sql: &str,
+    ) -> Result<SendableRecordBatchStream> {
+        let ctx = SessionContext::new();
+        for (name, table, schema) in tables {
+            match self.open(table).await? {
+                Some(t) => {
+                    t.update_datafusion_session(&ctx.state())
+                        .map_err(|e| storage("Preparing a query", e))?;
+                    let provider = t
+                        .table_provider()
+                        .await
+                        .map_err(|e| storage(&format!("Reading table {table}"), e))?;
+                    ctx.register_table(*name, provider)
+                        .map_err(|e| storage("Registering a table", e))?;
+                }
+                None => {
+                    let empty = deltalake::datafusion::datasource::MemTable::try_new(
+                        schema.clone(),
+                        vec![vec![]],
+                    )
+                    .map_err(|e| storage("Registering an empty table", e))?;
+                    ctx.register_table(*name, Arc::new(empty))
+                        .map_err(|e| storage("Registering a table", e))?;
+                }
+            }
+        }
+        let df = ctx
+            .sql(sql)
+            .await
+            .map_err(|e| storage("Planning a query", e))?;
+        df.execute_stream()
+            .await
+            .map_err(|e| storage("Running a query", e))
+    }
+
+    /// Collects a query's batches (for small results).
+    pub async fn query_all(
+        &self,
+        tables: &[(&str, &str, SchemaRef)],
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        self.query(tables, sql)
+            .await?
+            .try_collect()
+            .await
+            .map_err(|e| storage("Reading query results", e))
+    }
+}
+
+impl From<DeltaTableError> for Error {
+    fn from(e: DeltaTableError) -> Error {
+        Error::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,358 @@
+//! The ledger tables' rows and their Arrow form: `ledger/raw` (records as received),
+//! `ledger/events` (normalized events, data in typed JSON so every value reads back with
+//! its kind), `ledger/assignments` (sequence → entity) and `ledger/dead_letters`.
+
+use std::sync::{Arc, LazyLock};
+
+use defacto_core::normalize::{Hints, NormalizedEvent};
+use defacto_core::replay::LedgerEvent;
+use defacto_core::results::EventFailure;
+use defacto_core::value::{instant_from_nanos, instant_nanos, typed, Instant, Value};
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use indexmap::IndexMap;
+
+use crate::error::{Error, Result};
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("sequence", DataType::Int64, false),
+        Field::new("call", DataType::Int64, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("ingested_at", ts_type(), false),
+        Field::new("batch_id", DataType::Utf8, false),
+    ]))
+});
+
+pub static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("sequence", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new("timestamp", ts_type(), false),
+        Field::new("timestamp_ns", DataType::Int64, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("data", DataType::Utf8, false),
+        Field::new("resolution_hints", DataType::Utf8, false),
+    ]))
+});
+
+pub static ASSIGNMENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("sequence", DataType::Int64, false),
+        Field::new("entity_type", DataType::Utf8, false),
+        Field::new("entity_id", DataType::Utf8, false),
+    ]))
+});
+
+pub static DEAD_LETTERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("sequence", DataType::Int64, true),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("handler", DataType::Utf8, true),
+        Field::new("field", DataType::Utf8, true),
+        Field::new("entity_id", DataType::Utf8, true),
+        Field::new("retryable", DataType::Boolean, false),
+        Field::new("recorded_at", ts_type(), false),
+    ]))
+});
+
+/// A record of `ledger/raw`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    pub sequence: i64,
+    pub call: i64,
+    pub source: String,
+    /// The record as JSON text, exactly as read.
+    pub raw: String,
+}
+
+fn micros(t: &Instant) -> i64 {
+    (instant_nanos(t) / 1_000) as i64
+}
+
+fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Storage(format!("building a batch: {e}")))
+}
+
+pub fn raw_batch(rows: &[RawRecord], batch_id: &str, at: Instant) -> Result<RecordBatch> {
+    batch(
+        &RAW_SCHEMA,
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.sequence),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.call))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.source.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.raw.as_str()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| micros(&at)))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|_| batch_id))),
+        ],
+    )
+}
+
+pub fn events_batch(rows: &[(i64, &NormalizedEvent)]) -> Result<RecordBatch> {
+    batch(
+        &EVENTS_SCHEMA,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(s, _)| *s))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, e)| e.event_id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, e)| e.event_type.as_str()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    rows.iter().map(|(_, e)| micros(&e.timestamp)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, e)| instant_nanos(&e.timestamp) as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, e)| e.source.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(_, e)| {
+                Some(typed::map_to_text(
+                    e.data.iter().map(|(k, v)| (k.as_str(), v)),
+                ))
+            }))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(_, e)| {
+                Some(serde_json::to_string(&e.hints).expect("hints serialize"))
+            }))),
+        ],
+    )
+}
+
+pub fn assignments_batch(rows: &[(i64, String, String)]) -> Result<RecordBatch> {
+    batch(
+        &ASSIGNMENTS_SCHEMA,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.as_str()),
+            )),
+        ],
+    )
+}
+
+/// A dead letter: the failure, and the sequence of its raw record when it has one.
+pub fn dead_letters_batch(
+    rows: &[(Option<i64>, &EventFailure)],
+    at: Instant,
+) -> Result<RecordBatch> {
+    let stage = |f: &EventFailure| {
+        serde_json::to_value(f.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    batch(
+        &DEAD_LETTERS_SCHEMA,
+        vec![
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.source.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| stage(r.1)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.error.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.raw.to_string()),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.1.handler.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.1.field.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.1.entity_id.as_deref()),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.1.recoverable)),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| micros(&at)))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+}
+
+/// Typed access to a batch's columns by name.
+pub struct Columns<'a> {
+    batch: &'a RecordBatch,
+}
+
+impl<'a> Columns<'a> {
+    pub fn new(batch: &'a RecordBatch) -> Self {
+        Columns { batch }
+    }
+
+    fn column(&self, name: &str) -> Result<&'a ArrayRef> {
+        self.batch.column_by_name(name).ok_or_else(|| {
+            Error::Storage(format!("column '{name}' is missing from a ledger table"))
+        })
+    }
+
+    pub fn i64(&self, name: &str) -> Result<&'a Int64Array> {
+        self.column(name)?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| Error::Storage(format!("column '{name}' is not BIGINT")))
+    }
+
+    pub fn str(&self, name: &str) -> Result<StringColumn<'a>> {
+        let col = self.column(name)?;
+        if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+            return Ok(StringColumn::Utf8(a));
+        }
+        if let Some(a) = col
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::StringViewArray>()
+        {
+            return Ok(StringColumn::View(a));
+        }
+        if let Some(a) = col
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::LargeStringArray>()
+        {
+            return Ok(StringColumn::Large(a));
+        }
+        Err(Error::Storage(format!("column '{name}' is not text")))
+    }
+}
+
+/// The string layouts a scan may return.
+pub enum StringColumn<'a> {
+    Utf8(&'a StringArray),
+    View(&'a deltalake::arrow::array::StringViewArray),
+    Large(&'a deltalake::arrow::array::LargeStringArray),
+}
+
+impl StringColumn<'_> {
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            StringColumn::Utf8(a) => (!a.is_null(i)).then(|| a.value(i)),
+            StringColumn::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+            StringColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
+    pub fn value(&self, i: usize) -> &str {
+        self.get(i).unwrap_or_default()
+    }
+}
+
+/// A normalized event read back from `ledger/events`, with its hints.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: LedgerEvent,
+    pub hints: Hints,
+}
+
+pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
+    let c = Columns::new(batch);
+    let (seq, id, ty, ns, src, data, hints) = (
+        c.i64("sequence")?,
+        c.str("event_id")?,
+        c.str("event_type")?,
+        c.i64("timestamp_ns")?,
+        c.str("source")?,
+        c.str("data")?,
+        c.str("resolution_hints")?,
+    );
+    (0..batch.num_rows())
+        .map(|i| {
+            let data_json: serde_json::Value =
+                serde_json::from_str(data.value(i)).map_err(|e| {
+                    Error::Storage(format!("ledger row {}: bad data: {e}", seq.value(i)))
+                })?;
+            let data: IndexMap<String, Value> = data_json
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), typed::from_json(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let hints: Hints = serde_json::from_str(hints.value(i)).map_err(|e| {
+                Error::Storage(format!("ledger row {}: bad hints: {e}", seq.value(i)))
+            })?;
+            Ok(StoredEvent {
+                event: LedgerEvent {
+                    sequence: seq.value(i),
+                    event_id: id.value(i).to_string(),
+                    event_type: ty.value(i).to_string(),
+                    timestamp: instant_from_nanos(ns.value(i) as i128)
+                        .ok_or_else(|| Error::Storage("ledger timestamp out of range".into()))?,
+                    source: src.value(i).to_string(),
+                    data,
+                },
+                hints,
+            })
+        })
+        .collect()
+}
+
+pub fn read_raw(batch: &RecordBatch) -> Result<Vec<RawRecord>> {
+    let c = Columns::new(batch);
+    let (seq, call, src, raw) = (
+        c.i64("sequence")?,
+        c.i64("call")?,
+        c.str("source")?,
+        c.str("raw")?,
+    );
+    Ok((0..batch.num_rows())
+        .map(|i| RawRecord {
+            sequence: seq.value(i),
+            call: call.value(i),
+            source: src.value(i).to_string(),
+            raw: raw.value(i).to_string(),
+        })
+        .collect())
+}
+
+pub fn read_assignments(batch: &RecordBatch) -> Result<Vec<(i64, String, String)>> {
+    let c = Columns::new(batch);
+    let (seq, ty, id) = (
+        c.i64("sequence")?,
+        c.str("entity_type")?,
+        c.str("entity_id")?,
+    );
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            (
+                seq.value(i),
+                ty.value(i).to_string(),
+                id.value(i).to_string(),
+            )
+        })
+        .collect())
+}
