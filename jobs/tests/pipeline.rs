@@ -13,14 +13,30 @@ use defacto_core::engine::{BuildOptions, Engine};
 use defacto_core::history::HistoryRow;
 use defacto_jobs::history_table::{entity_schema, read_entity_rows};
 use defacto_jobs::lake::{tables, Lake};
-use harness::{fixture, Dir, TestCommand};
+use harness::{fixture, Backend, Dir, TestCommand};
 use serde_json::Value as Json;
 
 const AS_OF: &str = "2024-05-01T00:00:00Z";
 
+/// Each scenario runs twice: on the embedded default (SQLite) and on the real Postgres.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+        }
+    };
+}
+
 /// The showcase example copied to a temp folder.
-fn showcase() -> Dir {
-    let dir = Dir::empty();
+fn showcase(backend: Backend) -> Dir {
+    let dir = Dir::empty().on(backend);
     fixture::copy_dir(&fixture::repo_root().join("examples/showcase"), dir.path());
     dir
 }
@@ -148,9 +164,9 @@ fn assert_same_history(dir: &Dir, version: &str, expected: BTreeMap<String, Vec<
 }
 
 // Issue 4: the jobs agree row for row with the core engine, for the showcase.
-#[test]
-fn showcase_pipeline_agrees_with_the_engine() {
-    let dir = showcase();
+on_both!(showcase_pipeline_agrees_with_the_engine);
+fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
+    let dir = showcase(backend);
     let app = dir.path().join("data/app.jsonl");
     let billing = dir.path().join("data/billing.jsonl");
     let ingested = run(&dir, &["ingest", "--source", "app", app.to_str().unwrap()]);
@@ -185,9 +201,9 @@ fn showcase_pipeline_agrees_with_the_engine() {
 }
 
 // Issue 4: incremental runs over several ingests equal the engine (and one full build).
-#[test]
-fn incremental_builds_agree_with_the_engine() {
-    let dir = showcase();
+on_both!(incremental_builds_agree_with_the_engine);
+fn incremental_builds_agree_with_the_engine(backend: Backend) {
+    let dir = showcase(backend);
     let app = lines(&dir.path().join("data/app.jsonl"));
     let billing = lines(&dir.path().join("data/billing.jsonl"));
     let chunk = |v: &[Json], i: usize, n: usize| v[v.len() * i / n..v.len() * (i + 1) / n].to_vec();
@@ -221,9 +237,9 @@ fn incremental_builds_agree_with_the_engine() {
     assert_same_history(&dir, &version, engine_history(&dir, &calls, &[1, 3, 5]));
 }
 
-#[test]
-fn ingest_rejects_an_unknown_source_and_appends_nothing() {
-    let dir = showcase();
+on_both!(ingest_rejects_an_unknown_source_and_appends_nothing);
+fn ingest_rejects_an_unknown_source_and_appends_nothing(backend: Backend) {
+    let dir = showcase(backend);
     let app = dir.path().join("data/app.jsonl");
     let out = TestCommand::new(&dir)
         .args(["ingest", "--source", "nosuch", app.to_str().unwrap()])
@@ -238,9 +254,9 @@ fn ingest_rejects_an_unknown_source_and_appends_nothing() {
     assert_eq!(normalized["events_ingested"], 0);
 }
 
-#[test]
-fn ingest_reports_files_it_cannot_read() {
-    let dir = showcase();
+on_both!(ingest_reports_files_it_cannot_read);
+fn ingest_reports_files_it_cannot_read(backend: Backend) {
+    let dir = showcase(backend);
     for (name, content, fragment) in [
         ("bad.json", "[{\"a\": 1}, ", "bad.json: line"),
         ("events.xml", "<x/>", "unknown file format"),
@@ -265,9 +281,9 @@ fn ingest_reports_files_it_cannot_read() {
     assert!(missing.stderr.contains("nope.jsonl"), "{}", missing.stderr);
 }
 
-#[test]
-fn csv_and_json_array_inputs() {
-    let dir = Dir::from_fixture("cust");
+on_both!(csv_and_json_array_inputs);
+fn csv_and_json_array_inputs(backend: Backend) {
+    let dir = Dir::from_fixture("cust").on(backend);
     dir.write("in.csv", "type,ts,email,phone\nsignup,2024-01-01T00:00:00Z,a@x.com,555\nsignup,2024-01-01T00:00:00Z,b@x.com,\n");
     dir.write("in.json", "[{\"type\":\"signup\",\"ts\":\"2024-01-01T00:00:00Z\",\"email\":\"a@x.com\",\"phone\":555}]");
     run(&dir, &["ingest", "--source", "app", "in.csv"]);

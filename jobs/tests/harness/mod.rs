@@ -7,9 +7,23 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-/// A project folder in a temp directory.
+/// A project folder in a temp directory, and the environment its commands run with.
 pub struct Dir {
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+/// The catalog database the Postgres variants of tests use (CI provides it).
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Which catalog a test runs against.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: SQLite file in the project folder.
+    Sqlite,
+    /// The real Postgres on 127.0.0.1:5432, each test in a namespace of its own.
+    Postgres,
 }
 
 impl Dir {
@@ -18,14 +32,33 @@ impl Dir {
     pub fn empty() -> Dir {
         Dir {
             dir: tempfile::tempdir().expect("tempdir"),
+            env: Vec::new(),
         }
+    }
+
+    /// Runs this folder's commands against `backend` (a fresh namespace for Postgres).
+    #[allow(dead_code)]
+    pub fn on(mut self, backend: Backend) -> Dir {
+        if backend == Backend::Postgres {
+            let ns = format!(
+                "t{}_{}",
+                std::process::id(),
+                self.path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace(['.', '-'], "_")
+                    .to_lowercase()
+            );
+            self.env.push(("DEFACTO_DATABASE".into(), POSTGRES_URL.into()));
+            self.env.push(("DEFACTO_NAMESPACE".into(), ns));
+        }
+        self
     }
 
     /// A copy of one of core's test fixtures (`cust`, `min`).
     pub fn from_fixture(name: &str) -> Dir {
-        let dir = Dir {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
+        let dir = Dir::empty();
         fixture::copy_dir(&fixture::core_fixtures().join(name), dir.path());
         dir
     }
@@ -80,6 +113,9 @@ impl TestCommand {
             if key.to_string_lossy().starts_with("DEFACTO_") {
                 cmd.env_remove(key);
             }
+        }
+        for (k, v) in &dir.env {
+            cmd.env(k, v);
         }
         TestCommand { cmd }
     }
