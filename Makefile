@@ -7,6 +7,10 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/defacto-target
 CARGO ?= cargo
 EXAMPLE ?= examples/showcase
+# The demo works on a scratch copy of the example's definitions, so each run starts from an
+# empty lake and catalog (local Delta lake + SQLite, the embedded default).
+DEMO_DIR ?= .defacto-demo
+DEFACTO = $(CARGO_TARGET_DIR)/debug/defacto
 
 .PHONY: demo test build bench fmt lint
 
@@ -14,7 +18,17 @@ build:
 	$(CARGO) build --workspace --bins
 
 demo: build
-	$(CARGO_TARGET_DIR)/debug/defacto --config $(EXAMPLE) validate
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	cp -r $(EXAMPLE)/entities $(EXAMPLE)/sources $(EXAMPLE)/schemas $(DEMO_DIR)/
+	$(DEFACTO) --config $(DEMO_DIR) validate
+	for f in $(EXAMPLE)/data/*.jsonl; do \
+	  $(DEFACTO) --config $(DEMO_DIR) ingest --source $$(basename $$f .jsonl) $$f || exit 1; \
+	done
+	$(DEFACTO) --config $(DEMO_DIR) normalize
+	$(DEFACTO) --config $(DEMO_DIR) build --as-of 2024-05-01T00:00:00Z
+	$(DEFACTO) --config $(DEMO_DIR) tick --as-of 2024-05-15T00:00:00Z
+	$(DEFACTO) --config $(DEMO_DIR) status
+	for e in customer subscription order; do $(DEFACTO) --config $(DEMO_DIR) table $$e || exit 1; done
 
 test:
 	$(CARGO) test --workspace --no-fail-fast

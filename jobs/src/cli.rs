@@ -13,9 +13,10 @@ use crate::jobs::ingest::IngestArgs;
 use crate::jobs::normalize::NormalizeArgs;
 use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
+use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
-use crate::jobs::{build, ingest, normalize, resolve, status, tick};
+use crate::jobs::{build, ingest, normalize, resolve, status, table, tick};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +97,8 @@ pub enum Command {
     Tick(TickArgs),
     /// Show the build status of the version `build` would build.
     Status(StatusArgs),
+    /// Print an entity type's current state, history, or state as of an instant.
+    Table(TableArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -139,6 +142,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Build(args) => build::run(g, args).await,
             Command::Tick(args) => tick::run(g, args).await,
             Command::Status(args) => status::run(g, args).await,
+            Command::Table(args) => table::run(g, args).await,
         }
     })
 }

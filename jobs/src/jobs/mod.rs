@@ -5,5 +5,6 @@ pub mod ingest;
 pub mod normalize;
 pub mod resolve;
 pub mod status;
+pub mod table;
 pub mod tick;
 pub mod validate;

@@ -50,7 +50,8 @@ impl Dir {
                     .replace(['.', '-'], "_")
                     .to_lowercase()
             );
-            self.env.push(("DEFACTO_DATABASE".into(), POSTGRES_URL.into()));
+            self.env
+                .push(("DEFACTO_DATABASE".into(), POSTGRES_URL.into()));
             self.env.push(("DEFACTO_NAMESPACE".into(), ns));
         }
         self
