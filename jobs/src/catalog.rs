@@ -478,6 +478,30 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether every other shard of `version` (of `total`) has a completed, clean build; the
+    /// build of `key` completing now makes the set complete (blue/green for shards).
+    pub async fn all_shards_complete(&self, version: &str, total: u32, key: &str) -> Result<bool> {
+        for i in 0..total {
+            let other = format!("{version}_s{i}");
+            if other == key {
+                continue;
+            }
+            let row =
+                q(&self.sql("SELECT dirty, last_build_time FROM {t:build_state} WHERE key = $1"))
+                    .bind(&other)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| db("Reading build state", e))?;
+            let complete = row.is_some_and(|r| {
+                r.get::<i64, _>(0) == 0 && r.get::<Option<String>, _>(1).is_some()
+            });
+            if !complete {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Marks every build-state record dirty (an identity reset, PIPELINE.md §5.5 step 2).
     pub async fn dirty_all(&self) -> Result<()> {
         q(&self.sql("UPDATE {t:build_state} SET dirty = 1"))
@@ -789,9 +813,28 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db("Taking a lease", e))?;
-        let (who, since) = held.map_or((String::from("unknown"), String::new()), |r| {
-            (r.get(0), r.get(1))
-        });
+        let (who, since): (String, String) = held
+            .map_or((String::from("unknown"), String::new()), |r| {
+                (r.get(0), r.get(1))
+            });
+        // A holder on this host whose process is gone died without releasing: its lease is
+        // taken over at once instead of after it expires.
+        if holder_is_dead(&who) {
+            let taken = q(&self.sql(
+                "UPDATE {t:leases} SET holder = $1, since = $2, expires_at = $3 WHERE name = $4 AND holder = $5",
+            ))
+            .bind(holder)
+            .bind(timestamp_text(&now))
+            .bind(expires)
+            .bind(name)
+            .bind(&who)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Taking a lease", e))?;
+            if taken.rows_affected() == 1 {
+                return Ok(());
+            }
+        }
         Err(Error::Storage(format!(
             "Lease '{name}' is held by {who} since {since}"
         )))
@@ -883,6 +926,21 @@ fn build_state_row(r: &AnyRow) -> BuildState {
         dirty: r.get::<i64, _>(9) != 0,
         last_build_time: r.get(10),
         last_build_mode: r.get(11),
+    }
+}
+
+/// Whether a lease holder (`job@host:pid`) is a process of this host that no longer runs.
+fn holder_is_dead(holder: &str) -> bool {
+    let Some((_, place)) = holder.rsplit_once('@') else {
+        return false;
+    };
+    let Some((host, pid)) = place.rsplit_once(':') else {
+        return false;
+    };
+    let this_host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    match pid.parse::<u32>() {
+        Ok(pid) if host == this_host => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
     }
 }
 

@@ -119,15 +119,24 @@ impl Lake {
         mode: SaveMode,
         predicate: Option<String>,
     ) -> Result<()> {
-        let t = self.handle(table).await?;
-        let mut builder = t.write(batches).with_save_mode(mode);
-        if let Some(p) = predicate {
-            builder = builder.with_replace_where(p);
+        // Writers of disjoint rows (the shards of a build) can still race for the same table
+        // version; Delta rejects the later commit, which is then retried on the new version.
+        let mut attempt = 0;
+        loop {
+            let t = self.handle(table).await?;
+            let mut builder = t.write(batches.clone()).with_save_mode(mode);
+            if let Some(p) = &predicate {
+                builder = builder.with_replace_where(p.clone());
+            }
+            match builder.await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 20 && is_conflict(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(storage(&format!("Writing table {table}"), e)),
+            }
         }
-        builder
-            .await
-            .map_err(|e| storage(&format!("Writing table {table}"), e))?;
-        Ok(())
     }
 
     /// Runs SQL over the named tables (registered under the given names); a table that does
@@ -182,6 +191,14 @@ impl Lake {
             .await
             .map_err(|e| storage("Reading query results", e))
     }
+}
+
+/// A commit that lost a race with another writer (and can be retried).
+fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction { .. } | DeltaTableError::VersionAlreadyExists(_)
+    ) || e.to_string().to_lowercase().contains("conflict")
 }
 
 impl From<DeltaTableError> for Error {

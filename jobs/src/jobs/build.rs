@@ -227,10 +227,13 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         merges,
     };
     let out = build::run(&inputs, &plan, &mut slots);
+    crash_point("before-history");
     write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
+    crash_point("after-history");
     ctx.catalog
         .save_working_state(&key, &out.slots, out.full)
         .await?;
+    crash_point("after-working-state");
 
     state.cursor = out.cursor;
     state.watermark = out.watermark.as_ref().map(timestamp_text);
@@ -238,7 +241,15 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     state.requests_applied = requests_end;
     state.last_build_time = Some(timestamp_text(&chrono::Utc::now()));
     state.last_build_mode = Some(mode.as_str().to_string());
-    ctx.catalog.complete_build(&state, shard.is_none()).await?;
+    let activate = match shard {
+        None => true,
+        Some((_, n)) => {
+            ctx.catalog
+                .all_shards_complete(&row.version, n, &key)
+                .await?
+        }
+    };
+    ctx.catalog.complete_build(&state, activate).await?;
 
     let mut result = out.result;
     if let Some(r) = resolve {
@@ -250,6 +261,15 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// A test hook: `DEFACTO_CRASH_AT=<point>` aborts the process there, as a crash would
+/// (no destructors, no cleanup), so tests can check that the next run repairs everything.
+fn crash_point(point: &str) {
+    if std::env::var("DEFACTO_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("crashing at {point} (DEFACTO_CRASH_AT)");
+        std::process::abort();
+    }
 }
 
 fn empty(mode: BuildMode) -> BuildResult {

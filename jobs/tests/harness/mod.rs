@@ -57,6 +57,12 @@ impl Dir {
         self
     }
 
+    /// The environment variables every command of this folder gets.
+    #[allow(dead_code)]
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
     /// A copy of one of core's test fixtures (`cust`, `min`).
     pub fn from_fixture(name: &str) -> Dir {
         let dir = Dir::empty();
@@ -139,6 +145,16 @@ impl TestCommand {
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         self.cmd.env(key, value);
         self
+    }
+
+    /// Starts the command without waiting (output captured).
+    #[allow(dead_code)]
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn defacto")
     }
 
     pub fn run(mut self) -> Output {
