@@ -274,7 +274,12 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         rows.sort_by_key(|e| e.order_key());
         self.result.events_processed = rows.len() as u64;
         let mut by_sequence: BTreeMap<i64, Vec<EntityKey>> = BTreeMap::new();
-        for (key, seqs) in self.inputs.assignments.iter().filter(|_| cursor < resolve_cursor) {
+        for (key, seqs) in self
+            .inputs
+            .assignments
+            .iter()
+            .filter(|_| cursor < resolve_cursor)
+        {
             for s in seqs.range(cursor + 1..=resolve_cursor) {
                 by_sequence.entry(*s).or_default().push(key.clone());
             }

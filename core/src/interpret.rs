@@ -634,24 +634,29 @@ pub mod persist {
     }
 
     pub fn from_json(j: &Json) -> Slot {
-        let entity = j.get("entity").filter(|e| !e.is_null()).map(|e| EntityState {
-            state: e["state"].as_str().unwrap_or_default().to_string(),
-            properties: e["properties"]
-                .as_array()
-                .map(|a| a.iter().map(typed::from_json).collect())
-                .unwrap_or_default(),
-            last_event_time: read_instant(e.get("last_event_time")),
-            state_entered_time: read_instant(e.get("state_entered_time")),
-            created_time: read_instant(e.get("created_time")),
-            marks: e["marks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|m| Some((m[0].as_u64()? as usize, read_instant(m.get(1))?)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+        let entity = j
+            .get("entity")
+            .filter(|e| !e.is_null())
+            .map(|e| EntityState {
+                state: e["state"].as_str().unwrap_or_default().to_string(),
+                properties: e["properties"]
+                    .as_array()
+                    .map(|a| a.iter().map(typed::from_json).collect())
+                    .unwrap_or_default(),
+                last_event_time: read_instant(e.get("last_event_time")),
+                state_entered_time: read_instant(e.get("state_entered_time")),
+                created_time: read_instant(e.get("created_time")),
+                marks: e["marks"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|m| {
+                                Some((m[0].as_u64()? as usize, read_instant(m.get(1))?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
         let horizon = j.get("horizon").filter(|h| !h.is_null()).and_then(|h| {
             Some(Horizon {
                 at: read_instant(h.get("at"))?,
@@ -672,13 +677,21 @@ pub mod persist {
             let slot = Slot {
                 entity: Some(EntityState {
                     state: "active".into(),
-                    properties: vec![Value::Int(2), Value::Float(49.0), Value::DateTime(t), Value::Null],
+                    properties: vec![
+                        Value::Int(2),
+                        Value::Float(49.0),
+                        Value::DateTime(t),
+                        Value::Null,
+                    ],
                     last_event_time: Some(t),
                     state_entered_time: None,
                     created_time: Some(t),
                     marks: BTreeMap::from([(1, t)]),
                 }),
-                horizon: Some(Horizon { at: t, by_rule: true }),
+                horizon: Some(Horizon {
+                    at: t,
+                    by_rule: true,
+                }),
             };
             let text = to_json(&slot).to_string();
             assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);

@@ -103,11 +103,12 @@ fn engine_history(
 
 /// History tables keep microseconds (Delta timestamps); the engine keeps nanoseconds, and
 /// declared types decide the column kinds. Bring engine rows to what a table reads back.
+fn trunc(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    let n = defacto_core::value::instant_nanos(&t);
+    defacto_core::value::instant_from_nanos(n - n.rem_euclid(1000)).unwrap()
+}
+
 fn micros(mut row: HistoryRow) -> HistoryRow {
-    let trunc = |t: chrono::DateTime<Utc>| {
-        let n = defacto_core::value::instant_nanos(&t);
-        defacto_core::value::instant_from_nanos(n - n.rem_euclid(1000)).unwrap()
-    };
     row.valid_from = trunc(row.valid_from);
     row.valid_to = row.valid_to.map(trunc);
     row.last_event_time = row.last_event_time.map(trunc);

@@ -90,16 +90,19 @@ async fn known_events(ctx: &Context) -> Result<(HashSet<String>, i64)> {
     Ok((ids, max))
 }
 
+/// Accepted events by sequence, and failures with the sequence of their raw record.
+pub type Normalized = (
+    Vec<(i64, NormalizedEvent)>,
+    Vec<(Option<i64>, EventFailure)>,
+);
+
 /// Normalizes raw records call by call, deduplicating against `known` (which grows).
 pub fn normalize_calls(
     ctx: &Context,
     records: &[RawRecord],
     known: &mut HashSet<String>,
     result: &mut IngestResult,
-) -> (
-    Vec<(i64, NormalizedEvent)>,
-    Vec<(Option<i64>, EventFailure)>,
-) {
+) -> Normalized {
     let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
     let mut accepted = Vec::new();
     let mut failures = Vec::new();

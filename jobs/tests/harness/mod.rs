@@ -127,6 +127,7 @@ impl TestCommand {
         TestCommand { cmd }
     }
 
+    #[allow(dead_code)]
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.cmd.arg(arg);
         self
