@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: String,
+    /// Object-store settings beside the environment's (tests pass the S3 endpoint this way).
+    options: HashMap<String, String>,
 }
 
 /// Table names relative to the lake root (ARCHITECTURE.md "Data flow").
@@ -57,7 +59,18 @@ impl Lake {
                 .map_err(|e| Error::Config(format!("cannot use the lake folder '{root}': {e}")))?;
             abs.display().to_string()
         };
-        Ok(Lake { root })
+        Ok(Lake {
+            root,
+            options: HashMap::new(),
+        })
+    }
+
+    /// A lake with explicit object-store settings (`AWS_ENDPOINT_URL`, …).
+    pub fn with_options(root: &str, options: HashMap<String, String>) -> Result<Lake> {
+        Ok(Lake {
+            options,
+            ..Lake::new(root)?
+        })
     }
 
     pub fn root(&self) -> &str {
@@ -71,7 +84,7 @@ impl Lake {
     async fn handle(&self, table: &str) -> Result<DeltaTable> {
         let url = deltalake::ensure_table_uri(self.location(table))
             .map_err(|e| storage(&format!("Opening table {table}"), e))?;
-        DeltaTable::try_from_url_with_storage_options(url, HashMap::new())
+        DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
             .await
             .map_err(|e| storage(&format!("Opening table {table}"), e))
     }

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 
 const AS_OF: &str = "2024-05-01T00:00:00Z";
 
-/// Each scenario runs twice: on the embedded default (SQLite) and on the real Postgres.
+/// A scenario on the embedded default (SQLite) and on the real Postgres.
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -29,6 +29,26 @@ macro_rules! on_both {
             #[test]
             fn postgres() {
                 super::$name(super::Backend::Postgres)
+            }
+        }
+    };
+}
+
+/// A scenario three ways: local lake + SQLite, local lake + Postgres, S3 lake + Postgres.
+macro_rules! on_all {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+            #[test]
+            fn s3() {
+                super::$name(super::Backend::S3)
             }
         }
     };
@@ -55,10 +75,26 @@ fn lines(path: &Path) -> Vec<Json> {
         .collect()
 }
 
+/// The lake a folder's commands use, with their object-store settings.
+fn lake_of(dir: &Dir) -> Lake {
+    let env: std::collections::HashMap<String, String> = dir.env().iter().cloned().collect();
+    match env.get("DEFACTO_LAKE") {
+        Some(url) => {
+            let options = env
+                .iter()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Lake::with_options(url, options).unwrap()
+        }
+        None => Lake::new(&dir.path().join(".defacto/lake").display().to_string()).unwrap(),
+    }
+}
+
 /// Every history row of every entity table of the active version, by table.
 fn lake_history(dir: &Dir, version: &str) -> BTreeMap<String, Vec<HistoryRow>> {
     let defs = Definitions::load(dir.path()).unwrap();
-    let lake = Lake::new(&dir.path().join(".defacto/lake").display().to_string()).unwrap();
+    let lake = lake_of(dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut out = BTreeMap::new();
     for (name, entity) in &defs.entities {
@@ -165,7 +201,7 @@ fn assert_same_history(dir: &Dir, version: &str, expected: BTreeMap<String, Vec<
 }
 
 // Issue 4: the jobs agree row for row with the core engine, for the showcase.
-on_both!(showcase_pipeline_agrees_with_the_engine);
+on_all!(showcase_pipeline_agrees_with_the_engine);
 fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
     let dir = showcase(backend);
     let app = dir.path().join("data/app.jsonl");
@@ -202,7 +238,7 @@ fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
 }
 
 // Issue 4: incremental runs over several ingests equal the engine (and one full build).
-on_both!(incremental_builds_agree_with_the_engine);
+on_all!(incremental_builds_agree_with_the_engine);
 fn incremental_builds_agree_with_the_engine(backend: Backend) {
     let dir = showcase(backend);
     let app = lines(&dir.path().join("data/app.jsonl"));
@@ -326,7 +362,7 @@ fn active_version(dir: &Dir) -> String {
 // Issue 4 crash safety: a build that dies at any stage (the process aborts, no cleanup) is
 // repaired by the next run — a FULL build, because the dirty flag stayed set — and the tables
 // equal those of an uninterrupted run.
-on_both!(a_crashed_build_is_repaired_by_the_next);
+on_all!(a_crashed_build_is_repaired_by_the_next);
 fn a_crashed_build_is_repaired_by_the_next(backend: Backend) {
     for point in ["before-history", "after-history", "after-working-state"] {
         let dir = showcase(backend);
@@ -430,7 +466,7 @@ fn catalog_of(dir: &Dir) -> (String, String) {
 
 // CONTRACTS J2, J5 (storage): `resolve` once, then the shards' builds as separate processes
 // (run at the same time) write, together, exactly the rows of one unsharded build.
-on_both!(sharded_builds_equal_an_unsharded_build);
+on_all!(sharded_builds_equal_an_unsharded_build);
 fn sharded_builds_equal_an_unsharded_build(backend: Backend) {
     let single = showcase(backend);
     load_showcase(&single);
@@ -490,7 +526,7 @@ fn shard_parameters_are_checked() {
 }
 
 // Issue 4: `tick` agrees with the engine's tick, and ticking twice equals ticking once (F2).
-on_both!(tick_agrees_with_the_engine);
+on_all!(tick_agrees_with_the_engine);
 fn tick_agrees_with_the_engine(backend: Backend) {
     let dir = showcase(backend);
     let calls = load_showcase(&dir);

@@ -1,6 +1,7 @@
 //! A tiny harness for driving the real `defacto` binary in a temp folder.
 
 pub mod fixture;
+pub mod s3;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -24,6 +25,8 @@ pub enum Backend {
     Sqlite,
     /// The real Postgres on 127.0.0.1:5432, each test in a namespace of its own.
     Postgres,
+    /// An S3 lake on a real S3-compatible server over HTTP, with the Postgres catalog.
+    S3,
 }
 
 impl Dir {
@@ -39,7 +42,7 @@ impl Dir {
     /// Runs this folder's commands against `backend` (a fresh namespace for Postgres).
     #[allow(dead_code)]
     pub fn on(mut self, backend: Backend) -> Dir {
-        if backend == Backend::Postgres {
+        if matches!(backend, Backend::Postgres | Backend::S3) {
             let ns = format!(
                 "t{}_{}",
                 std::process::id(),
@@ -52,7 +55,15 @@ impl Dir {
             );
             self.env
                 .push(("DEFACTO_DATABASE".into(), POSTGRES_URL.into()));
-            self.env.push(("DEFACTO_NAMESPACE".into(), ns));
+            self.env.push(("DEFACTO_NAMESPACE".into(), ns.clone()));
+            if backend == Backend::S3 {
+                let server = s3::server();
+                let bucket = ns.replace('_', "-");
+                server.bucket(&bucket);
+                self.env.extend(server.env());
+                self.env
+                    .push(("DEFACTO_LAKE".into(), format!("s3://{bucket}/lake")));
+            }
         }
         self
     }
