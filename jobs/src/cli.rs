@@ -10,13 +10,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::error::Error;
 use crate::jobs::build::BuildArgs;
 use crate::jobs::ingest::IngestArgs;
+use crate::jobs::inspect::{IdentityArgs, LedgerArgs};
+use crate::jobs::maintain::MaintainArgs;
 use crate::jobs::normalize::NormalizeArgs;
 use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
 use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
-use crate::jobs::{build, ingest, normalize, resolve, status, table, tick};
+use crate::jobs::{build, ingest, inspect, maintain, normalize, resolve, status, table, tick};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +58,15 @@ pub struct Global {
     /// Log format.
     #[arg(long, env = "DEFACTO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console, global = true)]
     pub log_format: LogFormat,
+    /// Where failed records and events go: `delta` (the table ledger/dead_letters) or
+    /// `file:PATH` (JSON lines appended to PATH).
+    #[arg(
+        long,
+        env = "DEFACTO_DEAD_LETTER",
+        default_value = "delta",
+        global = true
+    )]
+    pub dead_letter: String,
     /// Also write the run's result JSON to this file (Airflow: /airflow/xcom/return.json).
     #[arg(long, env = "DEFACTO_RESULT_FILE", global = true)]
     pub result_file: Option<PathBuf>,
@@ -99,6 +110,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Print an entity type's current state, history, or state as of an instant.
     Table(TableArgs),
+    /// Inspect identity: lookup HINT_VALUE, hints ENTITY_ID, list.
+    Identity(IdentityArgs),
+    /// Inspect the ledger: count, events ENTITY_ID.
+    Ledger(LedgerArgs),
+    /// Compact small files, checkpoint and vacuum the lake's tables.
+    Maintain(MaintainArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -143,6 +160,9 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Tick(args) => tick::run(g, args).await,
             Command::Status(args) => status::run(g, args).await,
             Command::Table(args) => table::run(g, args).await,
+            Command::Identity(args) => inspect::identity(g, args).await,
+            Command::Ledger(args) => inspect::ledger(g, args).await,
+            Command::Maintain(args) => maintain::run(g, args).await,
         }
     })
 }

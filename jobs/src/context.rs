@@ -15,6 +15,29 @@ use crate::cli::Global;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 
+/// Where dead letters go (`--dead-letter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterSink {
+    /// The Delta table `ledger/dead_letters`.
+    Delta,
+    /// JSON lines appended to a file, one `EventFailure` per line (RESULTS.md §1).
+    File(PathBuf),
+}
+
+impl DeadLetterSink {
+    pub fn parse(text: &str) -> Result<DeadLetterSink> {
+        match text.split_once(':') {
+            _ if text == "delta" => Ok(DeadLetterSink::Delta),
+            Some(("file", path)) if !path.is_empty() => {
+                Ok(DeadLetterSink::File(PathBuf::from(path)))
+            }
+            _ => Err(Error::Config(format!(
+                "unknown dead-letter sink '{text}': use 'delta' or 'file:PATH'"
+            ))),
+        }
+    }
+}
+
 /// A job's view of the world.
 pub struct Context {
     pub config: PathBuf,
@@ -25,6 +48,7 @@ pub struct Context {
     pub lake: Lake,
     pub catalog: Catalog,
     pub as_of: Instant,
+    pub dead_letter: DeadLetterSink,
     /// Who this job is, for leases and the run log: `job@host:pid`.
     pub holder: String,
     leases: std::sync::Mutex<Vec<String>>,
@@ -38,6 +62,7 @@ impl Context {
     /// registers the folder's version when it is new.
     pub async fn open(global: &Global, job: &str, as_of: Option<Instant>) -> Result<Context> {
         let config = global.config_path()?.to_path_buf();
+        let dead_letter = DeadLetterSink::parse(&global.dead_letter)?;
         let defs = Definitions::load(&config)?;
         let document = NormalizedDocument::of(&defs);
         let version = document.version_name();
@@ -61,6 +86,7 @@ impl Context {
             lake,
             catalog,
             as_of: as_of.unwrap_or_else(Utc::now),
+            dead_letter,
             holder: format!("{job}@{host}:{}", std::process::id()),
             leases: std::sync::Mutex::new(Vec::new()),
         })
@@ -84,6 +110,43 @@ impl Context {
             .expect("lease list")
             .push(name.to_string());
         Ok(())
+    }
+
+    /// Sends failures to the dead-letter sink, each with the sequence of its raw record when
+    /// it has one.
+    pub async fn dead_letters(
+        &self,
+        failures: &[(Option<i64>, defacto_core::results::EventFailure)],
+    ) -> Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        match &self.dead_letter {
+            DeadLetterSink::Delta => {
+                let rows: Vec<_> = failures.iter().map(|(s, f)| (*s, f)).collect();
+                let batch = crate::ledger::dead_letters_batch(&rows, Utc::now())?;
+                self.lake
+                    .append(crate::lake::tables::DEAD_LETTERS, vec![batch])
+                    .await
+            }
+            DeadLetterSink::File(path) => {
+                use std::io::Write;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                let mut text = String::new();
+                for (_, f) in failures {
+                    text.push_str(&serde_json::to_string(f).expect("failures serialize"));
+                    text.push('\n');
+                }
+                file.write_all(text.as_bytes())?;
+                Ok(())
+            }
+        }
     }
 
     pub async fn release_leases(&self) -> Result<()> {

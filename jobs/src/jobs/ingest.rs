@@ -17,7 +17,7 @@ use crate::cli::Global;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::lake::tables;
-use crate::ledger::{dead_letters_batch, raw_batch, RawRecord};
+use crate::ledger::{raw_batch, RawRecord};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -95,12 +95,9 @@ pub async fn append(ctx: &Context, source: &str, records: Vec<Record>) -> Result
         result.last_sequence = Some(last);
         result.records = good.len() as u64;
     }
-    if !failures.is_empty() {
-        let rows: Vec<(Option<i64>, &EventFailure)> = failures.iter().map(|f| (None, f)).collect();
-        ctx.lake
-            .append(tables::DEAD_LETTERS, vec![dead_letters_batch(&rows, at)?])
-            .await?;
-    }
+    let failures_with_seq: Vec<(Option<i64>, EventFailure)> =
+        failures.iter().map(|f| (None, f.clone())).collect();
+    ctx.dead_letters(&failures_with_seq).await?;
     result.malformed = failures.len() as u64;
     result.failures = failures;
     Ok(result)

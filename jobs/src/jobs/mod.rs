@@ -2,6 +2,8 @@
 
 pub mod build;
 pub mod ingest;
+pub mod inspect;
+pub mod maintain;
 pub mod normalize;
 pub mod resolve;
 pub mod status;

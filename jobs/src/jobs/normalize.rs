@@ -15,9 +15,7 @@ use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::lake::tables;
-use crate::ledger::{
-    dead_letters_batch, events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA,
-};
+use crate::ledger::{events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -222,14 +220,5 @@ pub async fn write_dead_letters(
     ctx: &Context,
     failures: &[(Option<i64>, EventFailure)],
 ) -> Result<()> {
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<(Option<i64>, &EventFailure)> = failures.iter().map(|(s, f)| (*s, f)).collect();
-    ctx.lake
-        .append(
-            tables::DEAD_LETTERS,
-            vec![dead_letters_batch(&rows, chrono::Utc::now())?],
-        )
-        .await
+    ctx.dead_letters(failures).await
 }
