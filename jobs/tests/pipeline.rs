@@ -558,3 +558,263 @@ fn tick_agrees_with_the_engine(backend: Backend) {
     }
     assert_same_history(&dir, &active_version(&dir), expected);
 }
+
+// CONTRACTS C16 (2): a Parquet record gives the same data as the JSON one — its UTC
+// timestamp arrives as canonical text — so it is a duplicate of it.
+#[test]
+fn parquet_input_is_typed_like_json() {
+    use deltalake::arrow::array::{
+        Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    };
+    use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let dir = Dir::from_fixture("cust");
+    dir.write(
+        "in.jsonl",
+        "{\"type\":\"signup\",\"ts\":\"2024-01-01T00:00:00Z\",\"email\":\"a@x.com\",\"phone\":555}\n",
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("type", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("email", DataType::Utf8, false),
+        Field::new("phone", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["signup"])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![1_704_067_200_000_000]).with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec!["a@x.com"])),
+            Arc::new(Int64Array::from(vec![555])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(dir.path().join("in.parquet")).unwrap();
+    let mut writer = deltalake::parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    run(&dir, &["ingest", "--source", "app", "in.jsonl"]);
+    run(&dir, &["ingest", "--source", "app", "in.parquet"]);
+    let n = run(&dir, &["normalize"]);
+    assert_eq!(
+        (
+            n["events_ingested"].as_u64(),
+            n["duplicates_skipped"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{n}"
+    );
+}
+
+// Issue 4 bad input: malformed lines and wrong cells go to the dead letters with their line;
+// the rest of the file is ingested; a file sink receives EventFailure lines; --max-failures
+// gives exit status 3.
+#[test]
+fn bad_records_go_to_the_dead_letters_and_the_rest_proceeds() {
+    let dir = Dir::from_fixture("cust");
+    let sink = dir.path().join("dead/letters.jsonl");
+    let sink_arg = format!("file:{}", sink.display());
+    dir.write(
+        "mixed.jsonl",
+        "{\"type\":\"signup\",\"ts\":\"2024-01-01T00:00:00Z\",\"email\":\"a@x.com\"}\n{not json\n[1,2]\n{\"type\":\"signup\",\"ts\":\"2024-01-02T00:00:00Z\",\"email\":\"b@x.com\"}\n{\"type\":\"upgrade\",\"ts\":\"2024-01-03T00:00:00Z\",\"email\":\"a@x.com\",\"mrr\":\"lots\"}\n",
+    );
+    dir.write(
+        "ragged.csv",
+        "type,ts,email\nsignup,2024-01-04T00:00:00Z,c@x.com\nsignup,2024-01-05T00:00:00Z\n",
+    );
+    let out = run(
+        &dir,
+        &[
+            "--dead-letter",
+            &sink_arg,
+            "ingest",
+            "--source",
+            "app",
+            "mixed.jsonl",
+        ],
+    );
+    assert_eq!(
+        (out["records"].as_u64(), out["malformed"].as_u64()),
+        (Some(3), Some(2)),
+        "{out}"
+    );
+    assert!(
+        out["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 2"),
+        "{out}"
+    );
+    let out = run(
+        &dir,
+        &[
+            "--dead-letter",
+            &sink_arg,
+            "ingest",
+            "--source",
+            "app",
+            "ragged.csv",
+        ],
+    );
+    assert_eq!(
+        (out["records"].as_u64(), out["malformed"].as_u64()),
+        (Some(1), Some(1)),
+        "{out}"
+    );
+    let normalize = TestCommand::new(&dir)
+        .args([
+            "--dead-letter",
+            &sink_arg,
+            "normalize",
+            "--max-failures",
+            "0",
+        ])
+        .run();
+    normalize.assert_code(3);
+    let n: Json = serde_json::from_str(&normalize.stdout).unwrap();
+    assert_eq!(
+        (n["events_ingested"].as_u64(), n["events_failed"].as_u64()),
+        (Some(3), Some(1)),
+        "{n}"
+    );
+    let letters: Vec<Json> = std::fs::read_to_string(&sink)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 4, "{letters:#?}");
+    assert!(letters.iter().all(|l| l.get("stage").is_some()
+        && l.get("error").is_some()
+        && l.get("recoverable").is_some()));
+    assert!(letters[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("Type coercion failed for field 'mrr'"));
+    let b = run(&dir, &["build", "--as-of", "2024-01-10T00:00:00Z"]);
+    assert_eq!(b["entities_created"], 3, "{b}");
+    let bad_sink = TestCommand::new(&dir)
+        .args(["--dead-letter", "kafka:topic", "normalize"])
+        .run();
+    bad_sink.assert_code(2);
+}
+
+// Issue 4 bad input: a 10 MB single event is stored and normalized, not lost.
+#[test]
+fn a_ten_megabyte_event_is_handled() {
+    let dir = Dir::from_fixture("cust");
+    let big = "x".repeat(10 * 1024 * 1024);
+    dir.write(
+        "big.jsonl",
+        &format!("{{\"type\":\"signup\",\"ts\":\"2024-01-01T00:00:00Z\",\"email\":\"a@x.com\",\"note\":\"{big}\"}}\n{{\"type\":\"signup\",\"ts\":\"2024-01-02T00:00:00Z\",\"email\":\"b@x.com\"}}\n"),
+    );
+    let out = run(&dir, &["ingest", "--source", "app", "big.jsonl"]);
+    assert_eq!(out["records"], 2);
+    let n = run(&dir, &["normalize"]);
+    assert_eq!(n["events_ingested"], 2, "{n}");
+    let b = run(&dir, &["build", "--as-of", "2024-01-10T00:00:00Z"]);
+    assert_eq!(b["entities_created"], 2, "{b}");
+}
+
+// The seed's identity and ledger inspection (RESULTS.md §8), after CONTRACTS D5's merge.
+#[test]
+fn identity_and_ledger_inspection() {
+    let dir = Dir::from_fixture("cust");
+    dir.write(
+        "s5.jsonl",
+        "{\"type\":\"signup\",\"ts\":\"2024-01-01T10:00:00Z\",\"email\":\"a@x.com\"}\n{\"type\":\"signup\",\"ts\":\"2024-01-02T10:00:00Z\",\"phone\":\"555\"}\n{\"type\":\"link\",\"ts\":\"2024-01-03T10:00:00Z\",\"email\":\"a@x.com\",\"phone\":\"555\"}\n",
+    );
+    run(&dir, &["ingest", "--source", "app", "s5.jsonl"]);
+    run(&dir, &["normalize"]);
+    assert_eq!(
+        run(&dir, &["build", "--as-of", "2024-01-04T00:00:00Z"])["merges_detected"],
+        1
+    );
+    let ea = "fbf2ddb4-0443-8ffd-afe7-93b0897586b9";
+    // CONTRACTS D9 (lookup of both keys after the merge)
+    assert_eq!(
+        run(&dir, &["identity", "lookup", "555", "--format", "json"])["entity_id"],
+        ea
+    );
+    assert_eq!(
+        run(&dir, &["identity", "lookup", "a@x.com", "--format", "json"])["entity_id"],
+        ea
+    );
+    let hints = run(&dir, &["identity", "hints", ea, "--format", "json"]);
+    assert_eq!(
+        hints,
+        serde_json::json!({"email": ["a@x.com"], "phone": ["555"]})
+    );
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"])["count"],
+        3
+    );
+    assert_eq!(
+        run(
+            &dir,
+            &["ledger", "count", "--source", "billing", "--format", "json"]
+        )["count"],
+        0
+    );
+    let events = run(&dir, &["ledger", "events", ea, "--format", "json"]);
+    let types: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["signup", "signup", "link"],
+        "the loser's events are the winner's too (§5.4)"
+    );
+    let list = TestCommand::new(&dir)
+        .args(["identity", "list", "--format", "csv"])
+        .run();
+    list.assert_code(0);
+    assert!(
+        list.stdout
+            .starts_with("entity_type,hint_type,hint_value,entity_id\n"),
+        "{}",
+        list.stdout
+    );
+    assert_eq!(list.stdout.lines().count(), 3);
+}
+
+// Issue 4: incremental runs over 10 ingests equal one full build, and `maintain` (compaction,
+// checkpoint, vacuum) leaves every table readable with the same rows.
+on_both!(ten_incremental_ingests_equal_one_full_build);
+fn ten_incremental_ingests_equal_one_full_build(backend: Backend) {
+    let dir = showcase(backend);
+    let app = lines(&dir.path().join("data/app.jsonl"));
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let part = app[app.len() * i / 10..app.len() * (i + 1) / 10].to_vec();
+        let file = dir.path().join(format!("part{i}.jsonl"));
+        std::fs::write(
+            &file,
+            part.iter()
+                .map(|r| r.to_string() + "\n")
+                .collect::<String>(),
+        )
+        .unwrap();
+        run(&dir, &["ingest", "--source", "app", file.to_str().unwrap()]);
+        run(&dir, &["normalize"]);
+        run(&dir, &["build", "--as-of", AS_OF]);
+        calls.push(("app", part));
+    }
+    let version = active_version(&dir);
+    let incremental = lake_history(&dir, &version);
+    run(&dir, &["build", "--full", "--as-of", AS_OF]);
+    assert_eq!(lake_history(&dir, &version), incremental);
+    let builds: Vec<usize> = (0..10).collect();
+    assert_same_history(&dir, &version, engine_history(&dir, &calls, &builds));
+    run(&dir, &["maintain", "--retention-hours", "0"]);
+    assert_eq!(lake_history(&dir, &version), incremental);
+    assert_eq!(run(&dir, &["build", "--as-of", AS_OF])["mode"], "SKIP");
+}
