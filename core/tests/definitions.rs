@@ -978,3 +978,156 @@ fn proposed_warnings_for_runtime_only_problems() {
         r.warnings
     );
 }
+
+mod drafts {
+    use super::*;
+    use defacto_core::definitions::draft::{Draft, DraftOp};
+    use defacto_core::definitions::mode::BuildMode;
+    use serde_json::json;
+
+    fn base() -> (serde_json::Value, defacto_core::definitions::Hashes) {
+        let doc = NormalizedDocument::of(&Definitions::load(cust().path()).unwrap());
+        (doc.json().clone(), doc.hashes())
+    }
+
+    // CONTRACTS A19
+    #[test]
+    fn draft_impact_diff_and_rollback() {
+        let (doc, active) = base();
+        let mut d = Draft::new(doc.clone());
+        assert_eq!(
+            d.impact(Some(&active)).unwrap(),
+            (BuildMode::Incremental, "no definition changes")
+        );
+        let ltv = DraftOp::AddProperty {
+            entity: "customer".into(),
+            name: "ltv".into(),
+            spec: json!({"type": "number", "default": 0}),
+        };
+        d.apply(&ltv).unwrap();
+        assert_eq!(
+            d.impact(Some(&active)).unwrap(),
+            (BuildMode::Full, "entity definitions changed")
+        );
+        assert_eq!(
+            d.diff()["modified"]["customer"]["added_properties"],
+            json!(["ltv"])
+        );
+        let before = d.clone();
+        let err = d.apply(&ltv).unwrap_err();
+        assert!(
+            err.message
+                .contains("Property 'ltv' already exists on 'customer'"),
+            "{}",
+            err.message
+        );
+        assert_eq!(d, before, "a failed operation leaves the draft unchanged");
+
+        let mut d = Draft::new(doc.clone());
+        let mut fields = serde_json::Map::new();
+        fields.insert("email".into(), json!({"match": "exact"}));
+        d.apply(&DraftOp::UpdateIdentity {
+            entity: "customer".into(),
+            fields,
+        })
+        .unwrap();
+        assert_eq!(
+            d.impact(Some(&active)).unwrap().0,
+            BuildMode::FullWithIdentityReset
+        );
+        assert_eq!(
+            d.diff()["modified"]["customer"]["identity_changed"],
+            json!(true)
+        );
+        assert_eq!(
+            Draft::new(doc).impact(None).unwrap(),
+            (BuildMode::Full, "no active version to compare")
+        );
+    }
+
+    #[test]
+    fn every_draft_operation() {
+        let (doc, _) = base();
+        let mut d = Draft::new(doc);
+        let ops = [
+            DraftOp::AddState {
+                entity: "customer".into(),
+                name: "suspended".into(),
+                on: None,
+                after: None,
+            },
+            DraftOp::AddTransition {
+                entity: "customer".into(),
+                state: "active".into(),
+                event: "suspend".into(),
+                to: "suspended".into(),
+            },
+            DraftOp::AddHandler {
+                entity: "customer".into(),
+                state: "suspended".into(),
+                event: "login".into(),
+                effects: json!([{"transition": {"to": "active"}}]),
+                guard: Some("event.n != null".into()),
+            },
+            DraftOp::RemoveProperty {
+                entity: "customer".into(),
+                name: "score".into(),
+            },
+        ];
+        for op in &ops {
+            d.apply(op)
+                .unwrap_or_else(|e| panic!("{op:?}: {}", e.message));
+        }
+        let diff = d.diff();
+        assert_eq!(
+            diff["modified"]["customer"]["added_states"],
+            json!(["suspended"])
+        );
+        assert_eq!(
+            diff["modified"]["customer"]["removed_properties"],
+            json!(["score"])
+        );
+        // Removing the handler's `bump` target property left an increment of an undeclared
+        // property: compilation accepts the draft, full validation (register) does not.
+        assert!(d.definitions().is_err());
+        for (op, fragment) in [
+            (
+                DraftOp::RemoveState {
+                    entity: "customer".into(),
+                    name: "nope".into(),
+                },
+                "State 'nope' not found on 'customer'",
+            ),
+            (
+                DraftOp::AddTransition {
+                    entity: "customer".into(),
+                    state: "active".into(),
+                    event: "suspend".into(),
+                    to: "x".into(),
+                },
+                "Handler for 'suspend' already exists",
+            ),
+            (
+                DraftOp::AddProperty {
+                    entity: "ghost".into(),
+                    name: "x".into(),
+                    spec: json!({"type": "string"}),
+                },
+                "Entity type 'ghost' not found",
+            ),
+            (
+                DraftOp::AddHandler {
+                    entity: "customer".into(),
+                    state: "active".into(),
+                    event: "zap".into(),
+                    effects: json!([]),
+                    guard: None,
+                },
+                "Draft validation failed",
+            ),
+        ] {
+            let err = d.apply(&op).unwrap_err();
+            assert!(err.message.contains(fragment), "{op:?}: {}", err.message);
+        }
+    }
+}

@@ -37,7 +37,7 @@ fn db(op: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Migrations, in order; `{t:name}` is replaced by the qualified table name. Each runs once,
-/// recorded in `schema_migrations`.
+/// recorded in `schema_migrations` by its position: new migrations go at the end.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {t:definition_versions} (
         version TEXT PRIMARY KEY, definitions TEXT NOT NULL,
@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {t:job_runs} (
         id TEXT PRIMARY KEY, job TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
         status TEXT NOT NULL, result TEXT)",
+    "CREATE TABLE IF NOT EXISTS {t:drafts} (
+        name TEXT PRIMARY KEY, based_on TEXT NOT NULL, base TEXT NOT NULL, document TEXT NOT NULL,
+        updated_at TEXT NOT NULL)",
 ];
 
 /// The ledger sequence allocator's counter, and `normalize`'s cursor.
@@ -382,6 +385,71 @@ impl Catalog {
         .await
         .map_err(|e| db("Registering a definition version", e))?;
         Ok(true)
+    }
+
+    /// `definitions activate` (DEFINITIONS.md §8.2): only to a version whose build is
+    /// complete — every shard's, for a version built in shards; it runs no build.
+    pub async fn activate(&self, version: &str) -> Result<()> {
+        if self.version(version).await?.is_none() {
+            return Err(Error::NotFound(format!("Version '{version}' not found")));
+        }
+        let rows =
+            q(&self
+                .sql("SELECT key, dirty, last_build_time FROM {t:build_state} WHERE version = $1"))
+            .bind(version)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("Reading build state", e))?;
+        let complete = !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r.get::<i64, _>(1) == 0 && r.get::<Option<String>, _>(2).is_some());
+        if !complete {
+            return Err(Error::Config(format!(
+                "Version '{version}' has no completed build; run build --version {version} first"
+            )));
+        }
+        q(&self.sql(
+            "UPDATE {t:definition_versions} SET active = CASE WHEN version = $1 THEN 1 ELSE 0 END",
+        ))
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Activating a version", e))?;
+        Ok(())
+    }
+
+    pub async fn put_draft(
+        &self,
+        name: &str,
+        based_on: &str,
+        base: &str,
+        document: &str,
+    ) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:drafts} (name, based_on, base, document, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET based_on = excluded.based_on, base = excluded.base,
+                document = excluded.document, updated_at = excluded.updated_at",
+        ))
+        .bind(name)
+        .bind(based_on)
+        .bind(base)
+        .bind(document)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Saving a draft", e))?;
+        Ok(())
+    }
+
+    /// A draft: (based_on, base document, document).
+    pub async fn draft(&self, name: &str) -> Result<Option<(String, String, String)>> {
+        let row = q(&self.sql("SELECT based_on, base, document FROM {t:drafts} WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db("Reading a draft", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     // ---- build state ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
 use crate::jobs::build::BuildArgs;
+use crate::jobs::definitions::DefinitionsArgs;
 use crate::jobs::ingest::IngestArgs;
 use crate::jobs::inspect::{IdentityArgs, LedgerArgs};
 use crate::jobs::maintain::MaintainArgs;
@@ -18,7 +19,9 @@ use crate::jobs::status::StatusArgs;
 use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
-use crate::jobs::{build, ingest, inspect, maintain, normalize, resolve, status, table, tick};
+use crate::jobs::{
+    build, definitions, ingest, inspect, maintain, normalize, resolve, status, table, tick,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,6 +119,8 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Compact small files, checkpoint and vacuum the lake's tables.
     Maintain(MaintainArgs),
+    /// Definition versions and drafts: list, show, register, activate, draft.
+    Definitions(DefinitionsArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -163,6 +168,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Identity(args) => inspect::identity(g, args).await,
             Command::Ledger(args) => inspect::ledger(g, args).await,
             Command::Maintain(args) => maintain::run(g, args).await,
+            Command::Definitions(args) => definitions::run(g, args).await,
         }
     })
 }

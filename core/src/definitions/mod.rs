@@ -3,6 +3,7 @@
 //! (DEFINITIONS.md).
 
 mod document;
+pub mod draft;
 pub mod mode;
 pub mod model;
 pub mod normalized;

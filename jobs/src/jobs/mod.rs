@@ -1,6 +1,7 @@
 //! One module per job, each with the same shape: its arguments, `run`, and its result type.
 
 pub mod build;
+pub mod definitions;
 pub mod ingest;
 pub mod inspect;
 pub mod maintain;
