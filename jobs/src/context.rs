@@ -49,6 +49,11 @@ pub struct Context {
     pub catalog: Catalog,
     pub as_of: Instant,
     pub dead_letter: DeadLetterSink,
+    /// The run's id in the run log, and when it started.
+    run_id: String,
+    started: String,
+    job: String,
+    result_file: Option<PathBuf>,
     /// Who this job is, for leases and the run log: `job@host:pid`.
     pub holder: String,
     leases: std::sync::Mutex<Vec<String>>,
@@ -87,9 +92,24 @@ impl Context {
             catalog,
             as_of: as_of.unwrap_or_else(Utc::now),
             dead_letter,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            started: crate::catalog::now_text(),
+            job: job.to_string(),
+            result_file: global.result_file.clone(),
             holder: format!("{job}@{host}:{}", std::process::id()),
             leases: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Reports a completed run: its result JSON goes to the run log of the catalog, to
+    /// `--result-file` when set, and to stdout.
+    pub async fn finish<T: serde::Serialize>(&self, result: &T) -> Result<()> {
+        let json = serde_json::to_string(result).expect("results serialize");
+        self.catalog
+            .record_run(&self.run_id, &self.job, &self.started, "succeeded", &json)
+            .await?;
+        crate::output::write_result_file(self.result_file.as_deref(), result)?;
+        crate::output::print(&crate::output::to_json(result))
     }
 
     /// The registered row of the folder's version.

@@ -818,3 +818,41 @@ fn ten_incremental_ingests_equal_one_full_build(backend: Backend) {
     assert_eq!(lake_history(&dir, &version), incremental);
     assert_eq!(run(&dir, &["build", "--as-of", AS_OF])["mode"], "SKIP");
 }
+
+// CONTRACTS G13 (storage): a `datetime`-coerced field is a DateTime when events are replayed
+// from the ledger in a later process, so the same compute works in every build [FIX E2].
+#[test]
+fn datetime_fields_keep_their_kind_in_the_ledger() {
+    let dir = Dir::from_fixture("cust");
+    dir.edit(
+        "entities/customer.yaml",
+        "    score:  { type: integer }\n",
+        "    score:  { type: integer }\n    since:  { type: datetime }\n",
+    );
+    dir.edit(
+        "entities/customer.yaml",
+        "            - { set: { property: email, from: event.email } }\n",
+        "            - { set: { property: email, from: event.email } }\n            - { set: { property: since, compute: \"date_trunc(event.dt, 'month')\" } }\n",
+    );
+    dir.edit(
+        "sources/app.yaml",
+        "signup:  { mappings: { email: { from: email }, phone: { from: phone } }",
+        "signup:  { mappings: { email: { from: email }, phone: { from: phone }, dt: { from: dt, type: datetime } }",
+    );
+    dir.write(
+        "e.jsonl",
+        "{\"type\":\"signup\",\"ts\":\"2024-01-01T00:00:00Z\",\"email\":\"a@x.com\",\"dt\":\"2023-05-17T08:00:00Z\"}\n",
+    );
+    run(&dir, &["ingest", "--source", "app", "e.jsonl"]);
+    run(&dir, &["normalize"]);
+    for full in [false, true] {
+        let mut args = vec!["build", "--as-of", "2024-01-10T00:00:00Z"];
+        if full {
+            args.push("--full");
+        }
+        let b = run(&dir, &args);
+        assert_eq!(b["events_failed"], 0, "{b}");
+        let rows = run(&dir, &["table", "customer", "--format", "json"]);
+        assert_eq!(rows[0]["since"], "2023-05-01T00:00:00Z", "{rows}");
+    }
+}

@@ -29,7 +29,6 @@ use crate::history_table::{
 use crate::jobs::resolve::{events_after, resolve_step};
 use crate::lake::tables;
 use crate::ledger::{read_assignments, ASSIGNMENTS_SCHEMA};
-use crate::output;
 
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
@@ -68,8 +67,7 @@ pub async fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     let result = build(&ctx, args).await;
     ctx.release_leases().await?;
     let result = result?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(match args.max_failures {
         Some(max) if result.events_failed > max => 3,
         _ => 0,

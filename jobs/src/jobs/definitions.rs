@@ -13,7 +13,6 @@ use serde_json::{json, Map, Value as Json};
 use crate::cli::Global;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct DefinitionsArgs {
@@ -127,8 +126,7 @@ pub async fn run(global: &Global, args: &DefinitionsArgs) -> Result<i32> {
         }
         DefinitionsCommand::Draft(d) => draft(&ctx, d).await?,
     };
-    output::write_result_file(global.result_file.as_deref(), &value)?;
-    output::print(&output::to_json(&value))?;
+    ctx.finish(&value).await?;
     Ok(0)
 }
 

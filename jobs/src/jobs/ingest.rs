@@ -18,7 +18,6 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::lake::tables;
 use crate::ledger::{raw_batch, RawRecord};
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
@@ -67,8 +66,7 @@ pub async fn run(global: &Global, args: &IngestArgs) -> Result<i32> {
         records.extend(read_file(file)?);
     }
     let result = append(&ctx, &args.source, records).await?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(0)
 }
 

@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::history_table::relationship_types;
 use crate::jobs::build::version_definitions;
 use crate::lake::tables;
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct MaintainArgs {
@@ -42,8 +41,7 @@ pub async fn run(global: &Global, args: &MaintainArgs) -> Result<i32> {
     let result = maintain(&ctx, args).await;
     ctx.release_leases().await?;
     let result = result?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(0)
 }
 

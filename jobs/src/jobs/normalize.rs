@@ -16,7 +16,6 @@ use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::lake::tables;
 use crate::ledger::{events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA};
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct NormalizeArgs {
@@ -38,8 +37,7 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     };
     ctx.release_leases().await?;
     let result = result?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(match args.max_failures {
         Some(max) if result.events_failed > max => 3,
         _ => 0,

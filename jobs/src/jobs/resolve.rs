@@ -22,7 +22,6 @@ use crate::lake::tables;
 use crate::ledger::{
     assignments_batch, events_batch, read_events, StoredEvent, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
 };
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct ResolveArgs {
@@ -38,8 +37,7 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
     let result = resolve_step(&ctx, &hashes, args.from_raw).await;
     ctx.release_leases().await?;
     let result = result?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(0)
 }
 

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::jobs::build::state_key;
 use crate::lake::tables;
 use crate::ledger::{Columns, EVENTS_SCHEMA};
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -83,7 +82,6 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<i32> {
         source_hash: state.hashes.source_hash,
         identity_hash: state.hashes.identity_hash,
     };
-    output::write_result_file(global.result_file.as_deref(), &status)?;
-    output::print(&output::to_json(&status))?;
+    ctx.finish(&status).await?;
     Ok(0)
 }

@@ -12,7 +12,6 @@ use crate::cli::Global;
 use crate::context::{build_lease, Context};
 use crate::error::{Error, Result};
 use crate::jobs::build::{parse_as_of, state_key, version_definitions, write_changes};
-use crate::output;
 
 #[derive(Debug, Args)]
 pub struct TickArgs {
@@ -32,8 +31,7 @@ pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
     let result = tick(&ctx, args).await;
     ctx.release_leases().await?;
     let result = result?;
-    output::write_result_file(global.result_file.as_deref(), &result)?;
-    output::print(&output::to_json(&result))?;
+    ctx.finish(&result).await?;
     Ok(0)
 }
 
