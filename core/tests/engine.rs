@@ -106,7 +106,7 @@ fn s1(e: &mut Engine) {
     );
 }
 
-// CONTRACTS G1, D2 (S1 resolves to A with the original casing kept in the property)
+// CONTRACTS G1, CONTRACTS D2 (S1 resolves to A with the original casing kept in the property)
 #[test]
 fn s1_builds_customer_a() {
     let mut e = engine();
@@ -434,7 +434,7 @@ fn tick_counts_firings() {
     );
 }
 
-// CONTRACTS E12, E13, E14
+// CONTRACTS E12, CONTRACTS E13, CONTRACTS E14
 #[test]
 fn multi_type_events_and_relationships() {
     let mut e = engine();
@@ -602,7 +602,7 @@ proptest! {
         prop_assert_eq!(&outputs[0], &outputs[2]);
     }
 
-    // CONTRACTS G8, G9: incremental builds over random chunks (late arrivals included) equal
+    // CONTRACTS G8, CONTRACTS G9: incremental builds over random chunks (late arrivals included) equal
     // one FULL build, when no merge occurs.
     #[test]
     fn incremental_chunks_equal_a_full_build(

@@ -697,7 +697,7 @@ fn d10_events(defs: &Definitions) -> [NormalizedEvent; 3] {
     ]
 }
 
-// CONTRACTS D10, D12 (identity parts), PIPELINE §11.3
+// CONTRACTS D10, CONTRACTS D12 (identity parts), PIPELINE §11.3
 #[test]
 fn explicit_merge_survives_identity_reset() {
     let defs = cust();
@@ -778,7 +778,7 @@ fn replay_takes_the_first_resolvable_key_in_priority_order() {
     assert!(r.store().mappings().all(|(_, id)| id == B));
 }
 
-// CONTRACTS D17, D11
+// CONTRACTS D17, CONTRACTS D11
 #[test]
 fn invalid_explicit_merges_change_nothing() {
     let defs = cust();
@@ -853,7 +853,7 @@ fn invalid_explicit_merges_change_nothing() {
     ));
 }
 
-// CONTRACTS D11, D16 (identity parts), PIPELINE §11.2
+// CONTRACTS D11, CONTRACTS D16 (identity parts), PIPELINE §11.2
 #[test]
 fn repeated_or_unknown_from_records_no_merge_log_row() {
     let defs = cust();
@@ -995,7 +995,7 @@ fn arb_events() -> impl Strategy<Value = Vec<Vec<(usize, u8)>>> {
 }
 
 proptest! {
-    // CONTRACTS D1, D8; PIPELINE §5.2, §5.3 (final clusters and their ids do not depend on
+    // CONTRACTS D1, CONTRACTS D8; PIPELINE §5.2, §5.3 (final clusters and their ids do not depend on
     // order or batching; a cluster carries the derived id of its highest-priority key)
     #[test]
     fn clusters_do_not_depend_on_order_or_batching(

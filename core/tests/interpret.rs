@@ -269,7 +269,7 @@ fn a_false_guard_changes_nothing() {
     );
 }
 
-// CONTRACTS E4, E6 (increment of a null property fails that event only)
+// CONTRACTS E4, CONTRACTS E6 (increment of a null property fails that event only)
 #[test]
 fn a_failing_event_is_rolled_back_alone() {
     let defs = cust();
@@ -597,7 +597,7 @@ fn rules_fire_at_their_crossing_instants() {
     assert_eq!((r.rule_firings, r.rule_transitions), (2, 2));
 }
 
-// CONTRACTS F2, F9 (evaluating in steps gives the same rows; sweeps never go back)
+// CONTRACTS F2, CONTRACTS F9 (evaluating in steps gives the same rows; sweeps never go back)
 #[test]
 fn rules_do_not_depend_on_evaluation_frequency() {
     let defs = cust();
@@ -718,7 +718,7 @@ fn aprop(defs: &Definitions, row: &HistoryRow, name: &str) -> Value {
     row.properties[defs.entities["acct"].properties.get_index_of(name).unwrap()].clone()
 }
 
-// CONTRACTS F6, F10
+// CONTRACTS F6, CONTRACTS F10
 #[test]
 fn set_only_rules_fire_once_and_recompute() {
     let defs = acct(
@@ -852,7 +852,7 @@ impl RelateLookup for OneCustomer {
     }
 }
 
-// CONTRACTS E13, E14, G15 (relationship rows of one entity)
+// CONTRACTS E13, CONTRACTS E14, CONTRACTS G15 (relationship rows of one entity)
 #[test]
 fn relate_writes_one_open_row_per_target() {
     let defs = cust();

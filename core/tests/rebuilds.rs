@@ -198,7 +198,7 @@ fn mode_detection_follows_the_kind_of_edit() {
     );
 }
 
-// CONTRACTS G14, A16 (the build half: an entity-only change is FULL, ids are kept)
+// CONTRACTS G14, CONTRACTS A16 (the build half: an entity-only change is FULL, ids are kept)
 #[test]
 fn a_full_build_reflects_new_definitions() {
     let mut e = Engine::new(cust());
@@ -305,7 +305,7 @@ fn an_explicit_merge_rebuilds_the_winner_from_both_histories() {
     );
 }
 
-// CONTRACTS D11, D16
+// CONTRACTS D11, CONTRACTS D16
 #[test]
 fn merge_errors_and_repetitions() {
     let mut e = d10();

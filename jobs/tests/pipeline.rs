@@ -464,7 +464,7 @@ fn catalog_of(dir: &Dir) -> (String, String) {
     )
 }
 
-// CONTRACTS J2, J5 (storage): `resolve` once, then the shards' builds as separate processes
+// CONTRACTS J2, CONTRACTS J5 (storage): `resolve` once, then the shards' builds as separate processes
 // (run at the same time) write, together, exactly the rows of one unsharded build.
 on_all!(sharded_builds_equal_an_unsharded_build);
 fn sharded_builds_equal_an_unsharded_build(backend: Backend) {

@@ -51,7 +51,7 @@ fn versions(dir: &Dir) -> Vec<(String, bool)> {
         .collect()
 }
 
-// CONTRACTS A17, A20
+// CONTRACTS A17, CONTRACTS A20
 #[test]
 fn a_new_version_is_built_beside_the_active_one_and_switched_blue_green() {
     let (dir, v1) = s1_built();

@@ -1,0 +1,454 @@
+//! Builds through the command line: modes, cursors and watermark, the dirty flag,
+//! renormalization, status, leases (CONTRACTS group H), calls and sequences (C17), typed round
+//! trips across jobs (G12) and per-shard state (J3).
+
+mod harness;
+
+use harness::{Dir, TestCommand};
+use serde_json::{json, Value as Json};
+
+fn run(dir: &Dir, args: &[&str]) -> Json {
+    let out = TestCommand::new(dir).args(args).run();
+    out.assert_code(0);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+fn app(ty: &str, ts: &str, extra: Json) -> String {
+    let mut raw = json!({"type": ty, "ts": format!("2024-{ts}:00Z")});
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    raw.to_string()
+}
+
+/// One `ingest` call of these records, then `normalize`.
+fn ingest(dir: &Dir, records: &[String]) -> Json {
+    let name = format!(
+        "call-{}.jsonl",
+        std::process::id() as u128 * 1_000_000 + rand_suffix()
+    );
+    dir.write(&name, &(records.join("\n") + "\n"));
+    run(dir, &["ingest", "--source", "app", &name]);
+    run(dir, &["normalize"])
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000
+}
+
+fn s1() -> Vec<String> {
+    vec![
+        app("signup", "01-01T10:00", json!({"email": "Alice@X.com"})),
+        app(
+            "upgrade",
+            "01-02T10:00",
+            json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+        ),
+        app(
+            "login",
+            "01-03T10:00",
+            json!({"email": "alice@x.com", "n": 1}),
+        ),
+    ]
+}
+
+fn build(dir: &Dir, as_of: &str) -> Json {
+    run(
+        dir,
+        &["build", "--as-of", &format!("2024-{as_of}T00:00:00Z")],
+    )
+}
+
+fn current(dir: &Dir, entity: &str) -> Json {
+    run(dir, &["table", entity, "--format", "json"])
+}
+
+fn history(dir: &Dir, entity: &str) -> Json {
+    run(dir, &["table", entity, "--history", "--format", "json"])
+}
+
+const A: &str = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
+
+// CONTRACTS H1, CONTRACTS H11
+#[test]
+fn first_and_repeated_builds_and_status() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    let st = run(&dir, &["status"]);
+    assert_eq!(
+        (
+            st["cursor"].as_i64(),
+            st["total_events"].as_i64(),
+            st["pending_events"].as_i64(),
+            st["dirty"].as_bool()
+        ),
+        (Some(0), Some(3), Some(3), Some(false))
+    );
+    assert_eq!(
+        (&st["last_build_mode"], &st["last_build_time"]),
+        (&Json::Null, &Json::Null)
+    );
+    let b = build(&dir, "01-04");
+    assert_eq!(
+        (b["mode"].as_str(), b["events_processed"].as_u64()),
+        (Some("INCREMENTAL"), Some(3))
+    );
+    let st = run(&dir, &["status"]);
+    assert_eq!(
+        (st["cursor"].as_i64(), st["pending_events"].as_i64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(st["last_build_mode"], "INCREMENTAL");
+    assert!(st["last_build_time"].is_string());
+    let skip = build(&dir, "01-04");
+    assert_eq!(skip["mode"], "SKIP");
+    for counter in [
+        "events_processed",
+        "effects_produced",
+        "entities_created",
+        "late_arrivals",
+        "duration_ms",
+    ] {
+        assert_eq!(skip[counter], 0, "{counter}");
+    }
+}
+
+// CONTRACTS H2
+#[test]
+fn a_skip_runs_no_sweep() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    assert_eq!(build(&dir, "12-31")["mode"], "SKIP");
+    assert_eq!(current(&dir, "customer")[0]["customer_state"], "active");
+    run(&dir, &["tick", "--as-of", "2024-12-31T00:00:00Z"]);
+    assert_eq!(current(&dir, "customer")[0]["customer_state"], "churned");
+}
+
+// CONTRACTS H3
+#[test]
+fn cursor_and_watermark() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let st = run(&dir, &["status"]);
+    assert_eq!(
+        (st["cursor"].as_i64(), st["watermark"].as_str()),
+        (Some(3), Some("2024-01-03T10:00:00+00:00"))
+    );
+    ingest(
+        &dir,
+        &[app(
+            "login",
+            "01-02T12:00",
+            json!({"email": "alice@x.com", "n": 7}),
+        )],
+    );
+    let b = build(&dir, "01-04");
+    assert_eq!(b["late_arrivals"], 1, "{b}");
+    let st = run(&dir, &["status"]);
+    assert_eq!(
+        (st["cursor"].as_i64(), st["watermark"].as_str()),
+        (Some(4), Some("2024-01-03T10:00:00+00:00"))
+    );
+}
+
+// CONTRACTS H5
+#[test]
+fn a_dirty_build_state_runs_full() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let out = TestCommand::new(&dir)
+        .env("DEFACTO_CRASH_AT", "after-history")
+        .args(["build", "--full", "--as-of", "2024-01-04T00:00:00Z"])
+        .run();
+    assert_ne!(out.code, 0);
+    run(&dir, &["status"]);
+    assert_eq!(
+        run(&dir, &["status"])["dirty"],
+        true,
+        "starting a job does not clear dirty"
+    );
+    assert_eq!(build(&dir, "01-04")["mode"], "FULL");
+    assert_eq!(run(&dir, &["status"])["dirty"], false);
+}
+
+// CONTRACTS H6
+#[test]
+fn a_source_change_renormalizes_and_keeps_ids() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let before = run(&dir, &["ledger", "events", A, "--format", "json"]);
+    dir.edit(
+        "sources/app.yaml",
+        "signup:  { mappings: { email: { from: email }",
+        "signup:  { mappings: { email: { compute: \"str::to_lowercase(event.email)\" }",
+    );
+    assert_eq!(build(&dir, "01-04")["mode"], "FULL_RENORMALIZE");
+    let after = run(&dir, &["ledger", "events", A, "--format", "json"]);
+    assert_ne!(
+        before[0]["event_id"], after[0]["event_id"],
+        "the signup's data and so its id changed"
+    );
+    assert_eq!(history(&dir, "customer")[0]["email"], "alice@x.com");
+    assert_eq!(history(&dir, "customer")[0]["customer_id"], A);
+}
+
+// CONTRACTS H8
+#[test]
+fn records_that_no_longer_normalize_leave_the_replay() {
+    let dir = Dir::from_fixture("cust");
+    let mut events = s1();
+    events.push(app(
+        "cancel",
+        "01-04T10:00",
+        json!({"email": "alice@x.com"}),
+    ));
+    ingest(&dir, &events);
+    build(&dir, "01-05");
+    assert_eq!(current(&dir, "customer")[0]["customer_state"], "churned");
+    dir.edit(
+        "sources/app.yaml",
+        "    cancel:  { mappings: { email: { from: email } }, hints: { customer: [email] } }\n",
+        "",
+    );
+    dir.edit(
+        "entities/customer.yaml",
+        "        cancel:\n          effects:\n            - { transition: { to: churned } }\n",
+        "",
+    );
+    let b = build(&dir, "01-05");
+    assert_eq!(b["mode"], "FULL_RENORMALIZE", "{b}");
+    let failures = b["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{b}");
+    assert!(failures[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("Unknown event type 'cancel'"));
+    assert_eq!(failures[0]["stage"], "normalization");
+    assert_eq!(current(&dir, "customer")[0]["customer_state"], "active");
+}
+
+// CONTRACTS H10
+#[test]
+fn a_schema_only_change_is_a_new_version_built_incrementally() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    let v1 = build(&dir, "01-04");
+    assert_eq!(v1["mode"], "INCREMENTAL");
+    let mut schemas = String::new();
+    for ev in ["signup", "upgrade", "login", "cancel", "bump", "link"] {
+        schemas.push_str(&format!("{ev}: {{fields: {{email: {{type: string}}, phone: {{type: string}}, plan: {{type: string}}, mrr: {{type: number}}, n: {{type: integer}}}}}}\n"));
+    }
+    schemas.push_str("order_created: {fields: {order_id: {type: string}, email: {type: string}, total: {type: number}}}\norder_shipped: {fields: {order_id: {type: string}}}\n");
+    dir.write("schemas/all.yaml", &schemas);
+    let b = build(&dir, "01-04");
+    assert_eq!(
+        (b["mode"].as_str(), b["events_processed"].as_u64()),
+        (Some("INCREMENTAL"), Some(3)),
+        "{b}"
+    );
+    assert_eq!(history(&dir, "customer").as_array().unwrap().len(), 3);
+    assert_eq!(build(&dir, "01-04")["mode"], "SKIP");
+}
+
+// CONTRACTS H14 (normalize and resolve under a held global lease; ingest is not blocked)
+#[test]
+fn a_held_global_lease_stops_normalize_and_resolve_but_not_ingest() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let database = format!(
+        "sqlite://{}",
+        dir.path().join(".defacto/defacto.db").display()
+    );
+    rt.block_on(async {
+        let catalog = defacto_jobs::catalog::Catalog::connect(&database, "defacto")
+            .await
+            .unwrap();
+        catalog
+            .take_lease(
+                "global",
+                "normalize@elsewhere:1",
+                std::time::Duration::from_secs(300),
+            )
+            .await
+            .unwrap();
+    });
+    dir.write(
+        "more.jsonl",
+        &(app(
+            "login",
+            "01-05T10:00",
+            json!({"email": "alice@x.com", "n": 2}),
+        ) + "\n"),
+    );
+    run(&dir, &["ingest", "--source", "app", "more.jsonl"]);
+    for job in ["normalize", "resolve"] {
+        let out = TestCommand::new(&dir).args([job]).run();
+        out.assert_code(1);
+        assert!(
+            out.stderr
+                .contains("Lease 'global' is held by normalize@elsewhere:1"),
+            "{job}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        run(&dir, &["status"])["total_events"],
+        3,
+        "nothing was normalized"
+    );
+}
+
+// CONTRACTS H16
+#[test]
+fn raw_records_that_failed_are_renormalized() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let n = ingest(
+        &dir,
+        &[
+            app("Cancel", "01-05T10:00", json!({"email": "alice@x.com"})),
+            app("nope", "01-06T00:00", json!({})),
+        ],
+    );
+    assert_eq!(n["events_failed"], 2);
+    dir.edit(
+        "sources/app.yaml",
+        "    cancel:  { mappings:",
+        "    cancel:  { raw_type: Cancel, mappings:",
+    );
+    let b = build(&dir, "01-07");
+    assert_eq!(b["mode"], "FULL_RENORMALIZE");
+    assert_eq!(b["failures"].as_array().unwrap().len(), 1, "{b}");
+    assert!(b["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("Unknown event type 'nope'"));
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"])["count"],
+        4
+    );
+    let row = &current(&dir, "customer")[0];
+    assert_eq!(row["customer_state"], "churned");
+    assert_eq!(row["valid_from"], "2024-01-05T10:00:00Z");
+}
+
+// CONTRACTS C17
+#[test]
+fn calls_are_deduplicated_one_after_the_other() {
+    let signup = |ts: &str| app("signup", ts, json!({"email": "a@x.com"}));
+    let dir = Dir::from_fixture("cust");
+    dir.write("first.jsonl", &(signup("01-05T00:00") + "\n"));
+    dir.write("second.jsonl", &(signup("01-01T00:00") + "\n"));
+    run(&dir, &["ingest", "--source", "app", "first.jsonl"]);
+    run(&dir, &["ingest", "--source", "app", "second.jsonl"]);
+    let n = run(&dir, &["normalize"]);
+    assert_eq!(
+        (
+            n["events_ingested"].as_u64(),
+            n["duplicates_skipped"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    build(&dir, "01-10");
+    let ea = "fbf2ddb4-0443-8ffd-afe7-93b0897586b9";
+    let events = run(&dir, &["ledger", "events", ea, "--format", "json"]);
+    assert_eq!(
+        (
+            events[0]["sequence"].as_i64(),
+            events[0]["timestamp"].as_str()
+        ),
+        (Some(1), Some("2024-01-05T00:00:00+00:00"))
+    );
+
+    let dir = Dir::from_fixture("cust");
+    dir.write(
+        "both.jsonl",
+        &format!("{}\n{}\n", signup("01-05T00:00"), signup("01-01T00:00")),
+    );
+    run(&dir, &["ingest", "--source", "app", "both.jsonl"]);
+    run(&dir, &["normalize"]);
+    build(&dir, "01-10");
+    let events = run(&dir, &["ledger", "events", ea, "--format", "json"]);
+    assert_eq!(
+        (
+            events[0]["sequence"].as_i64(),
+            events[0]["timestamp"].as_str()
+        ),
+        (Some(2), Some("2024-01-01T00:00:00+00:00"))
+    );
+}
+
+// CONTRACTS G12
+#[test]
+fn values_keep_their_types_across_jobs() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    ingest(
+        &dir,
+        &[app(
+            "login",
+            "01-04T00:00",
+            json!({"email": "alice@x.com", "n": 2}),
+        )],
+    );
+    let b = build(&dir, "01-05");
+    assert_eq!(b["events_failed"], 0, "{b}");
+    let row = &current(&dir, "customer")[0];
+    assert_eq!(row["logins"], 2);
+    assert_eq!(row["mrr"], 49.0);
+}
+
+// CONTRACTS J3
+#[test]
+fn each_shard_has_its_own_build_state() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    run(&dir, &["resolve"]);
+    run(
+        &dir,
+        &[
+            "build",
+            "--shard-id",
+            "0",
+            "--total-shards",
+            "2",
+            "--as-of",
+            "2024-01-04T00:00:00Z",
+        ],
+    );
+    let s0 = run(&dir, &["status", "--shard-id", "0", "--total-shards", "2"]);
+    let s1 = run(&dir, &["status", "--shard-id", "1", "--total-shards", "2"]);
+    assert_eq!(
+        (s0["cursor"].as_i64(), s1["cursor"].as_i64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(s0["active"], false, "not every shard has completed");
+    run(
+        &dir,
+        &[
+            "build",
+            "--shard-id",
+            "1",
+            "--total-shards",
+            "2",
+            "--as-of",
+            "2024-01-04T00:00:00Z",
+        ],
+    );
+    assert_eq!(
+        run(&dir, &["status", "--shard-id", "1", "--total-shards", "2"])["cursor"],
+        3
+    );
+    assert_eq!(run(&dir, &["status"])["active"], true);
+}
