@@ -18,7 +18,7 @@ use crate::identity::{
     SystemMerge,
 };
 use crate::interpret::Slot;
-use crate::normalize::{dedup_call, extract_hints, Hints, NormalizedEvent, Normalizer};
+use crate::normalize::{extract_hints, normalize_call, Hints, NormalizedEvent, Normalizer};
 use crate::replay::{LedgerEvent, MERGE_EVENT_TYPE};
 use crate::results::{EventFailure, IngestResult};
 use crate::value::{timestamp_text, Instant, Value};
@@ -43,7 +43,8 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
-    pub(crate) fn empty(mode: BuildMode) -> BuildResult {
+    /// A result with every counter 0 (SKIP, and the start of every build).
+    pub fn empty(mode: BuildMode) -> BuildResult {
         BuildResult {
             mode,
             events_processed: 0,
@@ -250,23 +251,15 @@ impl Engine {
         result: &mut IngestResult,
     ) -> Vec<(i64, NormalizedEvent)> {
         let normalizer = Normalizer::new(&self.defs, as_of);
-        let mut normalized = Vec::new();
-        for (i, row) in rows.iter().enumerate() {
-            match normalizer.normalize(&row.source, &row.raw) {
-                Ok(e) => normalized.push((i, (row.sequence, e))),
-                Err(f) => result.failures.push(f),
-            }
-        }
-        let canonical = &self.canonical;
-        let dedup = dedup_call(
-            normalized,
-            |(_, e)| (e.event_id.as_str(), e.timestamp),
-            |id| canonical.contains_key(id),
-        );
-        result.duplicates_skipped += dedup.duplicate_ids.len() as u64;
-        result.duplicate_ids.extend(dedup.duplicate_ids);
-        result.events_ingested += dedup.accepted.len() as u64;
-        dedup.accepted
+        let records = rows.iter().map(|r| (r.sequence, r.source.as_str(), &r.raw));
+        let call = normalize_call(&normalizer, records, |id| self.canonical.contains_key(id));
+        result
+            .failures
+            .extend(call.failures.into_iter().map(|(_, f)| f));
+        result.duplicates_skipped += call.duplicate_ids.len() as u64;
+        result.duplicate_ids.extend(call.duplicate_ids);
+        result.events_ingested += call.accepted.len() as u64;
+        call.accepted
     }
 
     fn append(&mut self, sequence: i64, e: NormalizedEvent) {

@@ -504,6 +504,44 @@ impl Scope for RawScope {
     }
 }
 
+/// One ingest call normalized and deduplicated (§2.2–§2.9).
+#[derive(Debug, Default)]
+pub struct CallOutcome {
+    /// Events to append, with their raw records' sequences, in canonical order.
+    pub accepted: Vec<(i64, NormalizedEvent)>,
+    /// Failures with their raw records' sequences, in input order.
+    pub failures: Vec<(i64, EventFailure)>,
+    /// Event ids of the skipped duplicates, in input order.
+    pub duplicate_ids: Vec<String>,
+}
+
+/// Normalizes the records of one call — (sequence, source, raw event) in input order — and
+/// deduplicates them against the ledger (`known`) and each other.
+pub fn normalize_call<'r>(
+    normalizer: &Normalizer<'_>,
+    records: impl IntoIterator<Item = (i64, &'r str, &'r Json)>,
+    known: impl Fn(&str) -> bool,
+) -> CallOutcome {
+    let mut normalized = Vec::new();
+    let mut failures = Vec::new();
+    for (i, (sequence, source, raw)) in records.into_iter().enumerate() {
+        match normalizer.normalize(source, raw) {
+            Ok(e) => normalized.push((i, (sequence, e))),
+            Err(f) => failures.push((sequence, f)),
+        }
+    }
+    let dedup = dedup_call(
+        normalized,
+        |(_, e)| (e.event_id.as_str(), e.timestamp),
+        known,
+    );
+    CallOutcome {
+        accepted: dedup.accepted,
+        failures,
+        duplicate_ids: dedup.duplicate_ids,
+    }
+}
+
 /// The outcome of deduplicating one call's normalized events (§2.9).
 #[derive(Debug, Default)]
 pub struct Deduplicated<T> {

@@ -2,7 +2,9 @@
 //! Contracts of groups C, D, E, F and G that involve several entities, builds or merges, and
 //! the property tests of determinism (workers, batching, incremental = full).
 
-use std::path::Path;
+mod common;
+
+use common::{app, bill, cust, t};
 
 use chrono::{TimeZone, Utc};
 use defacto_core::definitions::mode::BuildMode;
@@ -10,52 +12,13 @@ use defacto_core::definitions::Definitions;
 use defacto_core::engine::{BuildOptions, Engine, EntityKey};
 use defacto_core::history::HistoryRow;
 use defacto_core::identity::derived_id;
-use defacto_core::value::{timestamp_text, Instant};
+use defacto_core::value::Instant;
 use defacto_core::Value;
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 
-fn t(s: &str) -> Instant {
-    let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
-    let (m, d) = date.split_once('-').unwrap();
-    let (h, min) = time.split_once(':').unwrap();
-    Utc.with_ymd_and_hms(
-        2024,
-        m.parse().unwrap(),
-        d.parse().unwrap(),
-        h.parse().unwrap(),
-        min.parse().unwrap(),
-        0,
-    )
-    .unwrap()
-}
-
-fn iso(s: &str) -> String {
-    timestamp_text(&t(s))
-}
-
-fn cust() -> Definitions {
-    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust")).unwrap()
-}
-
 fn engine() -> Engine {
     Engine::new(cust())
-}
-
-fn app(ty: &str, at: &str, extra: Json) -> Json {
-    let mut raw = json!({"type": ty, "ts": iso(at)});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw
-}
-
-fn bill(raw_type: &str, at: &str, extra: Json) -> Json {
-    let mut raw = json!({"event": raw_type, "created_at": iso(at)});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw
 }
 
 fn email(v: &str) -> String {

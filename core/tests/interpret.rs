@@ -1,9 +1,11 @@
 //! Interpretation, time rules and SCD2 rows of one entity (PIPELINE.md §6–§9): contracts of
 //! groups E, F and G that concern a single entity's replay.
 
+mod common;
+
+use common::{app, cust, iso, t};
 use std::path::Path;
 
-use chrono::{TimeZone, Utc};
 use defacto_core::definitions::Definitions;
 use defacto_core::history::HistoryRow;
 use defacto_core::interpret::{NoRelations, RelateLookup};
@@ -12,30 +14,6 @@ use defacto_core::replay::{replay_entity, EntityJob, EntityReplay, LedgerEvent};
 use defacto_core::value::{timestamp_text, Instant};
 use defacto_core::Value;
 use serde_json::{json, Value as Json};
-
-/// `MM-DD hh:mm` of 2024 (CONTRACTS §0 notation).
-fn t(s: &str) -> Instant {
-    let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
-    let (m, d) = date.split_once('-').unwrap();
-    let (h, min) = time.split_once(':').unwrap();
-    Utc.with_ymd_and_hms(
-        2024,
-        m.parse().unwrap(),
-        d.parse().unwrap(),
-        h.parse().unwrap(),
-        min.parse().unwrap(),
-        0,
-    )
-    .unwrap()
-}
-
-fn iso(s: &str) -> String {
-    timestamp_text(&t(s))
-}
-
-fn cust() -> Definitions {
-    Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust")).unwrap()
-}
 
 /// CUST extended by YAML edits of the customer entity.
 fn cust_with(edit: impl Fn(String) -> String) -> Definitions {
@@ -73,14 +51,6 @@ fn events(defs: &Definitions, source: &str, raws: &[Json]) -> Vec<LedgerEvent> {
         .collect();
     out.sort_by_key(|e| e.order_key());
     out
-}
-
-fn app(ty: &str, at: &str, extra: Json) -> Json {
-    let mut raw = json!({"type": ty, "ts": iso(at)});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw
 }
 
 fn replay(defs: &Definitions, evs: &[LedgerEvent], as_of: &str) -> EntityReplay {

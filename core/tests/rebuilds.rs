@@ -2,66 +2,17 @@
 //! FULL / FULL_WITH_IDENTITY_RESET / FULL_RENORMALIZE builds, explicit merges and their
 //! survival through rebuilds and identity resets.
 
-use std::path::Path;
+mod common;
 
-use chrono::{TimeZone, Utc};
+use common::{app, cust, cust_with, t};
+
 use defacto_core::definitions::mode::BuildMode;
 use defacto_core::definitions::Definitions;
 use defacto_core::engine::{BuildOptions, Engine};
 use defacto_core::history::HistoryRow;
 use defacto_core::identity::derived_id;
-use defacto_core::value::{timestamp_text, Instant};
 use defacto_core::Value;
 use serde_json::{json, Value as Json};
-
-fn t(s: &str) -> Instant {
-    let (date, time) = s.split_once(' ').unwrap_or((s, "00:00"));
-    let (m, d) = date.split_once('-').unwrap();
-    let (h, min) = time.split_once(':').unwrap();
-    Utc.with_ymd_and_hms(
-        2024,
-        m.parse().unwrap(),
-        d.parse().unwrap(),
-        h.parse().unwrap(),
-        min.parse().unwrap(),
-        0,
-    )
-    .unwrap()
-}
-
-fn app(ty: &str, at: &str, extra: Json) -> Json {
-    let mut raw = json!({"type": ty, "ts": timestamp_text(&t(at))});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw
-}
-
-/// CUST, with text replacements applied to its entity and source files.
-fn cust_with(entities: &[(&str, &str)], sources: &[(&str, &str)]) -> Definitions {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust");
-    let mut e = std::fs::read_to_string(dir.join("entities/customer.yaml")).unwrap();
-    for (from, to) in entities {
-        assert!(e.contains(from), "{from}");
-        e = e.replace(from, to);
-    }
-    let mut s = std::fs::read_to_string(dir.join("sources/app.yaml")).unwrap();
-    for (from, to) in sources {
-        assert!(s.contains(from), "{from}");
-        s = s.replace(from, to);
-    }
-    let indent = |x: &str| x.lines().map(|l| format!("  {l}\n")).collect::<String>();
-    Definitions::from_yaml_str(&format!(
-        "entities:\n{}sources:\n{}",
-        indent(&e),
-        indent(&s)
-    ))
-    .unwrap()
-}
-
-fn cust() -> Definitions {
-    cust_with(&[], &[])
-}
 
 const TRIM: (&str, &str) = (
     "normalize: \"str::to_lowercase(value)\"",

@@ -89,6 +89,38 @@ impl Global {
     }
 }
 
+/// `--shard-id I --total-shards N`: a build or tick of the entities whose id hashes to shard I
+/// (PIPELINE.md §14). Both or neither; I below N.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ShardArgs {
+    #[arg(long, requires = "total_shards")]
+    pub shard_id: Option<u32>,
+    #[arg(long, requires = "shard_id")]
+    pub total_shards: Option<u32>,
+}
+
+impl ShardArgs {
+    /// `Some((shard_id, total_shards))` when sharded; a ConfigError when out of range.
+    pub fn shard(&self) -> Result<Option<(u32, u32)>, Error> {
+        match (self.shard_id, self.total_shards) {
+            (Some(i), Some(n)) if n == 0 || i >= n => Err(Error::Config(format!(
+                "--shard-id {i} must be below --total-shards {n}"
+            ))),
+            (Some(i), Some(n)) => Ok(Some((i, n))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The exit status of a run with `failed` failures under `--max-failures` (ARCHITECTURE.md:
+/// 3 when more events failed than allowed).
+pub fn exit_status(failed: u64, max_failures: Option<u64>) -> i32 {
+    match max_failures {
+        Some(max) if failed > max => 3,
+        _ => 0,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Console,

@@ -19,7 +19,7 @@ use defacto_core::value::{timestamp_text, Instant};
 use futures::TryStreamExt;
 
 use crate::catalog::{parse_instant, VersionRow};
-use crate::cli::Global;
+use crate::cli::{Global, ShardArgs};
 use crate::context::{build_lease, Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::history_table::{
@@ -47,10 +47,8 @@ pub struct BuildArgs {
     /// Interpretation threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    #[arg(long, requires = "total_shards")]
-    pub shard_id: Option<u32>,
-    #[arg(long, requires = "shard_id")]
-    pub total_shards: Option<u32>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Exit with status 3 when more events than this fail.
     #[arg(long)]
     pub max_failures: Option<u64>,
@@ -68,10 +66,10 @@ pub async fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     ctx.release_leases().await?;
     let result = result?;
     ctx.finish(&result).await?;
-    Ok(match args.max_failures {
-        Some(max) if result.events_failed > max => 3,
-        _ => 0,
-    })
+    Ok(crate::cli::exit_status(
+        result.events_failed,
+        args.max_failures,
+    ))
 }
 
 /// The build-state key of a version (and shard).
@@ -99,15 +97,7 @@ pub fn version_definitions(ctx: &Context, row: &VersionRow) -> Result<Definition
 
 pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let started = Clock::now();
-    let shard = match (args.shard_id, args.total_shards) {
-        (Some(i), Some(n)) if n == 0 || i >= n => {
-            return Err(Error::Config(format!(
-                "--shard-id {i} must be below --total-shards {n}"
-            )))
-        }
-        (Some(i), Some(n)) => Some((i, n)),
-        _ => None,
-    };
+    let shard = args.shard.shard()?;
     let version_name = args.version.clone().unwrap_or_else(|| ctx.version.clone());
     let row = ctx
         .catalog
@@ -169,7 +159,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         }
         return Ok(BuildResult {
             merges_detected: 0,
-            ..empty(mode)
+            ..BuildResult::empty(mode)
         });
     }
     state.dirty = true;
@@ -267,22 +257,6 @@ fn crash_point(point: &str) {
     if std::env::var("DEFACTO_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("crashing at {point} (DEFACTO_CRASH_AT)");
         std::process::abort();
-    }
-}
-
-fn empty(mode: BuildMode) -> BuildResult {
-    BuildResult {
-        mode,
-        events_processed: 0,
-        effects_produced: 0,
-        entities_created: 0,
-        entities_updated: 0,
-        merges_detected: 0,
-        late_arrivals: 0,
-        duration_ms: 0,
-        events_failed: 0,
-        failures: Vec::new(),
-        timing: BTreeMap::new(),
     }
 }
 

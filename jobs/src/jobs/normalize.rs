@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use clap::Args;
-use defacto_core::normalize::{dedup_call, NormalizedEvent, Normalizer};
+use defacto_core::normalize::{normalize_call, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
 use futures::TryStreamExt;
 
@@ -38,10 +38,10 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     ctx.release_leases().await?;
     let result = result?;
     ctx.finish(&result).await?;
-    Ok(match args.max_failures {
-        Some(max) if result.events_failed > max => 3,
-        _ => 0,
-    })
+    Ok(crate::cli::exit_status(
+        result.events_failed,
+        args.max_failures,
+    ))
 }
 
 /// Reads raw records with sequence in `(after, ..]`, in sequence order.
@@ -110,35 +110,33 @@ pub fn normalize_calls(
                 .iter()
                 .take_while(|r| r.call == call)
                 .count();
-        let mut normalized = Vec::new();
-        for (i, r) in records[start..end].iter().enumerate() {
-            let raw: serde_json::Value = match serde_json::from_str(&r.raw) {
-                Ok(v) => v,
-                Err(e) => {
-                    let f = EventFailure::normalization(
+        let mut parsed = Vec::with_capacity(end - start);
+        for r in &records[start..end] {
+            match serde_json::from_str::<serde_json::Value>(&r.raw) {
+                Ok(raw) => parsed.push((r, raw)),
+                Err(e) => failures.push((
+                    Some(r.sequence),
+                    EventFailure::normalization(
                         &serde_json::Value::String(r.raw.clone()),
                         &r.source,
                         None,
                         None,
                         format!("the raw record is not JSON: {e}"),
-                    );
-                    failures.push((Some(r.sequence), f));
-                    continue;
-                }
-            };
-            match normalizer.normalize(&r.source, &raw) {
-                Ok(e) => normalized.push((i, (r.sequence, e))),
-                Err(f) => failures.push((Some(r.sequence), f)),
+                    ),
+                )),
             }
         }
-        let dedup = dedup_call(
-            normalized,
-            |(_, e)| (e.event_id.as_str(), e.timestamp),
+        let call = normalize_call(
+            &normalizer,
+            parsed
+                .iter()
+                .map(|(r, raw)| (r.sequence, r.source.as_str(), raw)),
             |id| known.contains(id),
         );
-        result.duplicates_skipped += dedup.duplicate_ids.len() as u64;
-        result.duplicate_ids.extend(dedup.duplicate_ids);
-        for (seq, e) in dedup.accepted {
+        failures.extend(call.failures.into_iter().map(|(s, f)| (Some(s), f)));
+        result.duplicates_skipped += call.duplicate_ids.len() as u64;
+        result.duplicate_ids.extend(call.duplicate_ids);
+        for (seq, e) in call.accepted {
             known.insert(e.event_id.clone());
             accepted.push((seq, e));
         }

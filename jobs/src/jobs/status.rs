@@ -4,7 +4,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::Global;
+use crate::cli::{Global, ShardArgs};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::jobs::build::state_key;
@@ -15,10 +15,8 @@ use crate::ledger::{Columns, EVENTS_SCHEMA};
 pub struct StatusArgs {
     #[arg(long)]
     pub version: Option<String>,
-    #[arg(long, requires = "total_shards")]
-    pub shard_id: Option<u32>,
-    #[arg(long, requires = "shard_id")]
-    pub total_shards: Option<u32>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 /// `BuildStatus` (RESULTS.md §7), with the version it describes.
@@ -48,7 +46,7 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<i32> {
         .ok_or_else(|| Error::NotFound(format!("Version '{version}' not found")))?;
     let state = ctx
         .catalog
-        .build_state(&state_key(&version, args.shard_id), &row)
+        .build_state(&state_key(&version, args.shard.shard()?.map(|s| s.0)), &row)
         .await?;
     let counts = ctx
         .lake

@@ -8,7 +8,7 @@ use defacto_core::engine::TickResult;
 use defacto_core::identity::shard_of;
 use defacto_core::value::Instant;
 
-use crate::cli::Global;
+use crate::cli::{Global, ShardArgs};
 use crate::context::{build_lease, Context};
 use crate::error::{Error, Result};
 use crate::jobs::build::{parse_as_of, state_key, version_definitions, write_changes};
@@ -20,10 +20,8 @@ pub struct TickArgs {
     pub as_of: Option<Instant>,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    #[arg(long, requires = "total_shards")]
-    pub shard_id: Option<u32>,
-    #[arg(long, requires = "shard_id")]
-    pub total_shards: Option<u32>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
@@ -36,15 +34,7 @@ pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
 }
 
 async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
-    let shard = match (args.shard_id, args.total_shards) {
-        (Some(i), Some(n)) if n == 0 || i >= n => {
-            return Err(Error::Config(format!(
-                "--shard-id {i} must be below --total-shards {n}"
-            )))
-        }
-        (Some(i), Some(n)) => Some((i, n)),
-        _ => None,
-    };
+    let shard = args.shard.shard()?;
     let row = ctx
         .catalog
         .active_version()
