@@ -114,6 +114,7 @@ fn main() {
             engine.slots.len(),
             result.events_failed
         );
+        println!("  stage timings (ms): {:?}", result.timing);
     }
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
 }

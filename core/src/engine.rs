@@ -435,6 +435,7 @@ impl Engine {
         let started = Clock::now();
         let (merges_detected, renormalization_failures) =
             self.resolve_step(opts.as_of, opts.from_raw);
+        let resolved = Clock::now();
         let stored = self.stored.clone().unwrap_or_else(|| StoredState {
             hashes: self.hashes.clone(),
             ..StoredState::default()
@@ -473,6 +474,9 @@ impl Engine {
         self.watermark = out.watermark;
         let mut result = out.result;
         result.merges_detected = merges_detected;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        result.timing.insert("resolve_ms".into(), ms(resolved - started));
+        result.timing.insert("build_ms".into(), ms(resolved.elapsed()));
         let mut failures = renormalization_failures;
         failures.append(&mut result.failures);
         result.failures = failures;
