@@ -166,6 +166,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.catalog.put_build_state(&state).await?;
     ctx.renew_leases().await?;
 
+    let loading = Clock::now();
     let ledger: Vec<LedgerEvent> = {
         let mut events: Vec<LedgerEvent> = events_after(ctx, 0)
             .await?
@@ -214,7 +215,9 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         watermark: state.watermark.as_deref().map(parse_instant).transpose()?,
         merges,
     };
+    let replaying = Clock::now();
     let out = build::run(&inputs, &plan, &mut slots);
+    let writing = Clock::now();
     crash_point("before-history");
     write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
     crash_point("after-history");
@@ -240,6 +243,11 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.catalog.complete_build(&state, activate).await?;
 
     let mut result = out.result;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    result.timing.insert("resolve_ms".into(), ms(loading - started));
+    result.timing.insert("load_ms".into(), ms(replaying - loading));
+    result.timing.insert("replay_ms".into(), ms(writing - replaying));
+    result.timing.insert("write_ms".into(), ms(writing.elapsed()));
     if let Some(r) = resolve {
         result.merges_detected = r.merges_detected;
         let mut failures = r.failures;
