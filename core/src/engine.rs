@@ -475,8 +475,12 @@ impl Engine {
         let mut result = out.result;
         result.merges_detected = merges_detected;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        result.timing.insert("resolve_ms".into(), ms(resolved - started));
-        result.timing.insert("build_ms".into(), ms(resolved.elapsed()));
+        result
+            .timing
+            .insert("resolve_ms".into(), ms(resolved - started));
+        result
+            .timing
+            .insert("build_ms".into(), ms(resolved.elapsed()));
         let mut failures = renormalization_failures;
         failures.append(&mut result.failures);
         result.failures = failures;

@@ -13,6 +13,7 @@ use crate::jobs::definitions::DefinitionsArgs;
 use crate::jobs::ingest::IngestArgs;
 use crate::jobs::inspect::{IdentityArgs, LedgerArgs};
 use crate::jobs::maintain::MaintainArgs;
+use crate::jobs::merge::MergeArgs;
 use crate::jobs::normalize::NormalizeArgs;
 use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
@@ -20,7 +21,7 @@ use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
 use crate::jobs::{
-    build, definitions, ingest, inspect, maintain, normalize, resolve, status, table, tick,
+    build, definitions, ingest, inspect, maintain, merge, normalize, resolve, status, table, tick,
 };
 
 #[derive(Debug, Parser)]
@@ -153,6 +154,8 @@ pub enum Command {
     Maintain(MaintainArgs),
     /// Definition versions and drafts: list, show, register, activate, draft.
     Definitions(DefinitionsArgs),
+    /// Merge entity FROM into INTO (explicit merge).
+    Merge(MergeArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -201,6 +204,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Ledger(args) => inspect::ledger(g, args).await,
             Command::Maintain(args) => maintain::run(g, args).await,
             Command::Definitions(args) => definitions::run(g, args).await,
+            Command::Merge(args) => merge::run(g, args).await,
         }
     })
 }

@@ -169,6 +169,31 @@ impl Context {
         }
     }
 
+    /// Releases one lease this job holds (the others stay).
+    pub async fn release_lease(&self, name: &str) -> Result<()> {
+        self.leases
+            .lock()
+            .expect("lease list")
+            .retain(|n| n != name);
+        self.catalog.release_lease(name, &self.holder).await
+    }
+
+    /// Takes a lease, waiting for it (up to ten minutes) instead of failing when it is held:
+    /// for short locks such as the sequence allocator's.
+    pub async fn wait_for_lease(&self, name: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            match self.lease(name).await {
+                Err(Error::Storage(msg))
+                    if msg.contains("is held by") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn release_leases(&self) -> Result<()> {
         let names: Vec<String> = std::mem::take(&mut *self.leases.lock().expect("lease list"));
         for name in names {

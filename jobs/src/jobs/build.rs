@@ -54,6 +54,21 @@ pub struct BuildArgs {
     pub max_failures: Option<u64>,
 }
 
+impl BuildArgs {
+    /// An unforced, unsharded build of the folder's version at `as_of`.
+    pub fn at(as_of: Instant) -> BuildArgs {
+        BuildArgs {
+            version: None,
+            full: false,
+            from_raw: false,
+            as_of: Some(as_of),
+            workers: 1,
+            shard: ShardArgs::default(),
+            max_failures: None,
+        }
+    }
+}
+
 pub fn parse_as_of(s: &str) -> std::result::Result<Instant, String> {
     defacto_core::normalize::parse_rfc3339(s).ok_or_else(|| {
         format!("'{s}' is not an RFC 3339 instant with an offset, e.g. 2024-01-10T00:00:00Z")
@@ -244,10 +259,18 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
 
     let mut result = out.result;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    result.timing.insert("resolve_ms".into(), ms(loading - started));
-    result.timing.insert("load_ms".into(), ms(replaying - loading));
-    result.timing.insert("replay_ms".into(), ms(writing - replaying));
-    result.timing.insert("write_ms".into(), ms(writing.elapsed()));
+    result
+        .timing
+        .insert("resolve_ms".into(), ms(loading - started));
+    result
+        .timing
+        .insert("load_ms".into(), ms(replaying - loading));
+    result
+        .timing
+        .insert("replay_ms".into(), ms(writing - replaying));
+    result
+        .timing
+        .insert("write_ms".into(), ms(writing.elapsed()));
     if let Some(r) = resolve {
         result.merges_detected = r.merges_detected;
         let mut failures = r.failures;

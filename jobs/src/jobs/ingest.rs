@@ -103,21 +103,10 @@ pub async fn append(ctx: &Context, source: &str, records: Vec<Record>) -> Result
 
 /// The sequence lock (PIPELINE.md §1): taken, waited for, around allocation and the commit,
 /// so that commits to `ledger/raw` become visible in sequence order.
-const SEQUENCE_LOCK: &str = "sequence";
+pub const SEQUENCE_LOCK: &str = "sequence";
 
 async fn commit_raw(ctx: &Context, source: &str, good: &[Json], at: Instant) -> Result<(i64, i64)> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        match ctx.lease(SEQUENCE_LOCK).await {
-            Ok(()) => break,
-            Err(Error::Storage(msg))
-                if msg.contains("is held by") && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    ctx.wait_for_lease(SEQUENCE_LOCK).await?;
     let outcome = async {
         let first = ctx.catalog.allocate_sequences(good.len() as i64).await?;
         let rows: Vec<RawRecord> = good
@@ -139,7 +128,7 @@ async fn commit_raw(ctx: &Context, source: &str, good: &[Json], at: Instant) -> 
         Ok((first, first + good.len() as i64 - 1))
     }
     .await;
-    ctx.release_leases().await?;
+    ctx.release_lease(SEQUENCE_LOCK).await?;
     outcome
 }
 

@@ -5,6 +5,7 @@ pub mod definitions;
 pub mod ingest;
 pub mod inspect;
 pub mod maintain;
+pub mod merge;
 pub mod normalize;
 pub mod resolve;
 pub mod status;

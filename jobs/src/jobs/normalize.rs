@@ -152,7 +152,7 @@ pub fn normalize_calls(
     (accepted, failures)
 }
 
-async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
+pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
     let (mut known, ledger_head) = known_events(ctx).await?;
     // A run that committed its events but died before moving the cursor left the cursor
     // behind the ledger: sequences already in ledger/events are never appended again.

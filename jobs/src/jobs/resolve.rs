@@ -8,8 +8,9 @@ use std::time::Instant as Clock;
 
 use clap::Args;
 use defacto_core::definitions::Hashes;
-use defacto_core::identity::{IdentityFields, IdentityStore, Resolver};
+use defacto_core::identity::{IdentityFields, IdentityStore, Resolver, SystemMerge};
 use defacto_core::normalize::extract_hints;
+use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
 use futures::TryStreamExt;
 
@@ -96,8 +97,29 @@ pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Res
     let mut assignments = Vec::new();
     let mut merges = Vec::new();
     let mut head = state.cursor;
+    let mut merges_detected = 0;
+    let from_start = state.cursor == 0;
     for e in &events {
         head = head.max(e.event.sequence);
+        if e.event.event_type == MERGE_EVENT_TYPE {
+            // An explicit merge: executed by `merge` itself; a pass from the start replays it
+            // at its place in canonical order (PIPELINE.md §11.3).
+            if from_start {
+                if let Some(system) = system_merge(&e.event) {
+                    if let Some(m) = resolver.replay_merge(&system) {
+                        let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
+                        merges.push((ty, m));
+                    }
+                    let into = resolver
+                        .store()
+                        .merged_into(&system.into_entity_id)
+                        .unwrap_or(system.into_entity_id.clone());
+                    let ty = resolver.store().entity_type(&into).unwrap_or_default();
+                    assignments.push((e.event.sequence, ty, into));
+                }
+            }
+            continue;
+        }
         let resolution = resolver.resolve(&e.hints, e.event.timestamp);
         for (entity_type, id) in resolution.entities {
             assignments.push((e.event.sequence, entity_type, id));
@@ -105,10 +127,11 @@ pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Res
         for m in resolution.merges {
             let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
             merges.push((ty, m));
+            merges_detected += 1;
         }
     }
     result.events_resolved = events.len() as u64;
-    result.merges_detected = merges.len() as u64;
+    result.merges_detected = merges_detected;
     if !assignments.is_empty() {
         let batches = assignments
             .chunks(65_536)
@@ -125,6 +148,19 @@ pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Res
     result.events_failed = result.failures.len() as u64;
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// The stored data of an explicit merge's system event.
+fn system_merge(e: &defacto_core::replay::LedgerEvent) -> Option<SystemMerge> {
+    let text = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let hints = |k: &str| serde_json::from_str(&text(k)?).ok();
+    Some(SystemMerge {
+        from_entity_id: text("from_entity_id")?,
+        into_entity_id: text("into_entity_id")?,
+        from_hints: hints("from_hints")?,
+        into_hints: hints("into_hints")?,
+        timestamp: e.timestamp,
+    })
 }
 
 fn record(state: &mut ResolveState, hashes: &Hashes, salt: &str) {
