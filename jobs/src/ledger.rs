@@ -277,6 +277,45 @@ pub struct StoredEvent {
     pub hints: Hints,
 }
 
+/// Ledger rows without their hints (what builds replay).
+pub fn read_ledger_events(batch: &RecordBatch) -> Result<Vec<LedgerEvent>> {
+    let c = Columns::new(batch);
+    let (seq, id, ty, ns, src, data) = (
+        c.i64("sequence")?,
+        c.str("event_id")?,
+        c.str("event_type")?,
+        c.i64("timestamp_ns")?,
+        c.str("source")?,
+        c.str("data")?,
+    );
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(LedgerEvent {
+                sequence: seq.value(i),
+                event_id: id.value(i).to_string(),
+                event_type: ty.value(i).to_string(),
+                timestamp: instant_from_nanos(ns.value(i) as i128)
+                    .ok_or_else(|| Error::Storage("ledger timestamp out of range".into()))?,
+                source: src.value(i).to_string(),
+                data: read_data(seq.value(i), data.value(i))?,
+            })
+        })
+        .collect()
+}
+
+fn read_data(sequence: i64, text: &str) -> Result<IndexMap<String, Value>> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad data: {e}")))?;
+    Ok(json
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), typed::from_json(v)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
     let c = Columns::new(batch);
     let (seq, id, ty, ns, src, data, hints) = (

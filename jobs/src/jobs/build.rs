@@ -26,9 +26,9 @@ use crate::history_table::{
     entity_batch, entity_schema, group_relationships, group_rows, read_entity_rows,
     read_relationship_rows, relationship_batch, relationship_schema, relationship_types, sql_list,
 };
-use crate::jobs::resolve::{events_after, resolve_step};
+use crate::jobs::resolve::resolve_step;
 use crate::lake::tables;
-use crate::ledger::{read_assignments, ASSIGNMENTS_SCHEMA};
+use crate::ledger::{read_assignments, read_ledger_events, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
 
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
@@ -182,17 +182,6 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.renew_leases().await?;
 
     let loading = Clock::now();
-    let ledger: Vec<LedgerEvent> = {
-        let mut events: Vec<LedgerEvent> = events_after(ctx, 0)
-            .await?
-            .into_iter()
-            .map(|e| e.event)
-            .filter(|e| e.sequence <= rs.cursor)
-            .collect();
-        events.sort_by_key(|e| e.sequence);
-        events
-    };
-    let assignments = load_assignments(ctx).await?;
     let identity = ctx.catalog.load_identity().await?;
     let mut slots = if mode.is_full() {
         BTreeMap::new()
@@ -214,14 +203,6 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         })
         .collect();
     let owns = move |id: &str| shard.is_none_or(|(i, n)| shard_of(id, n) == i);
-    let inputs = BuildInputs {
-        defs: &defs,
-        ledger: &ledger,
-        assignments: &assignments,
-        identity: &identity,
-        owns: &owns,
-        workers: args.workers.max(1),
-    };
     let plan = BuildPlan {
         mode,
         as_of: ctx.as_of,
@@ -230,8 +211,21 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         watermark: state.watermark.as_deref().map(parse_instant).transpose()?,
         merges,
     };
+    let mut inputs = if mode.is_full() {
+        Loaded::everything(ctx, rs.cursor).await?
+    } else {
+        Loaded::for_increment(ctx, &plan, &identity, &slots, &owns).await?
+    };
     let replaying = Clock::now();
-    let out = build::run(&inputs, &plan, &mut slots);
+    let before = slots.clone();
+    let mut out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
+    // An incremental build loads the events of the entities it expects to rebuild; should it
+    // have rebuilt another one, it runs again on the whole ledger.
+    if !inputs.complete && !inputs.covers(&out) {
+        slots = before;
+        inputs = Loaded::everything(ctx, rs.cursor).await?;
+        out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
+    }
     let writing = Clock::now();
     crash_point("before-history");
     write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
@@ -291,8 +285,173 @@ fn crash_point(point: &str) {
     }
 }
 
-/// `ledger/assignments` as entity → sequences.
-pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+/// The ledger rows and assignments a build replays.
+struct Loaded {
+    ledger: Vec<LedgerEvent>,
+    assignments: BTreeMap<EntityKey, BTreeSet<i64>>,
+    /// Everything up to the resolve cursor (FULL), or only what an increment needs.
+    complete: bool,
+    /// The entities whose complete events are loaded.
+    rebuildable: BTreeSet<EntityKey>,
+}
+
+impl Loaded {
+    async fn everything(ctx: &Context, cursor: i64) -> Result<Loaded> {
+        Ok(Loaded {
+            ledger: ledger_up_to(ctx, cursor).await?,
+            assignments: load_assignments(ctx).await?,
+            complete: true,
+            rebuildable: BTreeSet::new(),
+        })
+    }
+
+    /// The new rows, their assignments, and all the events of the entities the build will
+    /// rebuild — late entities (§10.3 step 4) and both sides of unapplied merges.
+    async fn for_increment(
+        ctx: &Context,
+        plan: &BuildPlan,
+        identity: &MemoryIdentity,
+        slots: &BTreeMap<EntityKey, Slot>,
+        owns: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Loaded> {
+        let range = format!(
+            "sequence > {} AND sequence <= {}",
+            plan.cursor, plan.resolve_cursor
+        );
+        let new_events = ledger_where(ctx, &range).await?;
+        let new_assignments = assignments_where(ctx, &range).await?;
+        let timestamps: BTreeMap<i64, Instant> = new_events
+            .iter()
+            .map(|e| (e.sequence, e.timestamp))
+            .collect();
+        let mut rebuild: BTreeSet<EntityKey> = BTreeSet::new();
+        for (key, seqs) in &new_assignments {
+            for target in chain(identity, key) {
+                let slot = slots.get(&target);
+                let late = seqs.iter().filter_map(|s| timestamps.get(s)).any(|ts| {
+                    plan.watermark.is_some_and(|w| *ts < w)
+                        || slot
+                            .and_then(|s| s.horizon)
+                            .is_some_and(|h| *ts < h.at || (*ts == h.at && h.by_rule))
+                });
+                if late && owns(&target.1) {
+                    rebuild.insert(target);
+                }
+            }
+        }
+        for (ty, m) in &plan.merges {
+            for id in [&m.from, &m.into] {
+                rebuild.insert((ty.clone(), id.clone()));
+            }
+        }
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        for (_, id) in &rebuild {
+            let mut stack = vec![id.clone()];
+            while let Some(next) = stack.pop() {
+                stack.extend(identity.merged_from(&next));
+                ids.insert(next);
+            }
+        }
+        let mut assignments = new_assignments;
+        let mut ledger = new_events;
+        if !ids.is_empty() {
+            let list: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let theirs =
+                assignments_where(ctx, &format!("entity_id IN ({})", sql_list(&list))).await?;
+            let seqs: BTreeSet<i64> = theirs
+                .values()
+                .flatten()
+                .copied()
+                .filter(|s| *s <= plan.cursor)
+                .collect();
+            if !seqs.is_empty() {
+                let list = seqs
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                ledger.extend(ledger_where(ctx, &format!("sequence IN ({list})")).await?);
+            }
+            for (key, s) in theirs {
+                assignments.entry(key).or_default().extend(s);
+            }
+        }
+        ledger.sort_unstable_by_key(|e| e.sequence);
+        ledger.dedup_by_key(|e| e.sequence);
+        Ok(Loaded {
+            ledger,
+            assignments,
+            complete: false,
+            rebuildable: rebuild,
+        })
+    }
+
+    fn run(
+        &self,
+        defs: &Definitions,
+        identity: &MemoryIdentity,
+        owns: &(dyn Fn(&str) -> bool + Sync),
+        workers: usize,
+        plan: &BuildPlan,
+        slots: &mut BTreeMap<EntityKey, Slot>,
+    ) -> BuildOutput {
+        let inputs = BuildInputs {
+            defs,
+            ledger: &self.ledger,
+            assignments: &self.assignments,
+            identity,
+            owns,
+            workers: workers.max(1),
+        };
+        build::run(&inputs, plan, slots)
+    }
+
+    /// Whether every entity the build replayed had its events loaded.
+    fn covers(&self, out: &BuildOutput) -> bool {
+        out.changes
+            .iter()
+            .filter(|(_, c)| c.replaced.is_some())
+            .all(|(k, _)| self.rebuildable.contains(k))
+    }
+}
+
+/// The entity a row is assigned to, and each entity on its chain of merges.
+fn chain(identity: &MemoryIdentity, key: &EntityKey) -> Vec<EntityKey> {
+    let mut out = vec![key.clone()];
+    let mut id = key.1.clone();
+    while let Some(next) = identity.merged_into(&id) {
+        out.push((key.0.clone(), next.clone()));
+        id = next;
+    }
+    out
+}
+
+/// Ledger rows matching a SQL condition, read batch by batch.
+async fn ledger_where(ctx: &Context, condition: &str) -> Result<Vec<LedgerEvent>> {
+    let sql = format!(
+        "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE {condition}"
+    );
+    let mut stream = ctx
+        .lake
+        .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
+        .await?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        out.extend(read_ledger_events(&batch)?);
+    }
+    Ok(out)
+}
+
+/// Assignments matching a SQL condition, as entity → sequences.
+async fn assignments_where(
+    ctx: &Context,
+    condition: &str,
+) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+    let sql = format!("SELECT sequence, entity_type, entity_id FROM assignments WHERE {condition}");
     let batches: Vec<_> = ctx
         .lake
         .query(
@@ -301,7 +460,7 @@ pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTree
                 tables::ASSIGNMENTS,
                 ASSIGNMENTS_SCHEMA.clone(),
             )],
-            "SELECT sequence, entity_type, entity_id FROM assignments",
+            &sql,
         )
         .await?
         .try_collect()
@@ -314,6 +473,18 @@ pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTree
         }
     }
     Ok(out)
+}
+
+/// Every ledger row up to the resolve cursor, sorted by sequence, read batch by batch.
+pub async fn ledger_up_to(ctx: &Context, cursor: i64) -> Result<Vec<LedgerEvent>> {
+    let mut out = ledger_where(ctx, &format!("sequence <= {cursor}")).await?;
+    out.sort_unstable_by_key(|e| e.sequence);
+    Ok(out)
+}
+
+/// `ledger/assignments` as entity → sequences.
+pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+    assignments_where(ctx, "TRUE").await
 }
 
 /// Writes a build's history changes: a FULL build replaces every table of the version (its

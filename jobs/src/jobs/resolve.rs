@@ -46,16 +46,18 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
 pub async fn events_after(ctx: &Context, after: i64) -> Result<Vec<StoredEvent>> {
     let sql =
         format!("SELECT * FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence");
-    let batches: Vec<_> = ctx
+    let mut stream = ctx
         .lake
         .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
-        .await?
-        .try_collect()
-        .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?;
+        .await?;
+    // Each batch becomes events as it arrives, so only one batch of Arrow data is held.
     let mut out = Vec::new();
-    for b in &batches {
-        out.extend(read_events(b)?);
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        out.extend(read_events(&batch)?);
     }
     Ok(out)
 }
