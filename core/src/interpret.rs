@@ -432,12 +432,8 @@ impl<'d> Machine<'d> {
         let Some(start) = slot.entity.as_ref() else {
             return Ok(());
         };
-        let has_rules = self
-            .def
-            .states
-            .get(&start.state)
-            .is_some_and(|s| !s.after.is_empty());
-        if !has_rules {
+        // Most evaluations find nothing due: check before copying the working state.
+        if self.next_due(start, as_of).is_none() {
             return Ok(());
         }
         let mut work = slot.clone();
@@ -452,6 +448,36 @@ impl<'d> Machine<'d> {
                 Err(e)
             }
         }
+    }
+
+    /// The eligible rule with the earliest crossing (ties: the smallest index), with its
+    /// crossing instant and reference (§7.3 step 1).
+    fn next_due(&self, entity: &EntityState, as_of: Instant) -> Option<(Instant, usize, Instant)> {
+        let state = self.def.states.get(&entity.state)?;
+        let mut best: Option<(Instant, usize, Instant)> = None;
+        for (i, rule) in state.after.iter().enumerate() {
+            let reference = match rule.kind {
+                TimeRuleKind::Inactivity => entity.last_event_time,
+                TimeRuleKind::Expiration => entity.created_time,
+                TimeRuleKind::StateDuration => entity.state_entered_time,
+            };
+            let Some(reference) = reference else { continue };
+            let Ok(threshold) = chrono::Duration::from_std(rule.threshold) else {
+                continue;
+            };
+            let Some(crossing) = reference.checked_add_signed(threshold) else {
+                continue;
+            };
+            let crossing = match entity.state_entered_time {
+                Some(entered) if entered > crossing => entered,
+                _ => crossing,
+            };
+            let eligible = crossing < as_of && entity.marks.get(&i) != Some(&reference);
+            if eligible && best.is_none_or(|(c, _, _)| crossing < c) {
+                best = Some((crossing, i, reference));
+            }
+        }
+        best
     }
 
     fn fire_due_rules(
@@ -469,29 +495,7 @@ impl<'d> Machine<'d> {
             let Some(state) = self.def.states.get(&entity.state) else {
                 return Ok(());
             };
-            let mut best: Option<(Instant, usize, Instant)> = None;
-            for (i, rule) in state.after.iter().enumerate() {
-                let reference = match rule.kind {
-                    TimeRuleKind::Inactivity => entity.last_event_time,
-                    TimeRuleKind::Expiration => entity.created_time,
-                    TimeRuleKind::StateDuration => entity.state_entered_time,
-                };
-                let Some(reference) = reference else { continue };
-                let Ok(threshold) = chrono::Duration::from_std(rule.threshold) else {
-                    continue;
-                };
-                let Some(crossing) = reference.checked_add_signed(threshold) else {
-                    continue;
-                };
-                let crossing = match entity.state_entered_time {
-                    Some(entered) if entered > crossing => entered,
-                    _ => crossing,
-                };
-                let eligible = crossing < as_of && entity.marks.get(&i) != Some(&reference);
-                if eligible && best.is_none_or(|(c, _, _)| crossing < c) {
-                    best = Some((crossing, i, reference));
-                }
-            }
+            let best = self.next_due(entity, as_of);
             let Some((crossing, index, reference)) = best else {
                 return Ok(());
             };
