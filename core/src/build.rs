@@ -505,12 +505,38 @@ pub fn apply_change(
     key: &EntityKey,
     change: &HistoryChange,
 ) {
-    if let Some((h, r)) = &change.replaced {
+    apply_history_change(history, key, change);
+    apply_relationship_change(relationships, defs, key, change);
+}
+
+/// The entity-row half of a change.
+pub fn apply_history_change(
+    history: &mut BTreeMap<EntityKey, EntityHistory>,
+    key: &EntityKey,
+    change: &HistoryChange,
+) {
+    if let Some((h, _)) = &change.replaced {
         history.insert(key.clone(), h.clone());
-        relationships.insert(key.clone(), r.clone());
     }
     for s in &change.snapshots {
         history.entry(key.clone()).or_default().apply(&key.1, s);
+    }
+    if history.get(key).is_some_and(|h| h.rows.is_empty()) {
+        history.remove(key);
+    }
+}
+
+/// The relationship-row half of a change (rows whose source is the entity).
+pub fn apply_relationship_change(
+    relationships: &mut BTreeMap<EntityKey, RelationshipHistory>,
+    defs: &Definitions,
+    key: &EntityKey,
+    change: &HistoryChange,
+) {
+    if let Some((_, r)) = &change.replaced {
+        relationships.insert(key.clone(), r.clone());
+    }
+    for s in &change.snapshots {
         for rec in &s.relationships {
             if crate::replay::declared_relationship(defs, &rec.relationship_type) {
                 relationships.entry(key.clone()).or_default().apply(
@@ -521,9 +547,6 @@ pub fn apply_change(
                 );
             }
         }
-    }
-    if history.get(key).is_some_and(|h| h.rows.is_empty()) {
-        history.remove(key);
     }
     if relationships.get(key).is_some_and(|r| r.rows.is_empty()) {
         relationships.remove(key);

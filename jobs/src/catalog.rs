@@ -140,6 +140,49 @@ pub struct VersionRow {
     pub created_at: String,
 }
 
+/// Rows per multi-row INSERT: well under the bind-parameter limits of SQLite and Postgres.
+const ROWS_PER_INSERT: usize = 200;
+
+/// Inserts `rows` with multi-row `INSERT … VALUES (…), (…) <conflict>` statements: one round
+/// trip per `ROWS_PER_INSERT` rows instead of one per row.
+async fn insert_many(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    head: &str,
+    conflict: &str,
+    rows: Vec<Vec<String>>,
+    op: &str,
+) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                n += 1;
+                if j > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(conflict);
+        let mut query = q(&sql);
+        for row in chunk {
+            for cell in row {
+                query = query.bind(cell.clone());
+            }
+        }
+        query.execute(&mut **tx).await.map_err(|e| db(op, e))?;
+    }
+    Ok(())
+}
+
 /// A query over SQL text built here from constants and validated names (the namespace is
 /// checked to be an identifier before any query runs); values are always bound.
 fn q<'a>(sql: &str) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
@@ -664,46 +707,54 @@ impl Catalog {
             .await
             .map_err(|e| db("Saving identity", e))?;
         let now = now_text();
-        let upsert = self.sql(
-            "INSERT INTO {t:identity} (entity_type, hint_type, hint_value, entity_id, created_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (entity_type, hint_type, hint_value) DO UPDATE SET entity_id = excluded.entity_id",
+        let op = "Saving identity";
+        let mappings = changes
+            .mappings
+            .iter()
+            .map(|(k, id)| {
+                vec![
+                    k.entity_type.clone(),
+                    k.field.clone(),
+                    k.value.clone(),
+                    id.clone(),
+                    now.clone(),
+                ]
+            })
+            .collect();
+        let head = self.sql(
+            "INSERT INTO {t:identity} (entity_type, hint_type, hint_value, entity_id, created_at)",
         );
-        for (key, id) in &changes.mappings {
-            q(&upsert)
-                .bind(&key.entity_type)
-                .bind(&key.field)
-                .bind(&key.value)
-                .bind(id)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db("Saving identity", e))?;
-        }
-        let entity = self.sql(
-            "INSERT INTO {t:entities} (entity_id, entity_type) VALUES ($1, $2) ON CONFLICT (entity_id) DO NOTHING",
-        );
-        for (id, ty) in &changes.entities {
-            q(&entity)
-                .bind(id)
-                .bind(ty)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db("Saving identity", e))?;
-        }
-        let merge = self.sql(
-            "INSERT INTO {t:merge_log} (from_entity_id, into_entity_id, timestamp) VALUES ($1, $2, $3)
-             ON CONFLICT (from_entity_id) DO NOTHING",
-        );
-        for m in &changes.merges {
-            q(&merge)
-                .bind(&m.from)
-                .bind(&m.into)
-                .bind(timestamp_text(&m.timestamp))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db("Saving identity", e))?;
-        }
+        let conflict = "ON CONFLICT (entity_type, hint_type, hint_value) DO UPDATE SET entity_id = excluded.entity_id";
+        insert_many(&mut tx, &head, conflict, mappings, op).await?;
+        let entities = changes
+            .entities
+            .iter()
+            .map(|(id, ty)| vec![id.clone(), ty.clone()])
+            .collect();
+        let head = self.sql("INSERT INTO {t:entities} (entity_id, entity_type)");
+        insert_many(
+            &mut tx,
+            &head,
+            "ON CONFLICT (entity_id) DO NOTHING",
+            entities,
+            op,
+        )
+        .await?;
+        let merges = changes
+            .merges
+            .iter()
+            .map(|m| vec![m.from.clone(), m.into.clone(), timestamp_text(&m.timestamp)])
+            .collect();
+        let head =
+            self.sql("INSERT INTO {t:merge_log} (from_entity_id, into_entity_id, timestamp)");
+        insert_many(
+            &mut tx,
+            &head,
+            "ON CONFLICT (from_entity_id) DO NOTHING",
+            merges,
+            op,
+        )
+        .await?;
         tx.commit().await.map_err(|e| db("Saving identity", e))?;
         Ok(())
     }
@@ -826,26 +877,36 @@ impl Catalog {
                 .await
                 .map_err(|e| db("Saving working state", e))?;
         }
-        let upsert = self.sql(
-            "INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot",
-        );
+        let op = "Saving working state";
         let delete = self.sql(
             "DELETE FROM {t:working_state} WHERE state_key = $1 AND entity_type = $2 AND entity_id = $3",
         );
+        let mut upserts = Vec::new();
         for ((ty, id), slot) in slots {
-            let q = match slot {
-                Some(slot) => q(&upsert)
-                    .bind(key)
-                    .bind(ty)
-                    .bind(id)
-                    .bind(persist::to_json(slot).to_string()),
-                None => q(&delete).bind(key).bind(ty).bind(id),
-            };
-            q.execute(&mut *tx)
-                .await
-                .map_err(|e| db("Saving working state", e))?;
+            match slot {
+                Some(slot) => upserts.push(vec![
+                    key.to_string(),
+                    ty.clone(),
+                    id.clone(),
+                    persist::to_json(slot).to_string(),
+                ]),
+                None if !replace_all => {
+                    q(&delete)
+                        .bind(key)
+                        .bind(ty)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db(op, e))?;
+                }
+                None => {}
+            }
         }
+        let head =
+            self.sql("INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot)");
+        let conflict =
+            "ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot";
+        insert_many(&mut tx, &head, conflict, upserts, op).await?;
         tx.commit()
             .await
             .map_err(|e| db("Saving working state", e))?;

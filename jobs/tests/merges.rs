@@ -68,7 +68,7 @@ fn assert_d10(dir: &Dir) {
     assert_eq!(current[0]["customer_id"], B);
 }
 
-// CONTRACTS D10
+// CONTRACTS D10, CONTRACTS H12
 #[test]
 fn an_explicit_merge_rebuilds_the_winner() {
     let dir = d10();
@@ -96,6 +96,12 @@ fn an_explicit_merge_rebuilds_the_winner() {
         4
     );
     assert_eq!(run(&dir, &["status"])["pending_events"], 0);
+    let full = run(&dir, &["build", "--full", MERGE_AT]);
+    assert_eq!(
+        full["events_processed"], 4,
+        "system events count as processed (H12): {full}"
+    );
+    assert_d10(&dir);
 }
 
 // CONTRACTS D11, CONTRACTS D16

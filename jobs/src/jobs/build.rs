@@ -526,7 +526,6 @@ pub async fn write_changes(
         }
         let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
-        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
         if !replace_all {
             let sql = format!(
                 "SELECT * FROM h WHERE \"{name}_id\" IN ({})",
@@ -541,7 +540,7 @@ pub async fn write_changes(
             }
         }
         for key in &keys {
-            build::apply_change(&mut histories, &mut rels, defs, key, &changes[*key]);
+            build::apply_history_change(&mut histories, key, &changes[*key]);
         }
         let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
         let batch = entity_batch(entity, &rows)?;
@@ -576,9 +575,8 @@ pub async fn write_changes(
                 ));
             }
         }
-        let mut scratch: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
         for key in &keys {
-            build::apply_change(&mut scratch, &mut rels, defs, key, &changes[*key]);
+            build::apply_relationship_change(&mut rels, defs, key, &changes[*key]);
         }
         let rows: Vec<_> = rels
             .values()
