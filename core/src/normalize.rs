@@ -24,9 +24,9 @@ pub struct NormalizedEvent {
     pub event_type: String,
     pub timestamp: Instant,
     pub source: String,
-    /// Exactly one entry per mapping, in mapping order (nulls included).
+    /// Exactly one entry per mapping, in mapping order (nulls included). The raw event itself
+    /// stays with the caller (the batch product keeps it in `ledger/raw`).
     pub data: IndexMap<String, Value>,
-    pub raw: Json,
     pub hints: Hints,
 }
 
@@ -76,7 +76,6 @@ impl<'a> Normalizer<'a> {
             timestamp,
             source: source.to_string(),
             data,
-            raw: raw.clone(),
             hints,
         })
     }
@@ -519,13 +518,14 @@ pub struct CallOutcome {
 /// deduplicates them against the ledger (`known`) and each other.
 pub fn normalize_call<'r>(
     normalizer: &Normalizer<'_>,
-    records: impl IntoIterator<Item = (i64, &'r str, &'r Json)>,
+    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
     known: impl Fn(&str) -> bool,
 ) -> CallOutcome {
     let mut normalized = Vec::new();
     let mut failures = Vec::new();
+    // Each raw event is dropped as soon as it is normalized.
     for (i, (sequence, source, raw)) in records.into_iter().enumerate() {
-        match normalizer.normalize(source, raw) {
+        match normalizer.normalize(source, &raw) {
             Ok(e) => normalized.push((i, (sequence, e))),
             Err(f) => failures.push((sequence, f)),
         }

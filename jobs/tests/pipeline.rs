@@ -856,3 +856,29 @@ fn datetime_fields_keep_their_kind_in_the_ledger() {
         assert_eq!(rows[0]["since"], "2023-05-01T00:00:00Z", "{rows}");
     }
 }
+
+// CONTRACTS C14 (storage): ledger/raw keeps each record exactly as received, unmapped
+// fields included.
+#[test]
+fn the_raw_ledger_keeps_records_as_received() {
+    let dir = Dir::from_fixture("cust");
+    let record = r#"{"type":"signup","ts":"2024-01-01T00:00:00Z","email":"a@x.com","utm":{"x":[1,2.5,null]},"extra":"kept"}"#;
+    dir.write("r.jsonl", &format!("{record}\n"));
+    run(&dir, &["ingest", "--source", "app", "r.jsonl"]);
+    let lake = lake_of(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batches = rt
+        .block_on(lake.query_all(
+            &[("raw", tables::RAW, defacto_jobs::ledger::RAW_SCHEMA.clone())],
+            "SELECT sequence, call, source, raw FROM raw",
+        ))
+        .unwrap();
+    let rows = defacto_jobs::ledger::read_raw(&batches[0]).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].sequence, rows[0].call, rows[0].source.as_str()),
+        (1, 1, "app")
+    );
+    let stored: Json = serde_json::from_str(&rows[0].raw).unwrap();
+    assert_eq!(stored, serde_json::from_str::<Json>(record).unwrap());
+}

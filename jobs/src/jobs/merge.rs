@@ -137,7 +137,6 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
         timestamp: ctx.as_of,
         source: "_defacto".to_string(),
         data,
-        raw: serde_json::json!({"from_entity_id": args.from, "into_entity_id": args.into, "reason": args.reason}),
         hints: Default::default(),
     };
     write_events(ctx, &[(sequence, system)], false).await?;

@@ -110,29 +110,28 @@ pub fn normalize_calls(
                 .iter()
                 .take_while(|r| r.call == call)
                 .count();
-        let mut parsed = Vec::with_capacity(end - start);
-        for r in &records[start..end] {
+        // Raw text is parsed one record at a time, as normalization consumes it.
+        let mut unreadable = Vec::new();
+        let parsed = records[start..end].iter().filter_map(|r| {
             match serde_json::from_str::<serde_json::Value>(&r.raw) {
-                Ok(raw) => parsed.push((r, raw)),
-                Err(e) => failures.push((
-                    Some(r.sequence),
-                    EventFailure::normalization(
-                        &serde_json::Value::String(r.raw.clone()),
-                        &r.source,
-                        None,
-                        None,
-                        format!("the raw record is not JSON: {e}"),
-                    ),
-                )),
+                Ok(raw) => Some((r.sequence, r.source.as_str(), raw)),
+                Err(e) => {
+                    unreadable.push((
+                        Some(r.sequence),
+                        EventFailure::normalization(
+                            &serde_json::Value::String(r.raw.clone()),
+                            &r.source,
+                            None,
+                            None,
+                            format!("the raw record is not JSON: {e}"),
+                        ),
+                    ));
+                    None
+                }
             }
-        }
-        let call = normalize_call(
-            &normalizer,
-            parsed
-                .iter()
-                .map(|(r, raw)| (r.sequence, r.source.as_str(), raw)),
-            |id| known.contains(id),
-        );
+        });
+        let call = normalize_call(&normalizer, parsed, |id| known.contains(id));
+        failures.append(&mut unreadable);
         failures.extend(call.failures.into_iter().map(|(s, f)| (Some(s), f)));
         result.duplicates_skipped += call.duplicate_ids.len() as u64;
         result.duplicate_ids.extend(call.duplicate_ids);

@@ -195,7 +195,6 @@ async fn reset_identity(ctx: &Context) -> Result<()> {
                     timestamp: e.event.timestamp,
                     source: e.event.source,
                     data: e.event.data,
-                    raw: serde_json::Value::Null,
                     hints,
                 },
             )
