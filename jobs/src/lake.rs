@@ -192,6 +192,26 @@ impl Lake {
             .map_err(|e| storage("Running a query", e))
     }
 
+    /// Runs a query and converts each batch as it arrives, so only one batch of Arrow data is
+    /// held at a time.
+    pub async fn query_map<T>(
+        &self,
+        tables: &[(&str, &str, SchemaRef)],
+        sql: &str,
+        convert: impl Fn(&RecordBatch) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let mut stream = self.query(tables, sql).await?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(|e| storage("Reading query results", e))?
+        {
+            out.extend(convert(&batch)?);
+        }
+        Ok(out)
+    }
+
     /// Collects a query's batches (for small results).
     pub async fn query_all(
         &self,

@@ -54,11 +54,7 @@ fn assert_d10(dir: &Dir) {
         (Some("pro"), Some(10.0), Some(120.0))
     );
     assert!(b[1].get("valid_to").is_none_or(Json::is_null));
-    let a_last = rows
-        .iter()
-        .filter(|r| r["customer_id"] == A)
-        .last()
-        .unwrap();
+    let a_last = rows.iter().rfind(|r| r["customer_id"] == A).unwrap();
     assert_eq!(
         (a_last["valid_to"].as_str(), a_last["merged_into"].as_str()),
         (Some("2024-02-01T00:00:00Z"), Some(B))

@@ -16,7 +16,6 @@ use defacto_core::identity::{shard_of, IdentityStore, MemoryIdentity, Merge};
 use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::{timestamp_text, Instant};
-use futures::TryStreamExt;
 
 use crate::catalog::{parse_instant, VersionRow};
 use crate::cli::{Global, ShardArgs};
@@ -431,19 +430,13 @@ async fn ledger_where(ctx: &Context, condition: &str) -> Result<Vec<LedgerEvent>
     let sql = format!(
         "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE {condition}"
     );
-    let mut stream = ctx
-        .lake
-        .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
-        .await?;
-    let mut out = Vec::new();
-    while let Some(batch) = stream
-        .try_next()
+    ctx.lake
+        .query_map(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            &sql,
+            read_ledger_events,
+        )
         .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
-    {
-        out.extend(read_ledger_events(&batch)?);
-    }
-    Ok(out)
 }
 
 /// Assignments matching a SQL condition, as entity → sequences.
@@ -452,25 +445,15 @@ async fn assignments_where(
     condition: &str,
 ) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
     let sql = format!("SELECT sequence, entity_type, entity_id FROM assignments WHERE {condition}");
-    let batches: Vec<_> = ctx
-        .lake
-        .query(
-            &[(
-                "assignments",
-                tables::ASSIGNMENTS,
-                ASSIGNMENTS_SCHEMA.clone(),
-            )],
-            &sql,
-        )
-        .await?
-        .try_collect()
-        .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/assignments failed: {e}")))?;
+    let tables = [(
+        "assignments",
+        tables::ASSIGNMENTS,
+        ASSIGNMENTS_SCHEMA.clone(),
+    )];
+    let rows = ctx.lake.query_map(&tables, &sql, read_assignments).await?;
     let mut out: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
-    for b in &batches {
-        for (seq, ty, id) in read_assignments(b)? {
-            out.entry((ty, id)).or_default().insert(seq);
-        }
+    for (seq, ty, id) in rows {
+        out.entry((ty, id)).or_default().insert(seq);
     }
     Ok(out)
 }

@@ -8,12 +8,11 @@ use std::collections::HashSet;
 use clap::Args;
 use defacto_core::normalize::{normalize_call, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
-use futures::TryStreamExt;
 
 use crate::catalog::NORMALIZE_CURSOR;
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lake::tables;
 use crate::ledger::{events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA};
 
@@ -49,19 +48,9 @@ pub async fn raw_records(ctx: &Context, after: i64) -> Result<Vec<RawRecord>> {
     let sql = format!(
         "SELECT sequence, call, source, raw FROM raw WHERE sequence > {after} ORDER BY sequence"
     );
-    let stream = ctx
-        .lake
-        .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
-        .await?;
-    let batches: Vec<_> = stream
-        .try_collect()
+    ctx.lake
+        .query_map(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql, read_raw)
         .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/raw failed: {e}")))?;
-    let mut out = Vec::new();
-    for b in &batches {
-        out.extend(read_raw(b)?);
-    }
-    Ok(out)
 }
 
 /// The event ids of the canonical ledger rows, and the highest sequence in the ledger.

@@ -12,12 +12,11 @@ use defacto_core::identity::{IdentityFields, IdentityStore, Resolver, SystemMerg
 use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
-use futures::TryStreamExt;
 
 use crate::catalog::ResolveState;
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::jobs::normalize::renormalize;
 use crate::lake::tables;
 use crate::ledger::{
@@ -46,20 +45,13 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
 pub async fn events_after(ctx: &Context, after: i64) -> Result<Vec<StoredEvent>> {
     let sql =
         format!("SELECT * FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence");
-    let mut stream = ctx
-        .lake
-        .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
-        .await?;
-    // Each batch becomes events as it arrives, so only one batch of Arrow data is held.
-    let mut out = Vec::new();
-    while let Some(batch) = stream
-        .try_next()
+    ctx.lake
+        .query_map(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            &sql,
+            read_events,
+        )
         .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
-    {
-        out.extend(read_events(&batch)?);
-    }
-    Ok(out)
 }
 
 /// The resolve step for a version with `hashes` (the shared parts of the FULL-family modes

@@ -81,7 +81,9 @@ fn start() -> S3 {
         bin.display(),
         std::process::id()
     );
-    Command::new("sh")
+    // The watcher outlives this function on purpose: it ends with the test process.
+    #[allow(clippy::zombie_processes)]
+    let _watcher = Command::new("sh")
         .args(["-c", &script])
         .spawn()
         .expect("start moto_server");
