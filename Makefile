@@ -6,6 +6,7 @@
 # the same machine) does not rebuild the dependency tree from scratch.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/defacto-target
 CARGO ?= cargo
+SHELL := /bin/bash
 EXAMPLE ?= examples/showcase
 # The demo works on a scratch copy of the example's definitions, so each run starts from an
 # empty lake and catalog (local Delta lake + SQLite, the embedded default).
@@ -30,8 +31,13 @@ demo: build
 	$(DEFACTO) --config $(DEMO_DIR) status
 	for e in customer subscription order; do $(DEFACTO) --config $(DEMO_DIR) table $$e || exit 1; done
 
+# Library, binary and integration tests of every crate (doc tests and benchmarks excluded),
+# then one closing line with the totals.
 test:
-	$(CARGO) test --workspace --no-fail-fast
+	@log=$$(mktemp); set -o pipefail; \
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee $$log; status=$$?; \
+	awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "%d passed, %d failed\n", passed, failed }' $$log; \
+	rm -f $$log; exit $$status
 
 bench:
 	$(CARGO) bench -p defacto-core
