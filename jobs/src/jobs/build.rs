@@ -25,7 +25,7 @@ use crate::history_table::{
     entity_batch, entity_schema, group_relationships, group_rows, read_entity_rows,
     read_relationship_rows, relationship_batch, relationship_schema, relationship_types, sql_list,
 };
-use crate::jobs::resolve::resolve_step;
+use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::tables;
 use crate::ledger::{read_assignments, read_ledger_events, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
 
@@ -121,12 +121,15 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let defs = version_definitions(ctx, &row)?;
     let key = state_key(&row.version, shard.map(|s| s.0));
     let mut resolve = None;
+    let mut resolved_identity = None;
     if shard.is_none() {
         ctx.lease(GLOBAL_LEASE).await?;
     }
     ctx.lease(&build_lease(&key)).await?;
     if shard.is_none() {
-        resolve = Some(resolve_step(ctx, &row.hashes, args.from_raw).await?);
+        let (result, identity) = resolve_with_identity(ctx, &row.hashes, args.from_raw).await?;
+        resolve = Some(result);
+        resolved_identity = Some(identity);
     } else {
         let rs = ctx.catalog.resolve_state().await?;
         if rs.source_hash.as_deref() != Some(&row.hashes.source_hash)
@@ -181,7 +184,10 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.renew_leases().await?;
 
     let loading = Clock::now();
-    let identity = ctx.catalog.load_identity().await?;
+    let identity = match resolved_identity {
+        Some(identity) => identity,
+        None => ctx.catalog.load_identity().await?,
+    };
     let mut slots = if mode.is_full() {
         BTreeMap::new()
     } else {

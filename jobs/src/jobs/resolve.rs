@@ -8,7 +8,9 @@ use std::time::Instant as Clock;
 
 use clap::Args;
 use defacto_core::definitions::Hashes;
-use defacto_core::identity::{IdentityFields, IdentityStore, Resolver, SystemMerge};
+use defacto_core::identity::{
+    IdentityFields, IdentityStore, MemoryIdentity, Resolver, SystemMerge,
+};
 use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
@@ -57,6 +59,16 @@ pub async fn events_after(ctx: &Context, after: i64) -> Result<Vec<StoredEvent>>
 /// The resolve step for a version with `hashes` (the shared parts of the FULL-family modes
 /// included). The caller holds the global lease.
 pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Result<ResolveResult> {
+    Ok(resolve_with_identity(ctx, hashes, from_raw).await?.0)
+}
+
+/// The resolve step, also returning the identity store as the pass left it (a build that
+/// runs the step goes on with it instead of loading it again).
+pub async fn resolve_with_identity(
+    ctx: &Context,
+    hashes: &Hashes,
+    from_raw: bool,
+) -> Result<(ResolveResult, MemoryIdentity)> {
     let started = Clock::now();
     let mut result = ResolveResult::default();
     let mut state = ctx.catalog.resolve_state().await?;
@@ -141,7 +153,7 @@ pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Res
     ctx.catalog.put_resolve_state(&state).await?;
     result.events_failed = result.failures.len() as u64;
     result.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(result)
+    Ok((result, resolver.into_store()))
 }
 
 /// The stored data of an explicit merge's system event.
