@@ -450,6 +450,15 @@ impl<'d> Machine<'d> {
         }
     }
 
+    /// The earliest instant at which a time rule of the entity's current state can fire
+    /// (`None`: none can, until an event changes the entity). Sweeps only need entities whose
+    /// crossing is before their `as_of`.
+    pub fn next_crossing(&self, slot: &Slot) -> Option<Instant> {
+        let entity = slot.entity.as_ref()?;
+        self.next_due(entity, chrono::DateTime::<chrono::Utc>::MAX_UTC)
+            .map(|(crossing, _, _)| crossing)
+    }
+
     /// The eligible rule with the earliest crossing (ties: the smallest index), with its
     /// crossing instant and reference (§7.3 step 1).
     fn next_due(&self, entity: &EntityState, as_of: Instant) -> Option<(Instant, usize, Instant)> {

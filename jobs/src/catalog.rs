@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {t:drafts} (
         name TEXT PRIMARY KEY, based_on TEXT NOT NULL, base TEXT NOT NULL, document TEXT NOT NULL,
         updated_at TEXT NOT NULL)",
+    // The earliest instant a time rule of the slot can fire, as fixed-width text (`NEVER` when
+    // none can; NULL for rows written before this column, which are always loaded).
+    "ALTER TABLE {t:working_state} ADD COLUMN next_due TEXT",
 ];
 
 /// The ledger sequence allocator's counter, and `normalize`'s cursor.
@@ -837,22 +840,49 @@ impl Catalog {
 
     // ---- working state ------------------------------------------------------------------
 
-    pub async fn load_working_state(&self, key: &str) -> Result<BTreeMap<(String, String), Slot>> {
-        let rows = q(&self.sql(
-            "SELECT entity_type, entity_id, slot FROM {t:working_state} WHERE state_key = $1",
-        ))
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db("Loading working state", e))?;
+    /// Loads a key's working state: every slot, or only the slots a time rule may fire for
+    /// before `due_before` together with those of the given entities.
+    pub async fn load_working_state(
+        &self,
+        key: &str,
+        only: Option<(&str, &std::collections::BTreeSet<(String, String)>)>,
+    ) -> Result<BTreeMap<(String, String), Slot>> {
+        let base =
+            "SELECT entity_type, entity_id, slot FROM {t:working_state} WHERE state_key = $1";
+        let mut queries: Vec<String> = Vec::new();
+        match only {
+            None => queries.push(self.sql(base)),
+            Some((due_before, entities)) => {
+                queries.push(self.sql(&format!(
+                    "{base} AND (next_due IS NULL OR next_due < '{}')",
+                    due_before.replace('\'', "")
+                )));
+                let ids: Vec<&String> = entities.iter().map(|(_, id)| id).collect();
+                for chunk in ids.chunks(1000) {
+                    let list = chunk
+                        .iter()
+                        .map(|id| format!("'{}'", id.replace('\'', "''")))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    queries.push(self.sql(&format!("{base} AND entity_id IN ({list})")));
+                }
+            }
+        }
         let mut out = BTreeMap::new();
-        for r in &rows {
-            let json: serde_json::Value = serde_json::from_str(&r.get::<String, _>(2))
-                .map_err(|e| Error::Storage(format!("Loading working state failed: {e}")))?;
-            out.insert(
-                (r.get::<String, _>(0), r.get::<String, _>(1)),
-                persist::from_json(&json),
-            );
+        for sql in queries {
+            let rows = q(&sql)
+                .bind(key)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("Loading working state", e))?;
+            for r in &rows {
+                let json: serde_json::Value = serde_json::from_str(&r.get::<String, _>(2))
+                    .map_err(|e| Error::Storage(format!("Loading working state failed: {e}")))?;
+                out.insert(
+                    (r.get::<String, _>(0), r.get::<String, _>(1)),
+                    persist::from_json(&json),
+                );
+            }
         }
         Ok(out)
     }
@@ -864,6 +894,7 @@ impl Catalog {
         key: &str,
         slots: &BTreeMap<(String, String), Option<Slot>>,
         replace_all: bool,
+        next_due: &dyn Fn(&(String, String), &Slot) -> String,
     ) -> Result<()> {
         let mut tx = self
             .pool
@@ -882,13 +913,15 @@ impl Catalog {
             "DELETE FROM {t:working_state} WHERE state_key = $1 AND entity_type = $2 AND entity_id = $3",
         );
         let mut upserts = Vec::new();
-        for ((ty, id), slot) in slots {
+        for (entity, slot) in slots {
+            let (ty, id) = entity;
             match slot {
                 Some(slot) => upserts.push(vec![
                     key.to_string(),
                     ty.clone(),
                     id.clone(),
                     persist::to_json(slot).to_string(),
+                    next_due(entity, slot),
                 ]),
                 None if !replace_all => {
                     q(&delete)
@@ -902,10 +935,11 @@ impl Catalog {
                 None => {}
             }
         }
-        let head =
-            self.sql("INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot)");
+        let head = self.sql(
+            "INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot, next_due)",
+        );
         let conflict =
-            "ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot";
+            "ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot, next_due = excluded.next_due";
         insert_many(&mut tx, &head, conflict, upserts, op).await?;
         tx.commit()
             .await

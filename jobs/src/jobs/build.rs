@@ -188,11 +188,6 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         Some(identity) => identity,
         None => ctx.catalog.load_identity().await?,
     };
-    let mut slots = if mode.is_full() {
-        BTreeMap::new()
-    } else {
-        ctx.catalog.load_working_state(&key).await?
-    };
     let merges: Vec<(String, Merge)> = requests
         .iter()
         .filter(|r| r.kind == "merge")
@@ -216,10 +211,31 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         watermark: state.watermark.as_deref().map(parse_instant).transpose()?,
         merges,
     };
-    let mut inputs = if mode.is_full() {
-        Loaded::everything(ctx, rs.cursor).await?
+    let (mut inputs, mut slots) = if mode.is_full() {
+        (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
     } else {
-        Loaded::for_increment(ctx, &plan, &identity, &slots, &owns).await?
+        // Only the slots the build can change: those of the entities its new rows and merges
+        // reach, and those with a time rule due before `as_of` (the sweep's).
+        let range = format!(
+            "sequence > {} AND sequence <= {}",
+            plan.cursor, plan.resolve_cursor
+        );
+        let new_assignments = assignments_where(ctx, &range).await?;
+        let mut touched: BTreeSet<EntityKey> = new_assignments
+            .keys()
+            .flat_map(|k| chain(&identity, k))
+            .collect();
+        for (ty, m) in &plan.merges {
+            touched.insert((ty.clone(), m.from.clone()));
+            touched.insert((ty.clone(), m.into.clone()));
+        }
+        let slots = ctx
+            .catalog
+            .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
+            .await?;
+        let loaded =
+            Loaded::for_increment(ctx, &plan, &identity, &slots, &owns, new_assignments).await?;
+        (loaded, slots)
     };
     let replaying = Clock::now();
     let before = slots.clone();
@@ -236,7 +252,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
     crash_point("after-history");
     ctx.catalog
-        .save_working_state(&key, &out.slots, out.full)
+        .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
         .await?;
     crash_point("after-working-state");
 
@@ -318,13 +334,14 @@ impl Loaded {
         identity: &MemoryIdentity,
         slots: &BTreeMap<EntityKey, Slot>,
         owns: &(dyn Fn(&str) -> bool + Sync),
+        new_assignments: BTreeMap<EntityKey, BTreeSet<i64>>,
     ) -> Result<Loaded> {
         let range = format!(
             "sequence > {} AND sequence <= {}",
             plan.cursor, plan.resolve_cursor
         );
         let new_events = ledger_where(ctx, &range).await?;
-        let new_assignments = assignments_where(ctx, &range).await?;
+        // (the new rows' assignments are loaded by the caller)
         let timestamps: BTreeMap<i64, Instant> = new_events
             .iter()
             .map(|e| (e.sequence, e.timestamp))
@@ -417,6 +434,26 @@ impl Loaded {
             .iter()
             .filter(|(_, c)| c.replaced.is_some())
             .all(|(k, _)| self.rebuildable.contains(k))
+    }
+}
+
+/// An instant as fixed-width text that sorts chronologically (the `next_due` column);
+/// `NEVER` sorts after every instant.
+pub fn due_text(t: Option<Instant>) -> String {
+    t.map_or_else(
+        || "NEVER".to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.9f").to_string(),
+    )
+}
+
+/// The `next_due` of a slot under the version's time rules.
+pub fn next_due(defs: &Definitions, as_of: Instant) -> impl Fn(&EntityKey, &Slot) -> String + '_ {
+    move |key, slot| {
+        let crossing = defs
+            .entities
+            .get(&key.0)
+            .and_then(|def| defacto_core::interpret::Machine::new(def, as_of).next_crossing(slot));
+        due_text(crossing)
     }
 }
 

@@ -11,7 +11,9 @@ use defacto_core::value::Instant;
 use crate::cli::{Global, ShardArgs};
 use crate::context::{build_lease, Context};
 use crate::error::{Error, Result};
-use crate::jobs::build::{parse_as_of, state_key, version_definitions, write_changes};
+use crate::jobs::build::{
+    due_text, next_due, parse_as_of, state_key, version_definitions, write_changes,
+};
 
 #[derive(Debug, Args)]
 pub struct TickArgs {
@@ -44,7 +46,11 @@ async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
     let key = state_key(&row.version, shard.map(|s| s.0));
     ctx.lease(&build_lease(&key)).await?;
     let identity = ctx.catalog.load_identity().await?;
-    let mut slots = ctx.catalog.load_working_state(&key).await?;
+    let none = std::collections::BTreeSet::new();
+    let mut slots = ctx
+        .catalog
+        .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &none)))
+        .await?;
     let assignments = Default::default();
     let owns = move |id: &str| shard.is_none_or(|(i, n)| shard_of(id, n) == i);
     let inputs = BuildInputs {
@@ -62,7 +68,7 @@ async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
         .map(|k| (k.clone(), slots.get(k).cloned()))
         .collect();
     ctx.catalog
-        .save_working_state(&key, &touched, false)
+        .save_working_state(&key, &touched, false, &next_due(&defs, ctx.as_of))
         .await?;
     Ok(result)
 }
