@@ -1052,6 +1052,42 @@ impl Catalog {
         .map_err(|e| db("Recording a job run", e))?;
         Ok(())
     }
+
+    /// The latest `limit` runs of the log, newest first.
+    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        let rows = q(&self.sql(&format!(
+            "SELECT id, job, started_at, finished_at, status, result FROM {{t:job_runs}}
+             ORDER BY finished_at DESC, started_at DESC, id LIMIT {limit}"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("Reading the run log", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRecord {
+                id: r.get(0),
+                job: r.get(1),
+                started_at: r.get(2),
+                finished_at: r.get(3),
+                status: r.get(4),
+                result: r
+                    .get::<Option<String>, _>(5)
+                    .and_then(|text| serde_json::from_str(&text).ok()),
+            })
+            .collect())
+    }
+}
+
+/// One entry of the run log: a job run that succeeded (with its result JSON) or failed (with
+/// `{"error": "Kind: message"}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub job: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub result: Option<serde_json::Value>,
 }
 
 fn version_row(r: &AnyRow) -> VersionRow {

@@ -101,6 +101,36 @@ impl Context {
         })
     }
 
+    /// Ends a run that takes leases: releases them and logs the outcome — a success with its
+    /// result (also to `--result-file` and stdout, see `finish`), a failure with its error —
+    /// then hands the outcome back.
+    pub async fn conclude<T: serde::Serialize>(&self, outcome: Result<T>) -> Result<T> {
+        let released = self.release_leases().await;
+        match outcome {
+            Ok(result) => {
+                released?;
+                self.finish(&result).await?;
+                Ok(result)
+            }
+            Err(error) => {
+                let json = serde_json::json!({ "error": error.to_string() }).to_string();
+                // The job's own error is what the caller must see; a run log that cannot be
+                // written is only reported.
+                if let Err(log) = self
+                    .catalog
+                    .record_run(&self.run_id, &self.job, &self.started, "failed", &json)
+                    .await
+                {
+                    tracing::warn!("the failed run could not be logged: {log}");
+                }
+                if let Err(lease) = released {
+                    tracing::warn!("leases could not be released: {lease}");
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Reports a completed run: its result JSON goes to the run log of the catalog, to
     /// `--result-file` when set, and to stdout.
     pub async fn finish<T: serde::Serialize>(&self, result: &T) -> Result<()> {

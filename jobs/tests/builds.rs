@@ -506,3 +506,40 @@ fn incremental_sweeps_fire_only_the_rules_that_are_due() {
     assert_eq!(full["mode"], "FULL");
     assert_eq!(history(&dir, "customer"), incremental);
 }
+
+// The run log: every job run that gets as far as the catalog is logged, failures with their
+// error, and `status` shows the latest runs.
+#[test]
+fn failed_runs_are_logged_with_their_error() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    let failed = TestCommand::new(&dir)
+        .args(["build", "--version", "nope"])
+        .run();
+    failed.assert_code(1);
+    assert!(failed.stderr.contains("NotFoundError"), "{}", failed.stderr);
+    build(&dir, "01-04");
+    let runs = run(&dir, &["status"])["recent_runs"].clone();
+    let summary: Vec<(&str, &str)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["job"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("build", "succeeded"),
+            ("build", "failed"),
+            ("normalize", "succeeded"),
+            ("ingest", "succeeded"),
+        ]
+    );
+    let error = runs[1]["result"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("NotFoundError") && error.contains("nope"),
+        "{error}"
+    );
+    assert_eq!(runs[0]["result"]["events_processed"], 3);
+    assert_eq!(runs[3]["result"]["records"], 3);
+}

@@ -76,10 +76,7 @@ pub fn parse_as_of(s: &str) -> std::result::Result<Instant, String> {
 
 pub async fn run(global: &Global, args: &BuildArgs) -> Result<i32> {
     let ctx = Context::open(global, "build", args.as_of).await?;
-    let result = build(&ctx, args).await;
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    let result = ctx.conclude(build(&ctx, args).await).await?;
     Ok(crate::cli::exit_status(
         result.events_failed,
         args.max_failures,

@@ -49,24 +49,26 @@ pub enum Record {
 
 pub async fn run(global: &Global, args: &IngestArgs) -> Result<i32> {
     let ctx = Context::open(global, "ingest", None).await?;
-    if !ctx.defs.sources.contains_key(&args.source) {
-        return Err(Error::NotFound(format!(
-            "Source '{}' not found in definitions (known: {})",
-            args.source,
-            ctx.defs
-                .sources
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    let mut records = Vec::new();
-    for file in &args.files {
-        records.extend(read_file(file)?);
-    }
-    let result = append(&ctx, &args.source, records).await?;
-    ctx.finish(&result).await?;
+    let outcome = async {
+        if !ctx.defs.sources.contains_key(&args.source) {
+            return Err(Error::NotFound(format!(
+                "Source '{}' not found in definitions (known: {})",
+                args.source,
+                ctx.defs
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut records = Vec::new();
+        for file in &args.files {
+            records.extend(read_file(file)?);
+        }
+        append(&ctx, &args.source, records).await
+    };
+    ctx.conclude(outcome.await).await?;
     Ok(0)
 }
 

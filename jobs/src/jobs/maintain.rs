@@ -37,11 +37,11 @@ pub struct TableMaintenance {
 
 pub async fn run(global: &Global, args: &MaintainArgs) -> Result<i32> {
     let ctx = Context::open(global, "maintain", None).await?;
-    ctx.lease(GLOBAL_LEASE).await?;
-    let result = maintain(&ctx, args).await;
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    let outcome = async {
+        ctx.lease(GLOBAL_LEASE).await?;
+        maintain(&ctx, args).await
+    };
+    ctx.conclude(outcome.await).await?;
     Ok(0)
 }
 

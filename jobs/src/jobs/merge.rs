@@ -38,10 +38,7 @@ pub struct MergeArgs {
 
 pub async fn run(global: &Global, args: &MergeArgs) -> Result<i32> {
     let ctx = Context::open(global, "merge", args.as_of).await?;
-    let result = merge(&ctx, args).await;
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    ctx.conclude(merge(&ctx, args).await).await?;
     Ok(0)
 }
 

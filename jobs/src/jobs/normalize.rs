@@ -28,15 +28,15 @@ pub struct NormalizeArgs {
 
 pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     let ctx = Context::open(global, "normalize", None).await?;
-    ctx.lease(GLOBAL_LEASE).await?;
-    let result = if args.from_raw {
-        renormalize(&ctx).await
-    } else {
-        normalize_pending(&ctx).await
+    let outcome = async {
+        ctx.lease(GLOBAL_LEASE).await?;
+        if args.from_raw {
+            renormalize(&ctx).await
+        } else {
+            normalize_pending(&ctx).await
+        }
     };
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    let result = ctx.conclude(outcome.await).await?;
     Ok(crate::cli::exit_status(
         result.events_failed,
         args.max_failures,

@@ -34,12 +34,11 @@ pub struct ResolveArgs {
 
 pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
     let ctx = Context::open(global, "resolve", None).await?;
-    ctx.lease(GLOBAL_LEASE).await?;
-    let hashes = ctx.hashes.clone();
-    let result = resolve_step(&ctx, &hashes, args.from_raw).await;
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    let outcome = async {
+        ctx.lease(GLOBAL_LEASE).await?;
+        resolve_step(&ctx, &ctx.hashes, args.from_raw).await
+    };
+    ctx.conclude(outcome.await).await?;
     Ok(0)
 }
 

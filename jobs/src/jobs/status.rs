@@ -4,6 +4,7 @@
 use clap::Args;
 use serde::Serialize;
 
+use crate::catalog::RunRecord;
 use crate::cli::{Global, ShardArgs};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -34,6 +35,9 @@ pub struct BuildStatus {
     pub definition_hash: String,
     pub source_hash: String,
     pub identity_hash: String,
+    /// The latest runs of the log (every job, newest first; at most 10), so that a failed
+    /// nightly step is visible without the orchestrator's logs.
+    pub recent_runs: Vec<RunRecord>,
 }
 
 pub async fn run(global: &Global, args: &StatusArgs) -> Result<i32> {
@@ -79,6 +83,7 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<i32> {
         definition_hash: state.hashes.definition_hash,
         source_hash: state.hashes.source_hash,
         identity_hash: state.hashes.identity_hash,
+        recent_runs: ctx.catalog.recent_runs(10).await?,
     };
     ctx.finish(&status).await?;
     Ok(0)

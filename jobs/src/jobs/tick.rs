@@ -28,10 +28,7 @@ pub struct TickArgs {
 
 pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
     let ctx = Context::open(global, "tick", args.as_of).await?;
-    let result = tick(&ctx, args).await;
-    ctx.release_leases().await?;
-    let result = result?;
-    ctx.finish(&result).await?;
+    ctx.conclude(tick(&ctx, args).await).await?;
     Ok(0)
 }
 
