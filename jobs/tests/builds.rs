@@ -543,3 +543,109 @@ fn failed_runs_are_logged_with_their_error() {
     assert_eq!(runs[0]["result"]["events_processed"], 3);
     assert_eq!(runs[3]["result"]["records"], 3);
 }
+
+// CONTRACTS H7: deduplication by renormalization is reversible. (The batch ledger keeps every
+// record in ledger/raw; a row found to be a duplicate leaves ledger/events, and widening the
+// `event_id` fields again brings it back.)
+#[test]
+fn deduplication_by_renormalization_is_reversible() {
+    let dir = Dir::from_fixture("cust");
+    let email = json!({"email": "a@x.com"});
+    let upgrade = |ts: &str, plan: &str, mrr: &str| {
+        app(
+            "upgrade",
+            ts,
+            json!({"email": "a@x.com", "plan": plan, "mrr": mrr}),
+        )
+    };
+    ingest(
+        &dir,
+        &[
+            app("signup", "01-01T10:00", email),
+            upgrade("01-01T10:01", "pro", "1"),
+            upgrade("01-01T10:02", "enterprise", "2"),
+        ],
+    );
+    build(&dir, "01-02");
+    let plan = |dir: &Dir| current(dir, "customer")[0]["plan"].clone();
+    let total = |dir: &Dir| run(dir, &["status"])["total_events"].clone();
+    assert_eq!((plan(&dir), total(&dir)), (json!("enterprise"), json!(3)));
+    let original = std::fs::read_to_string(dir.path().join("sources/app.yaml")).unwrap();
+    dir.edit(
+        "sources/app.yaml",
+        "  timestamp: ts\n",
+        "  timestamp: ts\n  event_id: [email]\n",
+    );
+    let narrowed = build(&dir, "01-02");
+    assert_eq!(narrowed["mode"], "FULL_RENORMALIZE", "{narrowed}");
+    assert_eq!(narrowed["events_processed"], 2, "{narrowed}");
+    assert_eq!((plan(&dir), total(&dir)), (json!("pro"), json!(2)));
+    dir.write("sources/app.yaml", &original);
+    let widened = run(
+        &dir,
+        &["build", "--from-raw", "--as-of", "2024-01-02T00:00:00Z"],
+    );
+    assert_eq!(widened["events_processed"], 3, "{widened}");
+    assert_eq!((plan(&dir), total(&dir)), (json!("enterprise"), json!(3)));
+}
+
+// CONTRACTS H13 (the batch form of an inline duplicate-only ingest: ingest, normalize, build)
+#[test]
+fn a_duplicate_only_call_changes_nothing() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let n = ingest(&dir, &s1()[..1]);
+    assert_eq!(
+        (&n["duplicates_skipped"], &n["events_ingested"]),
+        (&json!(1), &json!(0)),
+        "{n}"
+    );
+    assert_eq!(build(&dir, "01-04")["mode"], "SKIP");
+    let st = run(&dir, &["status"]);
+    assert_eq!(
+        (&st["cursor"], &st["pending_events"], &st["total_events"]),
+        (&json!(3), &json!(0), &json!(3))
+    );
+    assert_eq!(history(&dir, "customer").as_array().unwrap().len(), 3);
+}
+
+// CONTRACTS H9
+#[test]
+fn renormalization_updates_timestamps_and_the_replay_order() {
+    let dir = Dir::from_fixture("cust");
+    let event = |ty: &str, ts: &str, at: &str, plan: &str| {
+        app(
+            ty,
+            ts,
+            json!({"email": "a@x.com", "plan": plan, "mrr": "1", "at": format!("2024-{at}:00Z")}),
+        )
+    };
+    ingest(
+        &dir,
+        &[
+            event("signup", "01-01T10:00", "01-01T10:00", ""),
+            event("upgrade", "01-02T10:00", "01-04T10:00", "pro"),
+            event("upgrade", "01-03T10:00", "01-03T10:00", "enterprise"),
+        ],
+    );
+    build(&dir, "01-05");
+    let ea = "fbf2ddb4-0443-8ffd-afe7-93b0897586b9";
+    let plan = |dir: &Dir| current(dir, "customer")[0]["plan"].clone();
+    let times = |dir: &Dir| -> Vec<String> {
+        run(dir, &["ledger", "events", ea, "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["timestamp"].as_str().unwrap()[5..16].to_string())
+            .collect()
+    };
+    assert_eq!(plan(&dir), "enterprise");
+    assert_eq!(times(&dir), ["01-01T10:00", "01-02T10:00", "01-03T10:00"]);
+    dir.edit("sources/app.yaml", "  timestamp: ts\n", "  timestamp: at\n");
+    assert_eq!(build(&dir, "01-05")["mode"], "FULL_RENORMALIZE");
+    assert_eq!(plan(&dir), "pro", "the pro upgrade is now the later one");
+    let mut retimed = times(&dir);
+    retimed.sort();
+    assert_eq!(retimed, ["01-01T10:00", "01-03T10:00", "01-04T10:00"]);
+}
