@@ -1131,3 +1131,38 @@ mod drafts {
         }
     }
 }
+
+// CONTRACTS K7: definition errors are typed, and one error carries every problem found.
+#[test]
+fn one_definition_error_lists_every_problem() {
+    let p = cust();
+    p.edit(
+        "entities/customer.yaml",
+        "- { transition: { to: churned } }",
+        "- { transition: { to: actve } }",
+    );
+    p.edit(
+        "entities/customer.yaml",
+        "- { increment: { property: logins } }",
+        "- { increment: { property: lgins } }",
+    );
+    let err: defacto_core::definitions::DefinitionError = Definitions::load(p.path()).unwrap_err();
+    assert_eq!(err.errors.len(), 2, "{:?}", err.errors);
+    assert!(
+        err.errors.iter().any(|e| e.contains("'actve'")),
+        "{:?}",
+        err.errors
+    );
+    assert!(
+        err.errors.iter().any(|e| e.contains("'lgins'")),
+        "{:?}",
+        err.errors
+    );
+    assert!(
+        err.message.starts_with("Invalid definitions: ")
+            && err.message.contains("actve")
+            && err.message.contains("lgins"),
+        "{}",
+        err.message
+    );
+}

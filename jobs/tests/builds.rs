@@ -1,6 +1,7 @@
 //! Builds through the command line: modes, cursors and watermark, the dirty flag,
-//! renormalization, status, leases (CONTRACTS group H), calls and sequences (C17), typed round
-//! trips across jobs (G12) and per-shard state (J3).
+//! renormalization, status, leases (CONTRACTS group H), calls and sequences (C17, G4), typed
+//! round trips across jobs (G12), per-shard state (J3), build counters and failure shapes (K1,
+//! K2, K6), the run log and the next-due index of working state.
 
 mod harness;
 
@@ -648,4 +649,124 @@ fn renormalization_updates_timestamps_and_the_replay_order() {
     let mut retimed = times(&dir);
     retimed.sort();
     assert_eq!(retimed, ["01-01T10:00", "01-03T10:00", "01-04T10:00"]);
+}
+
+// CONTRACTS G4: out-of-order input gives S1's rows; sequences follow the input order.
+#[test]
+fn out_of_order_input_keeps_input_sequences() {
+    let dir = Dir::from_fixture("cust");
+    let reversed: Vec<String> = s1().into_iter().rev().collect();
+    ingest(&dir, &reversed);
+    build(&dir, "01-04");
+    let events = run(&dir, &["ledger", "events", A, "--format", "json"]);
+    let order: Vec<(i64, &str)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["sequence"].as_i64().unwrap(),
+                e["event_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut by_sequence = order.clone();
+    by_sequence.sort();
+    assert_eq!(by_sequence, [(1, "login"), (2, "upgrade"), (3, "signup")]);
+    let rows: Vec<(Json, Json, Json)> = history(&dir, "customer")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["plan"].clone(),
+                r["logins"].clone(),
+                r["valid_from"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>(),
+        [
+            (&json!("free"), &json!(0)),
+            (&json!("pro"), &json!(0)),
+            (&json!("pro"), &json!(1))
+        ]
+    );
+}
+
+// CONTRACTS K1
+#[test]
+fn build_counters() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    let first = build(&dir, "01-04");
+    for (counter, value) in [
+        ("events_processed", 3),
+        ("effects_produced", 3),
+        ("entities_created", 1),
+        ("entities_updated", 0),
+        ("merges_detected", 0),
+        ("late_arrivals", 0),
+        ("events_failed", 0),
+    ] {
+        assert_eq!(first[counter], value, "{counter}: {first}");
+    }
+    assert_eq!(first["mode"], "INCREMENTAL");
+    ingest(
+        &dir,
+        &[app(
+            "login",
+            "01-04T10:00",
+            json!({"email": "alice@x.com", "n": 2}),
+        )],
+    );
+    let second = build(&dir, "01-05");
+    for (counter, value) in [
+        ("entities_created", 0),
+        ("entities_updated", 1),
+        ("effects_produced", 1),
+    ] {
+        assert_eq!(second[counter], value, "{counter}: {second}");
+    }
+}
+
+// CONTRACTS K2, CONTRACTS K6: the shape of a normalization failure; a call of only failures
+// is reported, not raised.
+#[test]
+fn normalization_failures_are_reported_with_their_shape() {
+    let dir = Dir::from_fixture("cust");
+    let bad = json!({"type": "signup", "ts": "bad-ts", "email": "a@x.com"});
+    let n = ingest(&dir, &[bad.to_string()]);
+    assert_eq!(
+        (&n["events_ingested"], &n["events_failed"]),
+        (&json!(0), &json!(1)),
+        "{n}"
+    );
+    let failure = &n["failures"][0];
+    assert_eq!(
+        (
+            &failure["stage"],
+            &failure["source"],
+            &failure["handler"],
+            &failure["field"],
+            &failure["raw"]
+        ),
+        (
+            &json!("normalization"),
+            &json!("app"),
+            &json!("signup"),
+            &json!("ts"),
+            &bad
+        ),
+        "{failure}"
+    );
+    let nope = app("nope", "01-01T00:00", json!({}));
+    let n = ingest(&dir, &[nope]);
+    assert_eq!(
+        (&n["events_ingested"], &n["events_failed"]),
+        (&json!(0), &json!(1)),
+        "{n}"
+    );
 }
