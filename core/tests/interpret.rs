@@ -239,7 +239,8 @@ fn a_false_guard_changes_nothing() {
     );
 }
 
-// CONTRACTS E4, CONTRACTS E6 (increment of a null property fails that event only)
+// CONTRACTS E4, CONTRACTS E6 (increment of a null property fails that event only),
+// CONTRACTS K3 (the interpretation failure's shape)
 #[test]
 fn a_failing_event_is_rolled_back_alone() {
     let defs = cust();
@@ -265,6 +266,13 @@ fn a_failing_event_is_rolled_back_alone() {
     assert_eq!(f.event_id.as_deref(), Some(evs[1].event_id.as_str()));
     assert!(f.error.contains("increment 'score' failed"), "{}", f.error);
     assert!(f.error.contains("cannot add Null and Int"), "{}", f.error);
+    assert_eq!(f.entity_type.as_deref(), Some("customer"));
+    assert!(!f.recoverable);
+    assert!(
+        f.raw.as_object().is_some_and(|o| o.is_empty()),
+        "empty raw, not {}",
+        f.raw
+    );
 }
 
 /// A one-entity definition set `e` with state `open`, property `s`/`x`/`y`/`n`, the given
