@@ -121,6 +121,11 @@ impl BuildState {
 }
 
 /// A rebuild request (PIPELINE.md §14): a merge, or an entity `redact` changed.
+/// The `kind` of a rebuild request for a merge identity resolution discovered.
+pub const IDENTITY_MERGE: &str = "merge";
+/// The `kind` of a rebuild request for an explicit `defacto merge`.
+pub const EXPLICIT_MERGE: &str = "explicit_merge";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildRequest {
     pub position: i64,
@@ -790,19 +795,22 @@ impl Catalog {
         Ok(row.get::<i64, _>(0))
     }
 
+    /// Records merges to rebuild, of `kind` `IDENTITY_MERGE` or `EXPLICIT_MERGE`.
     pub async fn append_merge_requests(
         &self,
+        kind: &str,
         merges: &[(String, defacto_core::identity::Merge)],
     ) -> Result<()> {
         let mut position = self.request_count().await?;
         let insert = self.sql(
             "INSERT INTO {t:rebuild_requests} (position, kind, loser, winner, entity_type, entity_id, timestamp)
-             VALUES ($1, 'merge', $2, $3, $4, NULL, $5)",
+             VALUES ($1, $2, $3, $4, $5, NULL, $6)",
         );
         for (ty, m) in merges {
             position += 1;
             q(&insert)
                 .bind(position)
+                .bind(kind)
                 .bind(&m.from)
                 .bind(&m.into)
                 .bind(ty)

@@ -770,3 +770,135 @@ fn normalization_failures_are_reported_with_their_shape() {
         "{n}"
     );
 }
+
+const EA: &str = "fbf2ddb4-0443-8ffd-afe7-93b0897586b9";
+
+fn shard(dir: &Dir, i: u32, as_of: &str) -> Json {
+    run(
+        dir,
+        &[
+            "build",
+            "--shard-id",
+            &i.to_string(),
+            "--total-shards",
+            "2",
+            "--as-of",
+            &format!("2024-{as_of}T00:00:00Z"),
+        ],
+    )
+}
+
+fn shard_cursor(dir: &Dir, i: u32) -> Json {
+    run(
+        dir,
+        &[
+            "status",
+            "--shard-id",
+            &i.to_string(),
+            "--total-shards",
+            "2",
+        ],
+    )["cursor"]
+        .clone()
+}
+
+/// The customer history as comparable rows (the build's bookkeeping columns aside).
+fn customer_rows(dir: &Dir) -> Vec<Json> {
+    let mut rows: Vec<Json> = history(dir, "customer")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!([
+                r["customer_id"],
+                r["customer_state"],
+                r["email"],
+                r["logins"],
+                r["valid_from"],
+                r["valid_to"],
+                r["merged_into"]
+            ])
+        })
+        .collect();
+    rows.sort_by_key(|r| r.to_string());
+    rows
+}
+
+// CONTRACTS J5, CONTRACTS J6: resolve once, then build per shard; a merge whose loser and winner
+// live in different shards is applied by each shard to the ids it owns.
+#[test]
+fn merges_across_shards() {
+    let signup = |ts: &str, extra: Json| app("signup", ts, extra);
+    let login = |ts: &str, who: &str| app("login", ts, json!({"email": who, "n": 1}));
+    let calls = [
+        vec![
+            signup("01-01T00:00", json!({"email": "a@x.com"})),
+            signup("01-02T00:00", json!({"email": "b@x.com"})),
+        ],
+        vec![
+            login("01-03T00:00", "a@x.com"),
+            login("01-04T00:00", "b@x.com"),
+            signup("01-05T00:00", json!({"phone": "666"})),
+        ],
+        vec![app(
+            "link",
+            "01-06T00:00",
+            json!({"email": "a@x.com", "phone": "666"}),
+        )],
+    ];
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &calls[0]);
+    run(&dir, &["resolve"]);
+    shard(&dir, 0, "01-02");
+    shard(&dir, 1, "01-02");
+    ingest(&dir, &calls[1]);
+    assert_eq!(shard(&dir, 0, "01-05")["mode"], "SKIP", "before resolve");
+    assert_eq!(shard_cursor(&dir, 0), 2);
+    run(&dir, &["resolve"]);
+    shard(&dir, 0, "01-05");
+    shard(&dir, 1, "01-05");
+    assert_eq!(
+        (shard_cursor(&dir, 0), shard_cursor(&dir, 1)),
+        (json!(5), json!(5))
+    );
+
+    ingest(&dir, &calls[2]);
+    assert_eq!(run(&dir, &["resolve"])["merges_detected"], 1);
+    let s1 = shard(&dir, 1, "01-07");
+    let s0 = shard(&dir, 0, "01-07");
+    assert_eq!(
+        (&s1["merges_detected"], &s0["merges_detected"]),
+        (&json!(0), &json!(1))
+    );
+    let rows = customer_rows(&dir);
+    let ea: Vec<&Json> = rows.iter().filter(|r| r[0] == EA).collect();
+    assert_eq!(ea.len(), 2, "{ea:?}");
+    assert_eq!(
+        (&ea[0][3], &ea[1][3], &ea[1][5]),
+        (&json!(0), &json!(1), &Json::Null)
+    );
+    assert!(
+        ea[0][5].as_str().unwrap().starts_with("2024-01-03"),
+        "{}",
+        ea[0]
+    );
+    let p6: Vec<&Json> = rows
+        .iter()
+        .filter(|r| r[0] != EA && r[2].is_null())
+        .collect();
+    assert_eq!(p6.len(), 1, "{rows:?}");
+    assert_eq!(p6[0][6], EA);
+    assert!(
+        p6[0][5].as_str().unwrap().starts_with("2024-01-06"),
+        "{}",
+        p6[0]
+    );
+
+    // The same ingests unsharded, one build per call, give the same rows.
+    let single = Dir::from_fixture("cust");
+    for (call, as_of) in calls.iter().zip(["01-02", "01-05", "01-07"]) {
+        ingest(&single, call);
+        build(&single, as_of);
+    }
+    assert_eq!(customer_rows(&single), rows);
+}

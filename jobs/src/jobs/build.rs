@@ -17,7 +17,7 @@ use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::{timestamp_text, Instant};
 
-use crate::catalog::{parse_instant, VersionRow};
+use crate::catalog::{parse_instant, VersionRow, EXPLICIT_MERGE, IDENTITY_MERGE};
 use crate::cli::{Global, ShardArgs};
 use crate::context::{build_lease, Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
@@ -187,7 +187,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     };
     let merges: Vec<(String, Merge)> = requests
         .iter()
-        .filter(|r| r.kind == "merge")
+        .filter(|r| r.kind == IDENTITY_MERGE || r.kind == EXPLICIT_MERGE)
         .filter_map(|r| {
             Some((
                 r.entity_type.clone()?,
@@ -289,6 +289,13 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         failures.append(&mut result.failures);
         result.failures = failures;
         result.events_failed = result.failures.len() as u64;
+    } else {
+        // A shard's build counts the identity-discovered merges whose winner it owns among the
+        // requests it applied (RESULTS.md, BuildResult.merges_detected).
+        result.merges_detected = requests
+            .iter()
+            .filter(|r| r.kind == IDENTITY_MERGE && r.winner.as_deref().is_some_and(&owns))
+            .count() as u64;
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)

@@ -13,6 +13,7 @@ use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::value::{timestamp_text, Instant, Value};
 use indexmap::IndexMap;
 
+use crate::catalog::EXPLICIT_MERGE;
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
@@ -154,7 +155,7 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
     ctx.catalog.put_resolve_state(&state).await?;
     if let Some(m) = &outcome.recorded {
         ctx.catalog
-            .append_merge_requests(&[(entity_type.clone(), m.clone())])
+            .append_merge_requests(EXPLICIT_MERGE, &[(entity_type.clone(), m.clone())])
             .await?;
     }
 

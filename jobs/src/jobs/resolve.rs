@@ -15,7 +15,7 @@ use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
 
-use crate::catalog::ResolveState;
+use crate::catalog::{ResolveState, IDENTITY_MERGE};
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::Result;
@@ -146,7 +146,9 @@ pub async fn resolve_with_identity(
     }
     let changes = resolver.store_mut().take_changes();
     ctx.catalog.save_identity(&changes).await?;
-    ctx.catalog.append_merge_requests(&merges).await?;
+    ctx.catalog
+        .append_merge_requests(IDENTITY_MERGE, &merges)
+        .await?;
     state.cursor = head;
     state.writing = false;
     ctx.catalog.put_resolve_state(&state).await?;
