@@ -688,3 +688,51 @@ fn now_is_the_jobs_as_of() {
     }
     assert_eq!(values, [Value::Int(31), Value::Int(31)]);
 }
+
+// CONTRACTS G16: rebuilding the target of a relationship (late arrival, then merge) leaves the
+// incoming relationship row in place.
+#[test]
+fn rebuilds_keep_incoming_relationships() {
+    let mut e = engine();
+    s1(&mut e);
+    ingest(
+        &mut e,
+        "billing",
+        &[bill(
+            "order.created",
+            "01-03 11:00",
+            json!({"id": "o1", "customer_email": "Alice@X.com", "amount": 50}),
+        )],
+    );
+    e.build(BuildOptions::at(t("01-04")));
+    let before = e.relationships.clone();
+    assert_eq!(before.values().flat_map(|r| r.all()).count(), 1);
+    let a = email("alice@x.com");
+
+    ingest(
+        &mut e,
+        "app",
+        &[app(
+            "login",
+            "01-02 12:00",
+            json!({"email": "alice@x.com", "n": 7}),
+        )],
+    );
+    let late = e.build(BuildOptions::at(t("01-04")));
+    assert_eq!(late.late_arrivals, 1);
+    assert_eq!(
+        prop(&e, rows(&e, &a).last().unwrap(), "logins"),
+        Value::Int(2)
+    );
+    assert_eq!(e.relationships, before, "after the late-arrival rebuild");
+
+    ingest(
+        &mut e,
+        "app",
+        &[app("signup", "01-05 10:00", json!({"email": "bob@x.com"}))],
+    );
+    e.build(BuildOptions::at(t("01-06")));
+    let merged = e.merge(&email("bob@x.com"), &a, "", t("01-07")).unwrap();
+    assert_eq!(merged.entities_rebuilt, 1);
+    assert_eq!(e.relationships, before, "after the merge rebuild");
+}
