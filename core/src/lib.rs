@@ -2,6 +2,7 @@
 //! identity resolution, interpretation, time rules and SCD2 history, with no I/O beyond
 //! reading YAML/JSON text handed to it. `defacto-jobs` does all storage and networking.
 
+pub mod assertion;
 pub mod build;
 pub mod canonical;
 pub mod definitions;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
+use crate::jobs::assert::AssertArgs;
 use crate::jobs::build::BuildArgs;
 use crate::jobs::definitions::DefinitionsArgs;
 use crate::jobs::ingest::IngestArgs;
@@ -21,7 +22,8 @@ use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
 use crate::jobs::validate::{self, ValidateArgs};
 use crate::jobs::{
-    build, definitions, ingest, inspect, maintain, merge, normalize, resolve, status, table, tick,
+    assert, build, definitions, ingest, inspect, maintain, merge, normalize, resolve, status,
+    table, tick,
 };
 
 #[derive(Debug, Parser)]
@@ -156,6 +158,8 @@ pub enum Command {
     Definitions(DefinitionsArgs),
     /// Merge entity FROM into INTO (explicit merge).
     Merge(MergeArgs),
+    /// Check an entity's current row: ENTITY_ID [state=NAME] [KEY=VALUE ...]; exit 1 on mismatch.
+    Assert(AssertArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -205,6 +209,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Maintain(args) => maintain::run(g, args).await,
             Command::Definitions(args) => definitions::run(g, args).await,
             Command::Merge(args) => merge::run(g, args).await,
+            Command::Assert(args) => assert::run(g, args).await,
         }
     })
 }

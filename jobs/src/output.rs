@@ -32,3 +32,25 @@ pub fn write_result_file<T: Serialize>(path: Option<&Path>, value: &T) -> Result
     }
     Ok(())
 }
+
+/// Record batches as JSON objects, one per row (null cells absent).
+pub fn json_rows(
+    batches: &[deltalake::arrow::record_batch::RecordBatch],
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let mut buf = Vec::new();
+    {
+        let mut writer = deltalake::arrow::json::ArrayWriter::new(&mut buf);
+        for batch in batches {
+            writer
+                .write(batch)
+                .map_err(|e| crate::error::Error::Query(e.to_string()))?;
+        }
+        writer
+            .finish()
+            .map_err(|e| crate::error::Error::Query(e.to_string()))?;
+    }
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&buf).map_err(|e| crate::error::Error::Query(e.to_string()))
+}

@@ -902,3 +902,45 @@ fn merges_across_shards() {
     }
     assert_eq!(customer_rows(&single), rows);
 }
+
+// CONTRACTS K9, CONTRACTS K5 (through the command line)
+#[test]
+fn assert_checks_the_current_row() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    let assert = |args: &[&str]| {
+        let mut all = vec!["assert", A];
+        all.extend_from_slice(args);
+        TestCommand::new(&dir).args(all).run()
+    };
+    let ok = assert(&["state=active", "plan=pro", "mrr=49", "logins=1"]);
+    ok.assert_code(0);
+    assert_eq!(ok.stdout, "");
+    let wrong = assert(&["plan=pro", "mrr=\"49\""]);
+    wrong.assert_code(1);
+    assert_eq!(
+        wrong.stdout,
+        format!("customer {A} mrr: expected \"49\", got 49.0\n  plan: \"pro\"\n- mrr: \"49\"\n+ mrr: 49.0\n")
+    );
+    let null = assert(&["plan=null"]);
+    null.assert_code(1);
+    assert!(null
+        .stdout
+        .starts_with(&format!("customer {A} plan: expected null, got \"pro\"\n")));
+    let churned = assert(&["state=churned"]);
+    churned.assert_code(1);
+    assert!(churned.stdout.starts_with(&format!(
+        "customer {A} expected state 'churned', got 'active'"
+    )));
+    let unknown = TestCommand::new(&dir).args(["assert", "nope"]).run();
+    unknown.assert_code(1);
+    assert_eq!(unknown.stdout, "nope not found in any entity type\n");
+    let bad = assert(&["plan"]);
+    bad.assert_code(2);
+    assert!(
+        bad.stderr.contains("'plan' is not KEY=VALUE"),
+        "{}",
+        bad.stderr
+    );
+}

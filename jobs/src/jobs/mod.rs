@@ -1,5 +1,6 @@
 //! One module per job, each with the same shape: its arguments, `run`, and its result type.
 
+pub mod assert;
 pub mod build;
 pub mod definitions;
 pub mod ingest;

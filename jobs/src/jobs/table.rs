@@ -86,15 +86,8 @@ pub async fn run(global: &Global, args: &TableArgs) -> Result<i32> {
             String::from_utf8_lossy(&buf).into_owned()
         }
         TableFormat::Json => {
-            let mut buf = Vec::new();
-            {
-                let mut w = deltalake::arrow::json::ArrayWriter::new(&mut buf);
-                for b in &batches {
-                    w.write(b).map_err(|e| Error::Query(e.to_string()))?;
-                }
-                w.finish().map_err(|e| Error::Query(e.to_string()))?;
-            }
-            String::from_utf8_lossy(&buf).into_owned() + "\n"
+            let rows = output::json_rows(&batches)?;
+            serde_json::to_string(&rows).expect("rows serialize") + "\n"
         }
     };
     output::print(&text)?;
