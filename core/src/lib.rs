@@ -14,6 +14,7 @@ pub mod interpret;
 pub mod normalize;
 pub mod replay;
 pub mod results;
+pub mod timeline;
 pub mod value;
 
 pub use value::{Instant, Kind, Value};

@@ -736,3 +736,77 @@ fn rebuilds_keep_incoming_relationships() {
     assert_eq!(merged.entities_rebuilt, 1);
     assert_eq!(e.relationships, before, "after the merge rebuild");
 }
+
+// CONTRACTS K4 (the entries of S1, then rule rows)
+#[test]
+fn timeline_entries() {
+    use defacto_core::timeline::{timeline, TimelineEvent};
+    let mut e = engine();
+    s1(&mut e);
+    e.build(BuildOptions::at(t("01-04")));
+    let a = email("alice@x.com");
+    let events: Vec<TimelineEvent> = e
+        .ledger()
+        .iter()
+        .map(|ev| TimelineEvent {
+            timestamp: ev.timestamp,
+            sequence: ev.sequence,
+            event_type: ev.event_type.clone(),
+            event_id: ev.event_id.clone(),
+        })
+        .collect();
+    let def = &e.definitions().entities["customer"].clone();
+    let history: Vec<_> = rows(&e, &a).into_iter().cloned().collect();
+    let tl = timeline(&a, Some((def, &history)), &events);
+    assert_eq!(tl.entity_type, "customer");
+    let effects: Vec<Vec<&str>> = tl
+        .entries
+        .iter()
+        .map(|en| en.effects.iter().map(String::as_str).collect())
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            vec![
+                "Entity created",
+                "email: Alice@X.com",
+                "plan: free",
+                "mrr: 0.0",
+                "logins: 0",
+                "annual: 0.0"
+            ],
+            vec!["plan: free → pro", "mrr: 0.0 → 49.0", "annual: 0.0 → 588.0"],
+            vec!["logins: 0 → 1"],
+        ]
+    );
+    let first = &tl.entries[0];
+    assert_eq!(
+        (
+            first.event_type.as_str(),
+            first.state_before.as_deref(),
+            first.state_after.as_str()
+        ),
+        ("signup", None, "active")
+    );
+    assert_eq!(tl.entries[1].state_before.as_deref(), Some("active"));
+    for (entry, ev) in tl.entries.iter().zip(&events) {
+        assert_eq!(entry.event_id, ev.event_id);
+    }
+
+    e.tick(t("03-01"));
+    let history: Vec<_> = rows(&e, &a).into_iter().cloned().collect();
+    let tl = timeline(&a, Some((def, &history)), &events);
+    let rules: Vec<(&str, &Vec<String>)> = tl.entries[3..]
+        .iter()
+        .map(|en| (en.event_type.as_str(), &en.effects))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("", &vec!["State: active → dormant".to_string()]),
+            ("", &vec!["State: dormant → churned".to_string()]),
+        ]
+    );
+    let none = timeline("nope", None, &events);
+    assert_eq!((none.entity_type.as_str(), none.entries.len()), ("", 0));
+}

@@ -20,10 +20,11 @@ use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
 use crate::jobs::table::TableArgs;
 use crate::jobs::tick::TickArgs;
+use crate::jobs::timeline::TimelineArgs;
 use crate::jobs::validate::{self, ValidateArgs};
 use crate::jobs::{
     assert, build, definitions, ingest, inspect, maintain, merge, normalize, resolve, status,
-    table, tick,
+    table, tick, timeline,
 };
 
 #[derive(Debug, Parser)]
@@ -160,6 +161,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Check an entity's current row: ENTITY_ID [state=NAME] [KEY=VALUE ...]; exit 1 on mismatch.
     Assert(AssertArgs),
+    /// An entity's history as a timeline: the event behind each row and what it changed.
+    Timeline(TimelineArgs),
 }
 
 /// Parses arguments, runs the command and returns the process exit status.
@@ -194,7 +197,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
         .enable_all()
         .build()?;
     let g = &cli.global;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         match &cli.command {
             Command::Validate(_) => unreachable!("handled above"),
             Command::Ingest(args) => ingest::run(g, args).await,
@@ -210,8 +213,14 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Definitions(args) => definitions::run(g, args).await,
             Command::Merge(args) => merge::run(g, args).await,
             Command::Assert(args) => assert::run(g, args).await,
+            Command::Timeline(args) => timeline::run(g, args).await,
         }
-    })
+    });
+    // The job's work and output are complete here. A background task that outlives it (seen:
+    // the catalog pool's maintenance task spinning after the pool was dropped) must not keep
+    // the process alive, so the runtime gets a bounded shutdown instead of a joining drop.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
 /// Logs go to stderr (stdout carries the result JSON), as text or JSON lines.

@@ -944,3 +944,54 @@ fn assert_checks_the_current_row() {
         bad.stderr
     );
 }
+
+// CONTRACTS K4 (through the command line: what the builds wrote, number columns as floats)
+#[test]
+fn timeline_of_an_entity() {
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    build(&dir, "01-04");
+    run(&dir, &["tick", "--as-of", "2024-03-01T00:00:00Z"]);
+    let tl = run(&dir, &["timeline", A]);
+    assert_eq!(tl["entity_type"], "customer");
+    let entries = tl["entries"].as_array().unwrap();
+    let effects: Vec<&Json> = entries.iter().map(|e| &e["effects"]).collect();
+    assert_eq!(
+        effects,
+        [
+            &json!([
+                "Entity created",
+                "email: Alice@X.com",
+                "plan: free",
+                "mrr: 0.0",
+                "logins: 0",
+                "annual: 0.0"
+            ]),
+            &json!(["plan: free → pro", "mrr: 0.0 → 49.0", "annual: 0.0 → 588.0"]),
+            &json!(["logins: 0 → 1"]),
+            &json!(["State: active → dormant"]),
+            &json!(["State: dormant → churned"]),
+        ]
+    );
+    let events = run(&dir, &["ledger", "events", A, "--format", "json"]);
+    for (entry, event) in entries.iter().zip(events.as_array().unwrap()) {
+        assert_eq!(entry["event_id"], event["event_id"]);
+    }
+    assert_eq!(
+        (
+            &entries[0]["event_type"],
+            &entries[0]["state_before"],
+            &entries[0]["state_after"]
+        ),
+        (&json!("signup"), &Json::Null, &json!("active"))
+    );
+    assert_eq!(
+        (&entries[3]["event_type"], &entries[3]["event_id"]),
+        (&json!(""), &json!(""))
+    );
+    let none = run(&dir, &["timeline", "nope"]);
+    assert_eq!(
+        none,
+        json!({"entity_id": "nope", "entity_type": "", "entries": []})
+    );
+}

@@ -12,8 +12,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history_table::{entity_schema, sql_list};
 use crate::jobs::build::version_definitions;
+use crate::jobs::inspect::entity_type_of;
 use crate::lake::tables;
-use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -40,21 +40,7 @@ pub async fn run(global: &Global, args: &AssertArgs) -> Result<i32> {
         .ok_or_else(|| Error::Config("No active definition version".into()))?;
     let defs = version_definitions(&ctx, &version)?;
     let id = sql_list(&[&args.entity_id]);
-    let types = ctx
-        .lake
-        .query_all(
-            &[("a", tables::ASSIGNMENTS, ASSIGNMENTS_SCHEMA.clone())],
-            &format!(
-                "SELECT DISTINCT entity_type FROM a WHERE entity_id = {id} ORDER BY entity_type"
-            ),
-        )
-        .await?;
-    let mut entity_type = None;
-    for batch in &types {
-        if batch.num_rows() > 0 && entity_type.is_none() {
-            entity_type = Some(Columns::new(batch).str("entity_type")?.value(0).to_string());
-        }
-    }
+    let entity_type = entity_type_of(&ctx, &args.entity_id).await?;
     let entity = entity_type.as_deref().and_then(|ty| defs.entities.get(ty));
     let verdict = match entity {
         None => check(&args.entity_id, None, &expectations),

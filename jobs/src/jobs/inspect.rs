@@ -3,16 +3,18 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use defacto_core::identity::{IdentityFields, IdentityStore, Resolver};
+use defacto_core::replay::LedgerEvent;
 use defacto_core::value::timestamp_text;
 use serde_json::{json, Value as Json};
 
 use crate::cli::Global;
 use crate::context::Context;
 use crate::error::Result;
+use crate::history_table::sql_list;
 use crate::jobs::build::load_assignments;
 use crate::jobs::resolve::events_after;
 use crate::lake::tables;
-use crate::ledger::{Columns, EVENTS_SCHEMA};
+use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
 use crate::output;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -108,36 +110,20 @@ pub async fn ledger(global: &Global, args: &LedgerArgs) -> Result<i32> {
                 .unwrap_or(0);
             json!({ "count": n })
         }
-        LedgerCommand::Events { entity_id } => {
-            let store = ctx.catalog.load_identity().await?;
-            let mut ids = vec![entity_id.clone()];
-            let mut i = 0;
-            while i < ids.len() {
-                ids.extend(store.merged_from(&ids[i]));
-                i += 1;
-            }
-            let assignments = load_assignments(&ctx).await?;
-            let seqs: std::collections::BTreeSet<i64> = assignments
-                .iter()
-                .filter(|(k, _)| ids.contains(&k.1))
-                .flat_map(|(_, s)| s.iter().copied())
-                .collect();
-            let events = events_after(&ctx, 0).await?;
-            Json::Array(
-                events
-                    .into_iter()
-                    .filter(|e| seqs.contains(&e.event.sequence))
-                    .map(|e| {
-                        json!({
-                            "sequence": e.event.sequence,
-                            "event_id": e.event.event_id,
-                            "event_type": e.event.event_type,
-                            "timestamp": timestamp_text(&e.event.timestamp),
-                        })
+        LedgerCommand::Events { entity_id } => Json::Array(
+            entity_events(&ctx, entity_id)
+                .await?
+                .into_iter()
+                .map(|e| {
+                    json!({
+                        "sequence": e.sequence,
+                        "event_id": e.event_id,
+                        "event_type": e.event_type,
+                        "timestamp": timestamp_text(&e.timestamp),
                     })
-                    .collect(),
-            )
-        }
+                })
+                .collect(),
+        ),
     };
     print(global, &value, args.format)
 }
@@ -219,4 +205,47 @@ fn records_table(value: &Json) -> String {
         out.push_str(&line(r));
     }
     out
+}
+
+/// The ledger events of an entity and of the entities merged into it, in canonical order.
+pub async fn entity_events(ctx: &Context, entity_id: &str) -> Result<Vec<LedgerEvent>> {
+    let store = ctx.catalog.load_identity().await?;
+    let mut ids = vec![entity_id.to_string()];
+    let mut i = 0;
+    while i < ids.len() {
+        ids.extend(store.merged_from(&ids[i]));
+        i += 1;
+    }
+    let assignments = load_assignments(ctx).await?;
+    let seqs: std::collections::BTreeSet<i64> = assignments
+        .iter()
+        .filter(|(k, _)| ids.contains(&k.1))
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect();
+    Ok(events_after(ctx, 0)
+        .await?
+        .into_iter()
+        .filter(|e| seqs.contains(&e.event.sequence))
+        .map(|e| e.event)
+        .collect())
+}
+
+/// The entity type that knows an id (through `ledger/assignments`), if any.
+pub async fn entity_type_of(ctx: &Context, entity_id: &str) -> Result<Option<String>> {
+    let batches = ctx
+        .lake
+        .query_all(
+            &[("a", tables::ASSIGNMENTS, ASSIGNMENTS_SCHEMA.clone())],
+            &format!(
+                "SELECT DISTINCT entity_type FROM a WHERE entity_id = {} ORDER BY entity_type LIMIT 1",
+                sql_list(&[entity_id])
+            ),
+        )
+        .await?;
+    match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(batch) => Ok(Some(
+            Columns::new(batch).str("entity_type")?.value(0).to_string(),
+        )),
+        None => Ok(None),
+    }
 }

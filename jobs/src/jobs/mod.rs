@@ -12,4 +12,5 @@ pub mod resolve;
 pub mod status;
 pub mod table;
 pub mod tick;
+pub mod timeline;
 pub mod validate;
