@@ -142,6 +142,18 @@ impl Context {
         crate::output::print(&crate::output::to_json(result))
     }
 
+    /// The active version's row and definitions: what the read-only commands (`table`,
+    /// `assert`, `timeline`) show, whatever the folder holds.
+    pub async fn active_definitions(&self) -> Result<(VersionRow, Definitions)> {
+        let row = self
+            .catalog
+            .active_version()
+            .await?
+            .ok_or_else(|| Error::Config("No active definition version".into()))?;
+        let defs = crate::jobs::build::version_definitions(self, &row)?;
+        Ok((row, defs))
+    }
+
     /// The registered row of the folder's version.
     pub async fn version_row(&self) -> Result<VersionRow> {
         self.catalog

@@ -11,7 +11,6 @@ use crate::cli::Global;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history_table::{entity_schema, sql_list};
-use crate::jobs::build::version_definitions;
 use crate::jobs::inspect::entity_type_of;
 use crate::lake::tables;
 use crate::output;
@@ -33,12 +32,7 @@ pub async fn run(global: &Global, args: &AssertArgs) -> Result<i32> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(Error::Config)?;
     let ctx = Context::open(global, "assert", None).await?;
-    let version = ctx
-        .catalog
-        .active_version()
-        .await?
-        .ok_or_else(|| Error::Config("No active definition version".into()))?;
-    let defs = version_definitions(&ctx, &version)?;
+    let (version, defs) = ctx.active_definitions().await?;
     let id = sql_list(&[&args.entity_id]);
     let entity_type = entity_type_of(&ctx, &args.entity_id).await?;
     let entity = entity_type.as_deref().and_then(|ty| defs.entities.get(ty));

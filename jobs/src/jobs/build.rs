@@ -259,15 +259,24 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     state.requests_applied = requests_end;
     state.last_build_time = Some(timestamp_text(&chrono::Utc::now()));
     state.last_build_mode = Some(mode.as_str().to_string());
-    let activate = match shard {
-        None => true,
-        Some((_, n)) => {
-            ctx.catalog
-                .all_shards_complete(&row.version, n, &key)
-                .await?
+    // Unsharded, the completing transaction activates the version. A shard first commits its
+    // own completion and only then looks at the others: of two shards finishing at once, the
+    // one that looks last sees both complete and activates (checking before committing let
+    // both see the other unfinished, and nobody activated).
+    ctx.catalog.complete_build(&state, shard.is_none()).await?;
+    if let Some((_, n)) = shard {
+        if ctx
+            .catalog
+            .all_shards_complete(&row.version, n, &key)
+            .await?
+        {
+            // A shard that started another build meanwhile leaves activation to its own
+            // completion; this build's work is committed either way.
+            if let Err(e) = ctx.catalog.activate(&row.version).await {
+                tracing::warn!("version {} not activated yet: {e}", row.version);
+            }
         }
-    };
-    ctx.catalog.complete_build(&state, activate).await?;
+    }
 
     let mut result = out.result;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

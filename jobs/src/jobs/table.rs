@@ -10,7 +10,7 @@ use crate::cli::Global;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history_table::entity_schema;
-use crate::jobs::build::{parse_as_of, version_definitions};
+use crate::jobs::build::parse_as_of;
 use crate::lake::tables;
 use crate::output;
 
@@ -38,12 +38,7 @@ pub struct TableArgs {
 
 pub async fn run(global: &Global, args: &TableArgs) -> Result<i32> {
     let ctx = Context::open(global, "table", None).await?;
-    let row = ctx
-        .catalog
-        .active_version()
-        .await?
-        .ok_or_else(|| Error::Config("No active definition version".into()))?;
-    let defs = version_definitions(&ctx, &row)?;
+    let (row, defs) = ctx.active_definitions().await?;
     let entity = defs.entities.get(&args.entity).ok_or_else(|| {
         Error::NotFound(format!(
             "Unknown entity type '{}'. Available entity types: [{}]",

@@ -6,9 +6,8 @@ use defacto_core::timeline::{timeline, TimelineEvent};
 
 use crate::cli::Global;
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::history_table::{entity_schema, read_entity_rows, sql_list};
-use crate::jobs::build::version_definitions;
 use crate::jobs::inspect::{entity_events, entity_type_of};
 use crate::lake::tables;
 use crate::output;
@@ -21,12 +20,7 @@ pub struct TimelineArgs {
 
 pub async fn run(global: &Global, args: &TimelineArgs) -> Result<i32> {
     let ctx = Context::open(global, "timeline", None).await?;
-    let version = ctx
-        .catalog
-        .active_version()
-        .await?
-        .ok_or_else(|| Error::Config("No active definition version".into()))?;
-    let defs = version_definitions(&ctx, &version)?;
+    let (version, defs) = ctx.active_definitions().await?;
     let entity_type = entity_type_of(&ctx, &args.entity_id).await?;
     let entity = entity_type.as_deref().and_then(|ty| defs.entities.get(ty));
     let result = match entity {
