@@ -865,13 +865,9 @@ impl Catalog {
                     "{base} AND (next_due IS NULL OR next_due < '{}')",
                     due_before.replace('\'', "")
                 )));
-                let ids: Vec<&String> = entities.iter().map(|(_, id)| id).collect();
+                let ids: Vec<&str> = entities.iter().map(|(_, id)| id.as_str()).collect();
                 for chunk in ids.chunks(1000) {
-                    let list = chunk
-                        .iter()
-                        .map(|id| format!("'{}'", id.replace('\'', "''")))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = crate::history_table::sql_list(chunk);
                     queries.push(self.sql(&format!("{base} AND entity_id IN ({list})")));
                 }
             }

@@ -482,7 +482,7 @@ fn chain(identity: &MemoryIdentity, key: &EntityKey) -> Vec<EntityKey> {
 }
 
 /// Ledger rows matching a SQL condition, read batch by batch.
-async fn ledger_where(ctx: &Context, condition: &str) -> Result<Vec<LedgerEvent>> {
+pub(crate) async fn ledger_where(ctx: &Context, condition: &str) -> Result<Vec<LedgerEvent>> {
     let sql = format!(
         "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE {condition}"
     );
@@ -496,7 +496,7 @@ async fn ledger_where(ctx: &Context, condition: &str) -> Result<Vec<LedgerEvent>
 }
 
 /// Assignments matching a SQL condition, as entity → sequences.
-async fn assignments_where(
+pub(crate) async fn assignments_where(
     ctx: &Context,
     condition: &str,
 ) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {

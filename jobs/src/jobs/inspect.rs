@@ -11,8 +11,7 @@ use crate::cli::Global;
 use crate::context::Context;
 use crate::error::Result;
 use crate::history_table::sql_list;
-use crate::jobs::build::load_assignments;
-use crate::jobs::resolve::events_after;
+use crate::jobs::build::{assignments_where, ledger_where};
 use crate::lake::tables;
 use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
 use crate::output;
@@ -216,18 +215,22 @@ pub async fn entity_events(ctx: &Context, entity_id: &str) -> Result<Vec<LedgerE
         ids.extend(store.merged_from(&ids[i]));
         i += 1;
     }
-    let assignments = load_assignments(ctx).await?;
-    let seqs: std::collections::BTreeSet<i64> = assignments
-        .iter()
-        .filter(|(k, _)| ids.contains(&k.1))
-        .flat_map(|(_, s)| s.iter().copied())
-        .collect();
-    Ok(events_after(ctx, 0)
+    // Only this entity's rows: its assignments, then its events by sequence.
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let seqs: Vec<String> = assignments_where(ctx, &format!("entity_id IN ({})", sql_list(&refs)))
         .await?
-        .into_iter()
-        .filter(|e| seqs.contains(&e.event.sequence))
-        .map(|e| e.event)
-        .collect())
+        .into_values()
+        .flatten()
+        .collect::<std::collections::BTreeSet<i64>>()
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut events = ledger_where(ctx, &format!("sequence IN ({})", seqs.join(", "))).await?;
+    events.sort_by_key(LedgerEvent::order_key);
+    Ok(events)
 }
 
 /// The entity type that knows an id (through `ledger/assignments`), if any.
