@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 # Where the job image reads what the orchestrator hands it. The image's entrypoint is the
 # `defacto` binary, so a pod's args are exactly a step's argument vector.
 XCOM_RESULT_FILE = "/airflow/xcom/return.json"
+PARQUET_OUT_REF = "$(DEFACTO_PARQUET_OUT)"
 DEFINITIONS_MOUNT = "/etc/defacto/definitions"
 # The definitions folder's parts, each a ConfigMap of the same name suffix (infra/base).
 DEFINITION_PARTS = ("entities", "sources", "schemas")
@@ -142,7 +144,7 @@ class RunParams:
     as_of: str = ""
     # source name -> files to ingest before normalizing (paths the job can read)
     ingest: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
-    # where `export --format parquet` writes; empty: the job's default
+    # where `export --format parquet` writes; empty: the deployment's DEFACTO_PARQUET_OUT
     parquet_out: str = ""
 
     @classmethod
@@ -187,9 +189,10 @@ def plan(params: RunParams, default_as_of: datetime | str | None = None) -> dict
         + (["--full"] if params.full else [])
         + (["--from-raw"] if params.from_raw else [])
     )
-    parquet = ["export", "--format", "parquet"]
-    if params.parquet_out:
-        parquet += ["--out", params.parquet_out]
+    # `$(DEFACTO_PARQUET_OUT)` is expanded where the job runs, from the job's environment, as
+    # Kubernetes expands it in a container's args (run_local does the same), so a deployment
+    # sets the export's destination once, beside DEFACTO_LAKE.
+    parquet = ["export", "--format", "parquet", "--out", params.parquet_out or PARQUET_OUT_REF]
     return {
         "ingest": [
             ["ingest", "--source", source, *map(str, files)]
@@ -333,6 +336,23 @@ def pod_environment(settings: Settings) -> dict[str, Any]:
 
 # --- a local run of a step --------------------------------------------------------------
 
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """`$(NAME)` in an argument replaced by NAME's value in `env`, as Kubernetes expands a
+    container's args; a reference to an unset variable is an error here (Kubernetes would
+    pass it on literally, which no job wants)."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise StepFailed(argv, 2, f"error: {name} is not set (the job's arguments use $({name}))")
+        return env[name]
+
+    return [_VAR_REF.sub(value, arg) for arg in argv]
+
+
 
 class StepFailed(RuntimeError):
     """A job exited non-zero. `status` follows the CLI: 1 the run failed, 2 bad usage or
@@ -364,7 +384,11 @@ def run_local(
         result_file = Path(tmp) / "result.json"
         full_env = {**os.environ, **(env or {}), "DEFACTO_RESULT_FILE": str(result_file)}
         proc = subprocess.run(
-            [binary, *argv], env=full_env, capture_output=True, text=True, check=False
+            [binary, *expand(argv, full_env)],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         for line in proc.stderr.splitlines():
             log(line)

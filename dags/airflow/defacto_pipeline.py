@@ -216,7 +216,7 @@ with DAG(
             description='Files to ingest first, by source: {"app": ["/inbox/app.jsonl"]}.',
         ),
         "parquet_out": Param(
-            "", type="string", description="Where the Parquet export goes (empty: the job's default)."
+            "", type="string", description="Where the Parquet export goes (empty: DEFACTO_PARQUET_OUT where the job runs)."
         ),
     },
 ) as dag:

@@ -149,7 +149,7 @@ def launch(
             result_file = Path(tmp) / "result.json"
             client.run(
                 context=context,
-                command=[SETTINGS.binary, *argv],
+                command=[SETTINGS.binary, *steps.expand(argv, os.environ)],
                 env={"DEFACTO_RESULT_FILE": str(result_file)},
             )
             return json.loads(result_file.read_text()) if result_file.exists() else {}

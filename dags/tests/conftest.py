@@ -80,9 +80,10 @@ class Project:
             "DEFACTO_CONFIG": str(self.defs),
             "DEFACTO_LAKE": str(base / "lake"),
             "DEFACTO_DATABASE": f"sqlite://{base / 'catalog.db'}",
+            "DEFACTO_PARQUET_OUT": str(base / "parquet"),
             "DEFACTO_BIN": binary,
         }
-        self.parquet_out = str(base / "parquet")
+        self.parquet_out = self.env["DEFACTO_PARQUET_OUT"]
 
     @staticmethod
     def inbox() -> dict[str, list[str]]:

@@ -86,6 +86,7 @@ def test_each_kubernetes_task_renders_its_pod(monkeypatch, airflow_db):
         assert args[("build", i)] == ["build", *shard]
         assert args[("tick", i)] == ["tick", *shard]
     assert args[("export_warehouse", -1)] == ["export", "--format", "warehouse"]
+    assert args[("export_parquet", -1)] == ["export", "--format", "parquet", "--out", "$(DEFACTO_PARQUET_OUT)"]
 
     for task, index, pod in pods:
         step = steps.step(task)
@@ -138,7 +139,7 @@ def nightly(tmp_path_factory, defacto_bin, airflow_db):
                 "total_shards": 2,
                 "as_of": AS_OF,
                 "ingest": Project.inbox(),
-                "parquet_out": project.parquet_out,
+                # parquet_out left empty: the worker's DEFACTO_PARQUET_OUT is the destination
             }
         )
         yield project, run, mp
@@ -170,7 +171,6 @@ def test_a_from_raw_backfill_rebuilds_the_same_tables(nightly, reference_tables)
             "from_raw": True,
             "full": True,
             "total_shards": 2,
-            "parquet_out": project.parquet_out,
         },
     )
     assert run.state == "success", states(run)

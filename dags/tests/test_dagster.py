@@ -112,7 +112,7 @@ def test_kubernetes_materialization_creates_one_valid_pod_per_job(monkeypatch):
         ["tick", *shard(0)],
         ["tick", *shard(1)],
         ["export", "--format", "warehouse"],
-        ["export", "--format", "parquet"],
+        ["export", "--format", "parquet", "--out", "$(DEFACTO_PARQUET_OUT)"],
     ]
     for namespace, pod in pods:
         assert namespace == "defacto"

@@ -134,6 +134,8 @@ def test_the_definitions_configmaps_hold_the_showcase(manifests):
     (config,) = [m for n, m in maps.items() if n.startswith("defacto-config-")]
     assert config["data"]["DEFACTO_CONFIG"] == "/etc/defacto/definitions"
     assert config["data"]["DEFACTO_LAKE"].startswith("s3://")
+    # The CronJob's Parquet export refers to it.
+    assert config["data"]["DEFACTO_PARQUET_OUT"].startswith("s3://")
 
 
 def test_the_nightly_cronjob_runs_the_pipeline_in_order(manifests):
@@ -147,7 +149,7 @@ def test_the_nightly_cronjob_runs_the_pipeline_in_order(manifests):
         ["build"],
         ["tick"],
         ["export", "--format", "warehouse"],
-        ["export", "--format", "parquet"],
+        ["export", "--format", "parquet", "--out", "$(DEFACTO_PARQUET_OUT)"],
     ]
 
 

@@ -35,7 +35,8 @@ def test_a_nightly_run_builds_and_ticks_every_shard_at_the_end_of_its_interval()
         for i in range(3)
     ]
     assert v["export_warehouse"] == ["export", "--format", "warehouse"]
-    assert v["export_parquet"] == ["export", "--format", "parquet"]
+    # The destination is the deployment's, expanded where the job runs.
+    assert v["export_parquet"] == ["export", "--format", "parquet", "--out", "$(DEFACTO_PARQUET_OUT)"]
 
 
 def test_a_backfill_renormalizes_once_and_rebuilds_every_shard():
@@ -101,3 +102,15 @@ def test_a_failed_job_names_its_exit_status(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(steps.StepFailed, match="exited 3 \\(too many failed events\\)"):
         steps.run_local(["build"], str(fake), log=lambda line: None)
+
+
+def test_arguments_refer_to_the_job_environment_as_kubernetes_args_do():
+    env = {"DEFACTO_PARQUET_OUT": "s3://lake/out", "X": "1"}
+    assert steps.expand(["--out", "$(DEFACTO_PARQUET_OUT)", "a$(X)b", "$X"], env) == [
+        "--out",
+        "s3://lake/out",
+        "a1b",
+        "$X",
+    ]
+    with pytest.raises(steps.StepFailed, match="DEFACTO_PARQUET_OUT is not set"):
+        steps.expand(["$(DEFACTO_PARQUET_OUT)"], {})
