@@ -32,6 +32,16 @@ def test_the_dag_imports_with_either_runner(monkeypatch, runner):
     assert dag.max_active_runs == 1
 
 
+def test_the_whole_dags_folder_holds_only_this_dag(monkeypatch):
+    """With dags/ as the DAGs folder, .airflowignore keeps Dagster and the tests out."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DEFACTO_RUNNER", "local")
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert list(bag.dags) == [DAG_ID]
+
+
 @pytest.mark.parametrize("runner", ["kubernetes", "local"])
 def test_tasks_follow_the_pipeline_and_map_build_and_tick_over_shards(monkeypatch, runner):
     # The scheduler finds the entity names (for the assets) in the definitions folder.
