@@ -3,6 +3,7 @@ pipeline order with build and tick mapped over shards, each Kubernetes task rend
 pod, and in local mode `dag.test()` runs the showcase end to end (then a from_raw backfill)
 and leaves exactly the tables a direct run of the binary leaves."""
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -185,4 +186,8 @@ def test_a_from_raw_backfill_rebuilds_the_same_tables(nightly, reference_tables)
     )
     assert run.state == "success", states(run)
     assert states(run)[("ingest", -1)] == "skipped"
+    # The catalog's run log: both shards rebuilt everything from the renormalized ledger.
+    runs = json.loads(project.run("status"))["recent_runs"]
+    builds = [r["result"]["mode"] for r in runs if r["job"] == "build"][:2]
+    assert builds == ["FULL_RENORMALIZE", "FULL_RENORMALIZE"], runs
     assert project.tables() == reference_tables
