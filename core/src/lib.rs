@@ -12,6 +12,7 @@ pub mod history;
 pub mod identity;
 pub mod interpret;
 pub mod normalize;
+pub mod privacy;
 pub mod replay;
 pub mod results;
 pub mod timeline;

@@ -77,6 +77,14 @@ const MIGRATIONS: &[&str] = &[
     // The earliest instant a time rule of the slot can fire, as fixed-width text (`NEVER` when
     // none can; NULL for rows written before this column, which are always loaded).
     "ALTER TABLE {t:working_state} ADD COLUMN next_due TEXT",
+    // Per export target and table, the Delta version of the history table last exported there:
+    // the base an incremental export diffs against.
+    "CREATE TABLE IF NOT EXISTS {t:exports} (
+        target TEXT NOT NULL, table_name TEXT NOT NULL, delta_version BIGINT NOT NULL,
+        exported_at TEXT NOT NULL, PRIMARY KEY (target, table_name))",
+    // An erase in progress: its plan (cascade set, erased keys, ledger sequences), so that a
+    // re-run after a crash finishes the same erase. Deleted when the erase completes.
+    "CREATE TABLE IF NOT EXISTS {t:erasures} (entity_id TEXT PRIMARY KEY, plan TEXT NOT NULL)",
 ];
 
 /// The ledger sequence allocator's counter, and `normalize`'s cursor.
@@ -1031,6 +1039,199 @@ impl Catalog {
     }
 
     // ---- job runs -----------------------------------------------------------------------
+
+    /// The Delta version of `table` last exported to `target`.
+    pub async fn export_version(&self, target: &str, table: &str) -> Result<Option<i64>> {
+        let row = q(&self.sql(
+            "SELECT delta_version FROM {t:exports} WHERE target = $1 AND table_name = $2",
+        ))
+        .bind(target.to_string())
+        .bind(table.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db("Reading the export log", e))?;
+        Ok(row.map(|r| r.get::<i64, _>(0)))
+    }
+
+    pub async fn set_export_version(&self, target: &str, table: &str, version: i64) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:exports} (target, table_name, delta_version, exported_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (target, table_name)
+             DO UPDATE SET delta_version = excluded.delta_version, exported_at = excluded.exported_at",
+        ))
+        .bind(target.to_string())
+        .bind(table.to_string())
+        .bind(version)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Writing the export log", e))?;
+        Ok(())
+    }
+
+    /// Forgets every export to `target` (the next export there is a full one).
+    pub async fn clear_exports(&self, target: &str) -> Result<()> {
+        q(&self.sql("DELETE FROM {t:exports} WHERE target = $1"))
+            .bind(target.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Writing the export log", e))?;
+        Ok(())
+    }
+
+    // ---- erase ------------------------------------------------------------------------------
+
+    /// The keys of every build state (every version, every shard).
+    pub async fn build_state_keys(&self) -> Result<Vec<String>> {
+        let rows = q(&self.sql("SELECT key FROM {t:build_state} ORDER BY key"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("Reading build states", e))?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// The stored plan of an unfinished erase of `id`.
+    pub async fn erasure(&self, id: &str) -> Result<Option<String>> {
+        let row = q(&self.sql("SELECT plan FROM {t:erasures} WHERE entity_id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db("Reading the erase plan", e))?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    pub async fn put_erasure(&self, id: &str, plan: &str) -> Result<()> {
+        q(&self.sql(
+            "INSERT INTO {t:erasures} (entity_id, plan) VALUES ($1, $2)
+             ON CONFLICT (entity_id) DO UPDATE SET plan = excluded.plan",
+        ))
+        .bind(id.to_string())
+        .bind(plan.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Writing the erase plan", e))?;
+        Ok(())
+    }
+
+    /// Deletes every catalog record of the entities `members` (identity mappings, entity
+    /// records, merge_log rows on either side, rebuild requests naming them, working state of
+    /// every version and shard), in one transaction; rewrites the
+    /// run log's result texts with `rewrite`. Returns the merge_log rows deleted.
+    pub async fn erase_entities(
+        &self,
+        members: &[String],
+        rewrite: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<u64> {
+        let op = "Erasing from the catalog";
+        let ids: Vec<&str> = members.iter().map(String::as_str).collect();
+        let list = crate::history_table::sql_list(&ids);
+        let mut tx = self.pool.begin().await.map_err(|e| db(op, e))?;
+        if self.dialect == Dialect::Sqlite {
+            q("PRAGMA secure_delete = ON").execute(&mut *tx).await.map_err(|e| db(op, e))?;
+        }
+        let merge_log = q(&self.sql(&format!(
+            "DELETE FROM {{t:merge_log}} WHERE from_entity_id IN ({list}) OR into_entity_id IN ({list})"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db(op, e))?
+        .rows_affected();
+        for sql in [
+            format!("DELETE FROM {{t:identity}} WHERE entity_id IN ({list})"),
+            format!("DELETE FROM {{t:entities}} WHERE entity_id IN ({list})"),
+            format!(
+                "DELETE FROM {{t:rebuild_requests}} WHERE loser IN ({list}) OR winner IN ({list}) OR entity_id IN ({list})"
+            ),
+            format!("DELETE FROM {{t:working_state}} WHERE entity_id IN ({list})"),
+        ] {
+            q(&self.sql(&sql)).execute(&mut *tx).await.map_err(|e| db(op, e))?;
+        }
+        let runs = q(&self.sql("SELECT id, result FROM {t:job_runs} WHERE result IS NOT NULL"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db(op, e))?;
+        for r in &runs {
+            let (id, text): (String, String) = (r.get(0), r.get(1));
+            if let Some(new) = rewrite(&text) {
+                q(&self.sql("UPDATE {t:job_runs} SET result = $1 WHERE id = $2"))
+                    .bind(new)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(op, e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| db(op, e))?;
+        Ok(merge_log)
+    }
+
+    /// Forgets a finished erase's plan.
+    pub async fn drop_erasure(&self, root: &str) -> Result<()> {
+        q(&self.sql("DELETE FROM {t:erasures} WHERE entity_id = $1"))
+            .bind(root.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Removing the erase plan", e))?;
+        Ok(())
+    }
+
+    /// Makes deletions physical (PIPELINE.md §12.1 erasure guarantee): SQLite rebuilds the
+    /// file and truncates its WAL; Postgres rewrites the catalog tables (and `extra`, already
+    /// qualified) with VACUUM FULL.
+    pub async fn reclaim(&self, extra: &[String]) -> Result<()> {
+        let op = "Reclaiming deleted space";
+        match self.dialect {
+            Dialect::Sqlite => {
+                for sql in ["PRAGMA secure_delete = ON", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+                    q(sql).execute(&self.pool).await.map_err(|e| db(op, e))?;
+                }
+            }
+            Dialect::Postgres => {
+                let mut tables: Vec<String> = [
+                    "identity",
+                    "entities",
+                    "merge_log",
+                    "rebuild_requests",
+                    "working_state",
+                    "job_runs",
+                    "erasures",
+                ]
+                .iter()
+                .map(|t| self.t(t))
+                .collect();
+                tables.extend(extra.iter().cloned());
+                for t in tables {
+                    q(&format!("VACUUM FULL {t}"))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| db(op, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every successful run of `job`, with its result text, oldest first.
+    pub async fn run_results(&self, job: &str) -> Result<Vec<String>> {
+        let rows = q(&self.sql(
+            "SELECT result FROM {t:job_runs} WHERE job = $1 AND status = 'succeeded' AND result IS NOT NULL ORDER BY started_at",
+        ))
+        .bind(job.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("Reading the run log", e))?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// Every (target, table) in the export log.
+    pub async fn export_tables(&self) -> Result<Vec<(String, String)>> {
+        let rows = q(&self.sql("SELECT target, table_name FROM {t:exports} ORDER BY target, table_name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("Reading the export log", e))?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect())
+    }
 
     pub async fn record_run(
         &self,

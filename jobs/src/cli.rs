@@ -11,11 +11,14 @@ use crate::error::Error;
 use crate::jobs::assert::AssertArgs;
 use crate::jobs::build::BuildArgs;
 use crate::jobs::definitions::DefinitionsArgs;
+use crate::jobs::erase::EraseArgs;
+use crate::jobs::export::ExportArgs;
 use crate::jobs::ingest::IngestArgs;
 use crate::jobs::inspect::{IdentityArgs, LedgerArgs};
 use crate::jobs::maintain::MaintainArgs;
 use crate::jobs::merge::MergeArgs;
 use crate::jobs::normalize::NormalizeArgs;
+use crate::jobs::query::QueryArgs;
 use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
 use crate::jobs::table::TableArgs;
@@ -23,8 +26,8 @@ use crate::jobs::tick::TickArgs;
 use crate::jobs::timeline::TimelineArgs;
 use crate::jobs::validate::{self, ValidateArgs};
 use crate::jobs::{
-    assert, build, definitions, ingest, inspect, maintain, merge, normalize, resolve, status,
-    table, tick, timeline,
+    assert, build, definitions, erase, export, ingest, inspect, maintain, merge, normalize, query,
+    resolve, status, table, tick, timeline,
 };
 
 #[derive(Debug, Parser)]
@@ -145,6 +148,12 @@ pub enum Command {
     Build(BuildArgs),
     /// Evaluate time rules of every live entity up to --as-of.
     Tick(TickArgs),
+    /// Erase an entity (and the entities merged into it) everywhere, physically.
+    Erase(EraseArgs),
+    /// Export history to the warehouse (catalog database), Parquet, CSV, Delta or graph JSON.
+    Export(ExportArgs),
+    /// Run a read-only SQL query over the state tables of the active version.
+    Query(QueryArgs),
     /// Show the build status of the version `build` would build.
     Status(StatusArgs),
     /// Print an entity type's current state, history, or state as of an instant.
@@ -207,6 +216,9 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Tick(args) => tick::run(g, args).await,
             Command::Status(args) => status::run(g, args).await,
             Command::Table(args) => table::run(g, args).await,
+            Command::Export(args) => export::run(g, args).await,
+            Command::Erase(args) => erase::run(g, args).await,
+            Command::Query(args) => query::run(g, args).await,
             Command::Identity(args) => inspect::identity(g, args).await,
             Command::Ledger(args) => inspect::ledger(g, args).await,
             Command::Maintain(args) => maintain::run(g, args).await,

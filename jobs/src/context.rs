@@ -105,11 +105,30 @@ impl Context {
     /// result (also to `--result-file` and stdout, see `finish`), a failure with its error —
     /// then hands the outcome back.
     pub async fn conclude<T: serde::Serialize>(&self, outcome: Result<T>) -> Result<T> {
+        self.conclude_logged(outcome, None::<&T>).await
+    }
+
+    /// `conclude`, with `logged` recorded in the run log instead of the result when given (an
+    /// erase must not write the ids it erased there).
+    pub async fn conclude_logged<T: serde::Serialize, L: serde::Serialize>(
+        &self,
+        outcome: Result<T>,
+        logged: Option<&L>,
+    ) -> Result<T> {
         let released = self.release_leases().await;
         match outcome {
             Ok(result) => {
                 released?;
-                self.finish(&result).await?;
+                let json = match logged {
+                    Some(l) => serde_json::to_string(l),
+                    None => serde_json::to_string(&result),
+                }
+                .expect("results serialize");
+                self.catalog
+                    .record_run(&self.run_id, &self.job, &self.started, "succeeded", &json)
+                    .await?;
+                crate::output::write_result_file(self.result_file.as_deref(), &result)?;
+                crate::output::print(&crate::output::to_json(&result))?;
                 Ok(result)
             }
             Err(error) => {

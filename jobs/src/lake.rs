@@ -138,8 +138,14 @@ impl Lake {
         loop {
             let t = self.handle(table).await?;
             let mut builder = t.write(batches.clone()).with_save_mode(mode);
-            if let Some(p) = &predicate {
-                builder = builder.with_replace_where(p.clone());
+            match &predicate {
+                Some(p) => builder = builder.with_replace_where(p.clone()),
+                // Replacing the whole table may also replace its schema (an export of a newer
+                // definition version over an older one).
+                None if mode == SaveMode::Overwrite => {
+                    builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                }
+                None => {}
             }
             match builder.await {
                 Ok(_) => return Ok(()),
@@ -152,37 +158,124 @@ impl Lake {
         }
     }
 
-    /// Runs SQL over the named tables (registered under the given names); a table that does
-    /// not exist yet is registered as an empty table of `empty_schema`.
+    /// A DataFusion session with the named tables registered (under the given names); a table
+    /// that does not exist yet is registered as an empty table of its schema.
+    pub async fn session(&self, tables: &[(&str, &str, SchemaRef)]) -> Result<SessionContext> {
+        let ctx = SessionContext::new();
+        for (name, table, schema) in tables {
+            self.register(&ctx, name, table, schema, None).await?;
+        }
+        Ok(ctx)
+    }
+
+    /// Registers `table` in `ctx` under `name`: its latest version, or `version` when given
+    /// (`None` back when that version cannot be loaded any more, e.g. vacuumed). A table that
+    /// does not exist yet is an empty table of `schema`.
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        table: &str,
+        schema: &SchemaRef,
+        version: Option<i64>,
+    ) -> Result<Option<()>> {
+        let provider: Arc<dyn deltalake::datafusion::catalog::TableProvider> =
+            match self.open(table).await? {
+                Some(mut t) => {
+                    if let Some(v) = version {
+                        if t.load_version(v as u64).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    t.update_datafusion_session(&ctx.state())
+                        .map_err(|e| storage("Preparing a query", e))?;
+                    t.table_provider()
+                        .await
+                        .map_err(|e| storage(&format!("Reading table {table}"), e))?
+                }
+                None => Arc::new(
+                    deltalake::datafusion::datasource::MemTable::try_new(
+                        schema.clone(),
+                        vec![vec![]],
+                    )
+                    .map_err(|e| storage("Registering an empty table", e))?,
+                ),
+            };
+        ctx.register_table(name, provider)
+            .map_err(|e| storage("Registering a table", e))?;
+        Ok(Some(()))
+    }
+
+    /// The table's latest version, `None` when it does not exist.
+    pub async fn version(&self, table: &str) -> Result<Option<i64>> {
+        Ok(self.open(table).await?.and_then(|t| t.version()).map(|v| v as i64))
+    }
+
+    /// Deletes the rows matching `predicate` (SQL) by rewriting the files that hold them, in
+    /// one commit; returns the rows deleted (0 when the table does not exist).
+    pub async fn delete_where(&self, table: &str, predicate: &str) -> Result<u64> {
+        let Some(t) = self.open(table).await? else {
+            return Ok(0);
+        };
+        let (_, metrics) = t
+            .delete()
+            .with_predicate(predicate.to_string())
+            .await
+            .map_err(|e| storage(&format!("Deleting from {table}"), e))?;
+        Ok(metrics.num_deleted_rows.unwrap_or(0) as u64)
+    }
+
+    /// Makes earlier deletions physical (PIPELINE.md §12.1, erasure guarantee): vacuums every
+    /// file the table no longer references, whatever its age; writes a checkpoint at the latest
+    /// version; and removes the log files that predate it (older commits and checkpoints, which
+    /// hold removed files' column statistics). Time travel to earlier versions ends here.
+    pub async fn purge(&self, table: &str) -> Result<()> {
+        let Some(t) = self.open(table).await? else {
+            return Ok(());
+        };
+        let (t, _) = t
+            .vacuum()
+            .with_retention_period(chrono::Duration::zero())
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|e| storage(&format!("Vacuuming {table}"), e))?;
+        deltalake::checkpoints::create_checkpoint(&t, None)
+            .await
+            .map_err(|e| storage(&format!("Checkpointing {table}"), e))?;
+        let Some(version) = t.version() else {
+            return Ok(());
+        };
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let store = t.log_store().object_store(None);
+        let log = deltalake::Path::from("_delta_log");
+        let files: Vec<deltalake::ObjectMeta> = store
+            .list(Some(&log))
+            .try_collect()
+            .await
+            .map_err(|e| storage(&format!("Listing the log of {table}"), e))?;
+        for f in files {
+            let name = f.location.filename().unwrap_or_default().to_string();
+            let Some(v) = name.get(..20).and_then(|d| d.parse::<u64>().ok()) else {
+                continue;
+            };
+            let checkpoint = name.contains(".checkpoint");
+            if v < version || (v == version && !checkpoint) {
+                store
+                    .delete(&f.location)
+                    .await
+                    .map_err(|e| storage(&format!("Cleaning the log of {table}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs SQL over the named tables (see `session`).
     pub async fn query(
         &self,
         tables: &[(&str, &str, SchemaRef)],
         sql: &str,
     ) -> Result<SendableRecordBatchStream> {
-        let ctx = SessionContext::new();
-        for (name, table, schema) in tables {
-            match self.open(table).await? {
-                Some(t) => {
-                    t.update_datafusion_session(&ctx.state())
-                        .map_err(|e| storage("Preparing a query", e))?;
-                    let provider = t
-                        .table_provider()
-                        .await
-                        .map_err(|e| storage(&format!("Reading table {table}"), e))?;
-                    ctx.register_table(*name, provider)
-                        .map_err(|e| storage("Registering a table", e))?;
-                }
-                None => {
-                    let empty = deltalake::datafusion::datasource::MemTable::try_new(
-                        schema.clone(),
-                        vec![vec![]],
-                    )
-                    .map_err(|e| storage("Registering an empty table", e))?;
-                    ctx.register_table(*name, Arc::new(empty))
-                        .map_err(|e| storage("Registering a table", e))?;
-                }
-            }
-        }
+        let ctx = self.session(tables).await?;
         let df = ctx
             .sql(sql)
             .await

@@ -12,5 +12,6 @@ pub mod lake;
 pub mod ledger;
 pub mod output;
 pub mod parquet_input;
+pub mod warehouse;
 
 pub use error::{Error, Result};

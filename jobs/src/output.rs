@@ -54,3 +54,49 @@ pub fn json_rows(
     }
     serde_json::from_slice(&buf).map_err(|e| crate::error::Error::Query(e.to_string()))
 }
+
+/// How `table` and `query` print rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RowFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// CSV with a header; timestamps as RFC 3339 text.
+    Csv,
+    /// A JSON array of objects (null cells absent).
+    Json,
+}
+
+/// Rows as text in `format`.
+pub fn render(
+    batches: &[deltalake::arrow::record_batch::RecordBatch],
+    format: RowFormat,
+) -> Result<String> {
+    let failed = |e: deltalake::arrow::error::ArrowError| crate::error::Error::Query(e.to_string());
+    Ok(match format {
+        RowFormat::Table => {
+            deltalake::arrow::util::pretty::pretty_format_batches(batches)
+                .map_err(failed)?
+                .to_string()
+                + "\n"
+        }
+        RowFormat::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = deltalake::arrow::csv::WriterBuilder::new()
+                    .with_timestamp_tz_format(CSV_TIMESTAMP.into())
+                    .build(&mut buf);
+                for b in batches {
+                    w.write(b).map_err(failed)?;
+                }
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+        RowFormat::Json => {
+            serde_json::to_string(&json_rows(batches)?).expect("rows serialize") + "\n"
+        }
+    })
+}
+
+/// The chrono format of timestamps in CSV: the canonical RFC 3339 text of the spec.
+pub const CSV_TIMESTAMP: &str = "%Y-%m-%dT%H:%M:%S%.f%:z";

@@ -3,11 +3,14 @@
 pub mod assert;
 pub mod build;
 pub mod definitions;
+pub mod erase;
+pub mod export;
 pub mod ingest;
 pub mod inspect;
 pub mod maintain;
 pub mod merge;
 pub mod normalize;
+pub mod query;
 pub mod resolve;
 pub mod status;
 pub mod table;
