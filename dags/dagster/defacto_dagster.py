@@ -53,6 +53,10 @@ SETTINGS = steps.Settings.from_env()
 TOTAL_SHARDS = int(os.environ.get("DEFACTO_TOTAL_SHARDS", "1"))
 SHARDS = StaticPartitionsDefinition([str(i) for i in range(TOTAL_SHARDS)])
 GROUP = "defacto"
+# One run materializes a whole range of shards; the unsharded assets take the same policy so
+# that a run over all shards may include them (as `dagster asset materialize
+# --partition-range` and the schedule's run do).
+ONE_RUN = BackfillPolicy.single_run()
 
 
 class DefactoRun(ConfigurableResource):
@@ -192,7 +196,7 @@ def metadata(argv: Sequence[str], result: dict[str, Any]) -> dict[str, Any]:
 # --- the assets ---------------------------------------------------------------------------
 
 
-@asset(group_name=GROUP, description=steps.step("ingest").doc)
+@asset(group_name=GROUP, backfill_policy=ONE_RUN, description=steps.step("ingest").doc)
 def ledger_raw(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     calls = defacto_run.vectors(context)["ingest"]
     step = steps.step("ingest")
@@ -200,12 +204,12 @@ def ledger_raw(context: AssetExecutionContext, pipes_client: ResourceParam[Pipes
     return MaterializeResult(metadata={"calls": len(calls), "results": json.dumps(results)})
 
 
-@asset(group_name=GROUP, deps=[ledger_raw], description=steps.step("normalize").doc)
+@asset(group_name=GROUP, deps=[ledger_raw], backfill_policy=ONE_RUN, description=steps.step("normalize").doc)
 def ledger_events(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     return run_step(context, pipes_client, defacto_run, "normalize")
 
 
-@asset(group_name=GROUP, deps=[ledger_events], description=steps.step("resolve").doc)
+@asset(group_name=GROUP, deps=[ledger_events], backfill_policy=ONE_RUN, description=steps.step("resolve").doc)
 def ledger_assignments(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     return run_step(context, pipes_client, defacto_run, "resolve")
 
@@ -214,7 +218,7 @@ def ledger_assignments(context: AssetExecutionContext, pipes_client: ResourcePar
     group_name=GROUP,
     deps=[ledger_assignments],
     partitions_def=SHARDS,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ONE_RUN,
     description=steps.step("build").doc,
 )
 def entity_history(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
@@ -226,19 +230,19 @@ def entity_history(context: AssetExecutionContext, pipes_client: ResourceParam[P
     # Every shard's build before any tick: the last shard to build activates a new version.
     deps=[AssetDep(entity_history, partition_mapping=AllPartitionMapping())],
     partitions_def=SHARDS,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ONE_RUN,
     description=steps.step("tick").doc,
 )
 def ticked_history(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     return run_sharded(context, pipes_client, defacto_run, "tick")
 
 
-@asset(group_name=GROUP, deps=[ticked_history], description=steps.step("export_warehouse").doc)
+@asset(group_name=GROUP, deps=[ticked_history], backfill_policy=ONE_RUN, description=steps.step("export_warehouse").doc)
 def warehouse_tables(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     return run_step(context, pipes_client, defacto_run, "export_warehouse")
 
 
-@asset(group_name=GROUP, deps=[warehouse_tables], description=steps.step("export_parquet").doc)
+@asset(group_name=GROUP, deps=[warehouse_tables], backfill_policy=ONE_RUN, description=steps.step("export_parquet").doc)
 def parquet_tables(context: AssetExecutionContext, pipes_client: ResourceParam[PipesClient], defacto_run: DefactoRun):
     return run_step(context, pipes_client, defacto_run, "export_parquet")
 

@@ -51,6 +51,8 @@ def test_definitions_load_and_assets_follow_the_pipeline(monkeypatch):
         "ticked_history",
     ]
     assert dd.SHARDS.get_partition_keys() == ["0", "1", "2", "3"]
+    # One run may cover every shard and the steps around them.
+    assert all(a.backfill_policy == dd.ONE_RUN for a in dd.ASSETS)
     assert defs.get_job_def("defacto_nightly") is not None
     assert defs.get_schedule_def("defacto_nightly_schedule").cron_schedule == "0 2 * * *"
     assert type(defs.resources["pipes_client"]).__name__ == "PipesK8sClient"
