@@ -59,9 +59,12 @@ impl<'a> ErasedValues<'a> {
     pub fn matches(&self, text: &str) -> bool {
         self.values.iter().any(|((t, f), values)| {
             values.contains(text)
-                || self.entities.get(t).into_iter().flatten().any(|e| {
-                    values.contains(&normalize_hint(e, f, text.to_string(), self.as_of))
-                })
+                || self
+                    .entities
+                    .get(t)
+                    .into_iter()
+                    .flatten()
+                    .any(|e| values.contains(&normalize_hint(e, f, text.to_string(), self.as_of)))
         })
     }
 
@@ -161,7 +164,14 @@ pub fn redact_keys(object: &mut Json, fields: &BTreeMap<String, Option<String>>)
 fn is_redacted(treatment: Option<&str>, text: &str) -> bool {
     match treatment {
         Some("hash") => text.starts_with("sha256:") && text.len() == 71,
-        Some("mask") => text.contains("***") || (!text.is_empty() && text.chars().take(text.chars().count().saturating_sub(4)).all(|c| c == '*')),
+        Some("mask") => {
+            text.contains("***")
+                || (!text.is_empty()
+                    && text
+                        .chars()
+                        .take(text.chars().count().saturating_sub(4))
+                        .all(|c| c == '*'))
+        }
         _ => text == "[REDACTED]",
     }
 }
@@ -184,7 +194,10 @@ mod tests {
     #[test]
     fn treatments() {
         assert_eq!(redacted(None, "x"), "[REDACTED]");
-        assert_eq!(redacted(Some("mask"), "alice@example.com"), "a***@example.com");
+        assert_eq!(
+            redacted(Some("mask"), "alice@example.com"),
+            "a***@example.com"
+        );
         assert_eq!(redacted(Some("mask"), "555-123-4567"), "********4567");
         assert_eq!(redacted(Some("mask"), "abcd"), "****");
         assert!(redacted(Some("hash"), "a").starts_with("sha256:ca978112"));
@@ -196,7 +209,10 @@ mod tests {
         let mut row = json!({"email": "a@x.com", "n": 1});
         assert!(redact_keys(&mut row, &fields));
         assert_eq!(row, json!({"email": "[REDACTED]", "n": 1}));
-        assert!(!redact_keys(&mut row, &fields), "a second redaction changes nothing");
+        assert!(
+            !redact_keys(&mut row, &fields),
+            "a second redaction changes nothing"
+        );
     }
 
     #[test]

@@ -1042,9 +1042,8 @@ impl Catalog {
 
     /// The Delta version of `table` last exported to `target`.
     pub async fn export_version(&self, target: &str, table: &str) -> Result<Option<i64>> {
-        let row = q(&self.sql(
-            "SELECT delta_version FROM {t:exports} WHERE target = $1 AND table_name = $2",
-        ))
+        let row = q(&self
+            .sql("SELECT delta_version FROM {t:exports} WHERE target = $1 AND table_name = $2"))
         .bind(target.to_string())
         .bind(table.to_string())
         .fetch_optional(&self.pool)
@@ -1128,7 +1127,10 @@ impl Catalog {
         let list = crate::history_table::sql_list(&ids);
         let mut tx = self.pool.begin().await.map_err(|e| db(op, e))?;
         if self.dialect == Dialect::Sqlite {
-            q("PRAGMA secure_delete = ON").execute(&mut *tx).await.map_err(|e| db(op, e))?;
+            q("PRAGMA secure_delete = ON")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db(op, e))?;
         }
         let merge_log = q(&self.sql(&format!(
             "DELETE FROM {{t:merge_log}} WHERE from_entity_id IN ({list}) OR into_entity_id IN ({list})"
@@ -1183,7 +1185,11 @@ impl Catalog {
         let op = "Reclaiming deleted space";
         match self.dialect {
             Dialect::Sqlite => {
-                for sql in ["PRAGMA secure_delete = ON", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+                for sql in [
+                    "PRAGMA secure_delete = ON",
+                    "VACUUM",
+                    "PRAGMA wal_checkpoint(TRUNCATE)",
+                ] {
                     q(sql).execute(&self.pool).await.map_err(|e| db(op, e))?;
                 }
             }
@@ -1226,11 +1232,15 @@ impl Catalog {
 
     /// Every (target, table) in the export log.
     pub async fn export_tables(&self) -> Result<Vec<(String, String)>> {
-        let rows = q(&self.sql("SELECT target, table_name FROM {t:exports} ORDER BY target, table_name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db("Reading the export log", e))?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect())
+        let rows =
+            q(&self.sql("SELECT target, table_name FROM {t:exports} ORDER BY target, table_name"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("Reading the export log", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect())
     }
 
     pub async fn record_run(

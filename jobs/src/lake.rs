@@ -143,7 +143,8 @@ impl Lake {
                 // Replacing the whole table may also replace its schema (an export of a newer
                 // definition version over an older one).
                 None if mode == SaveMode::Overwrite => {
-                    builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                    builder = builder
+                        .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
                 }
                 None => {}
             }
@@ -179,28 +180,27 @@ impl Lake {
         schema: &SchemaRef,
         version: Option<i64>,
     ) -> Result<Option<()>> {
-        let provider: Arc<dyn deltalake::datafusion::catalog::TableProvider> =
-            match self.open(table).await? {
-                Some(mut t) => {
-                    if let Some(v) = version {
-                        if t.load_version(v as u64).await.is_err() {
-                            return Ok(None);
-                        }
+        let provider: Arc<dyn deltalake::datafusion::catalog::TableProvider> = match self
+            .open(table)
+            .await?
+        {
+            Some(mut t) => {
+                if let Some(v) = version {
+                    if t.load_version(v as u64).await.is_err() {
+                        return Ok(None);
                     }
-                    t.update_datafusion_session(&ctx.state())
-                        .map_err(|e| storage("Preparing a query", e))?;
-                    t.table_provider()
-                        .await
-                        .map_err(|e| storage(&format!("Reading table {table}"), e))?
                 }
-                None => Arc::new(
-                    deltalake::datafusion::datasource::MemTable::try_new(
-                        schema.clone(),
-                        vec![vec![]],
-                    )
+                t.update_datafusion_session(&ctx.state())
+                    .map_err(|e| storage("Preparing a query", e))?;
+                t.table_provider()
+                    .await
+                    .map_err(|e| storage(&format!("Reading table {table}"), e))?
+            }
+            None => Arc::new(
+                deltalake::datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![]])
                     .map_err(|e| storage("Registering an empty table", e))?,
-                ),
-            };
+            ),
+        };
         ctx.register_table(name, provider)
             .map_err(|e| storage("Registering a table", e))?;
         Ok(Some(()))
@@ -208,7 +208,11 @@ impl Lake {
 
     /// The table's latest version, `None` when it does not exist.
     pub async fn version(&self, table: &str) -> Result<Option<i64>> {
-        Ok(self.open(table).await?.and_then(|t| t.version()).map(|v| v as i64))
+        Ok(self
+            .open(table)
+            .await?
+            .and_then(|t| t.version())
+            .map(|v| v as i64))
     }
 
     /// Deletes the rows matching `predicate` (SQL) by rewriting the files that hold them, in
@@ -228,7 +232,8 @@ impl Lake {
     /// Makes earlier deletions physical (PIPELINE.md §12.1, erasure guarantee): vacuums every
     /// file the table no longer references, whatever its age; writes a checkpoint at the latest
     /// version; and removes the log files that predate it (older commits and checkpoints, which
-    /// hold removed files' column statistics). Time travel to earlier versions ends here.
+    /// hold removed files' column statistics and the predicates of earlier deletes). Time travel
+    /// to earlier versions ends here.
     pub async fn purge(&self, table: &str) -> Result<()> {
         let Some(t) = self.open(table).await? else {
             return Ok(());
@@ -258,8 +263,9 @@ impl Lake {
             let Some(v) = name.get(..20).and_then(|d| d.parse::<u64>().ok()) else {
                 continue;
             };
-            let checkpoint = name.contains(".checkpoint");
-            if v < version || (v == version && !checkpoint) {
+            // The commit at the checkpoint's version stays (writers look for it): it is the
+            // vacuum's own commit, which holds no row values.
+            if v < version {
                 store
                     .delete(&f.location)
                     .await
@@ -317,6 +323,19 @@ impl Lake {
             .await
             .map_err(|e| storage("Reading query results", e))
     }
+}
+
+/// A query result batch in a table's declared schema: DataFusion hands strings back as views;
+/// writers, loaders and readers get the declared types.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| deltalake::arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| storage("Reading query results", e))?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| storage("Reading query results", e))
 }
 
 /// A commit that lost a race with another writer (and can be retried).

@@ -95,11 +95,13 @@ impl Warehouse {
         if !self.exists(table).await? {
             return Ok(0);
         }
-        Ok(exec(&format!("DELETE FROM {} WHERE {predicate}", self.t(table)))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db(&format!("Deleting from {table}"), e))?
-            .rows_affected())
+        Ok(
+            exec(&format!("DELETE FROM {} WHERE {predicate}", self.t(table)))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db(&format!("Deleting from {table}"), e))?
+                .rows_affected(),
+        )
     }
 
     /// Where the tables live: the Postgres schema, or the SQLite table prefix.
@@ -138,10 +140,13 @@ impl Warehouse {
 
     pub async fn ensure_schema(&self) -> Result<()> {
         if self.dialect == Dialect::Postgres {
-            exec(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&self.schema)))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db("Creating the warehouse schema", e))?;
+            exec(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote(&self.schema)
+            ))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("Creating the warehouse schema", e))?;
         }
         Ok(())
     }
@@ -289,7 +294,8 @@ impl Warehouse {
             }
         }
         swap.push(self.view_sql(spec));
-        self.transaction("Swapping in a loaded table", &swap).await?;
+        self.transaction("Swapping in a loaded table", &swap)
+            .await?;
         Ok(loaded)
     }
 
@@ -314,7 +320,12 @@ impl Warehouse {
         .map_err(|e| db("Staging changed ids", e))?;
         let one = futures::stream::iter([Ok(id_batch)]).boxed();
         self.stage(&ids_stage, &id_schema, None, one).await?;
-        let columns: Vec<String> = spec.schema.fields().iter().map(|f| quote(f.name())).collect();
+        let columns: Vec<String> = spec
+            .schema
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
         let columns = columns.join(", ");
         self.transaction(
             "Merging changed rows",
@@ -357,7 +368,10 @@ impl Warehouse {
             .await
             .map_err(|e| db("Connecting to the warehouse", e))?;
         let mut copy = conn
-            .copy_in_raw(&format!("COPY {} FROM STDIN (FORMAT binary)", self.t(table)))
+            .copy_in_raw(&format!(
+                "COPY {} FROM STDIN (FORMAT binary)",
+                self.t(table)
+            ))
             .await
             .map_err(|e| db(&format!("Copying into {table}"), e))?;
         let mut buf = Vec::with_capacity(1 << 20);

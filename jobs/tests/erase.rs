@@ -46,8 +46,16 @@ fn i1(backend: Backend) -> Dir {
         "s1.jsonl",
         &[
             app("signup", "01-01T10:00", json!({"email": "Alice@X.com"})),
-            app("upgrade", "01-02T10:00", json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"})),
-            app("login", "01-03T10:00", json!({"email": "alice@x.com", "n": 1})),
+            app(
+                "upgrade",
+                "01-02T10:00",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+            ),
+            app(
+                "login",
+                "01-03T10:00",
+                json!({"email": "alice@x.com", "n": 1}),
+            ),
             app("signup", "01-05T10:00", json!({"email": "bob@x.com"})),
         ],
     );
@@ -76,12 +84,13 @@ fn every_byte(root: &Path) -> String {
         let bytes = std::fs::read(&p).unwrap();
         out.push_str(&String::from_utf8_lossy(&bytes));
         if p.extension().is_some_and(|e| e == "parquet") {
-            let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(&p).unwrap(),
-            )
-            .unwrap()
-            .build()
-            .unwrap();
+            let reader =
+                deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(&p).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap();
             let batches: Vec<_> = reader.map(Result::unwrap).collect();
             out.push_str(
                 &deltalake::arrow::util::pretty::pretty_format_batches(&batches)
@@ -99,10 +108,22 @@ fn erase_removes_every_trace() {
     let dir = i1(Backend::Sqlite);
     let csv_out = dir.path().join("exported");
     run(&dir, &["export", "--format", "warehouse"]);
-    run(&dir, &["export", "--format", "csv", "--out", csv_out.to_str().unwrap()]);
+    run(
+        &dir,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            csv_out.to_str().unwrap(),
+        ],
+    );
     let lake = dir.path().join(".defacto/lake");
     let before = every_byte(&lake).to_lowercase();
-    assert!(before.contains("alice@x.com") && before.contains(A), "the scan sees the data");
+    assert!(
+        before.contains("alice@x.com") && before.contains(A),
+        "the scan sees the data"
+    );
 
     let r = run(&dir, &["erase", A]);
     assert_eq!(
@@ -110,19 +131,44 @@ fn erase_removes_every_trace() {
         json!({"entity_id": A, "entities_erased": 1, "events_deleted": 3, "merge_log_cleaned": 0,
                "raw_records_deleted": 0, "export_targets": [csv_out.to_str().unwrap()]})
     );
-    assert_eq!(text(&dir, &["identity", "lookup", "alice@x.com"]).trim(), "null");
-    assert_eq!(run(&dir, &["ledger", "count"]), json!(1));
-    assert!(!text(&dir, &["table", "customer", "--history", "--format", "json"]).contains(A));
-    assert_eq!(ids(&run(&dir, &["table", "customer", "--format", "json"]), "customer_id"), vec![B]);
+    assert_eq!(
+        run(
+            &dir,
+            &["identity", "lookup", "alice@x.com", "--format", "json"]
+        ),
+        json!({"entity_id": null})
+    );
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"]),
+        json!({"count": 1})
+    );
+    assert!(!text(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"]
+    )
+    .contains(A));
+    assert_eq!(
+        ids(
+            &run(&dir, &["table", "customer", "--format", "json"]),
+            "customer_id"
+        ),
+        vec![B]
+    );
 
     let after = every_byte(&lake);
     let lower = after.to_lowercase();
-    assert!(!lower.contains("alice@x.com"), "an erased hint value is still in the lake");
+    assert!(
+        !lower.contains("alice@x.com"),
+        "an erased hint value is still in the lake"
+    );
     assert!(!after.contains(A), "the erased id is still in the lake");
     assert!(after.contains("bob@x.com"), "other entities' rows stay");
     let db = std::fs::read(dir.path().join(".defacto/defacto.db")).unwrap();
     let db = String::from_utf8_lossy(&db).to_lowercase();
-    assert!(!db.contains("alice@x.com") && !db.contains(A), "the catalog database (warehouse and run log included) still holds erased data");
+    assert!(
+        !db.contains("alice@x.com") && !db.contains(A),
+        "the catalog database (warehouse and run log included) still holds erased data"
+    );
     assert!(db.contains("bob@x.com"));
 
     // Time travel to before the erase is gone.
@@ -135,12 +181,35 @@ fn erase_removes_every_trace() {
     assert!(old.is_err(), "version 0 of ledger/events is still readable");
 
     // CONTRACTS I4: a full build brings nothing back; a new signup starts fresh.
-    run(&dir, &["build", "--full", "--as-of", "2024-01-06T00:00:00Z"]);
-    assert!(!text(&dir, &["table", "customer", "--history", "--format", "json"]).contains(A));
-    ingest(&dir, "again.jsonl", &[app("signup", "06-01T10:00", json!({"email": "Alice@X.com"}))]);
+    run(
+        &dir,
+        &["build", "--full", "--as-of", "2024-01-06T00:00:00Z"],
+    );
+    assert!(!text(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"]
+    )
+    .contains(A));
+    ingest(
+        &dir,
+        "again.jsonl",
+        &[app(
+            "signup",
+            "06-01T10:00",
+            json!({"email": "Alice@X.com"}),
+        )],
+    );
     run(&dir, &["build", "--as-of", "2024-06-02T00:00:00Z"]);
-    let history = run(&dir, &["table", "customer", "--history", "--format", "json"]);
-    let a: Vec<&Json> = history.as_array().unwrap().iter().filter(|r| r["customer_id"] == A).collect();
+    let history = run(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"],
+    );
+    let a: Vec<&Json> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["customer_id"] == A)
+        .collect();
     assert_eq!(a.len(), 1, "one fresh row: {history:#}");
     assert_eq!(a[0]["valid_from"], "2024-06-01T10:00:00Z");
 }
@@ -154,7 +223,11 @@ fn d10(backend: Backend) -> Dir {
         &[
             app("signup", "01-01T10:00", json!({"email": "bob@x.com"})),
             app("signup", "01-15T10:00", json!({"email": "alice@x.com"})),
-            app("upgrade", "01-15T10:01", json!({"email": "alice@x.com", "plan": "pro", "mrr": 10})),
+            app(
+                "upgrade",
+                "01-15T10:01",
+                json!({"email": "alice@x.com", "plan": "pro", "mrr": 10}),
+            ),
         ],
     );
     run(&dir, &["build", "--as-of", "2024-01-16T00:00:00Z"]);
@@ -166,19 +239,43 @@ fn d10(backend: Backend) -> Dir {
 fn erase_cascades_from_the_winner_not_from_the_loser(backend: Backend) {
     let dir = d10(backend);
     let r = run(&dir, &["erase", B]);
-    assert_eq!((r["entities_erased"].as_u64(), r["events_deleted"].as_u64()), (Some(2), Some(4)), "{r}");
+    assert_eq!(
+        (r["entities_erased"].as_u64(), r["events_deleted"].as_u64()),
+        (Some(2), Some(4)),
+        "{r}"
+    );
     assert_eq!(r["merge_log_cleaned"].as_u64(), Some(1));
-    assert_eq!(run(&dir, &["table", "customer", "--history", "--format", "json"]), json!([]));
-    assert_eq!(run(&dir, &["identity", "list", "--format", "json"]), json!([]));
-    assert_eq!(run(&dir, &["ledger", "count"]), json!(0));
+    assert_eq!(
+        run(
+            &dir,
+            &["table", "customer", "--history", "--format", "json"]
+        ),
+        json!([])
+    );
+    assert_eq!(
+        run(&dir, &["identity", "list", "--format", "json"]),
+        json!([])
+    );
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"]),
+        json!({"count": 0})
+    );
 
     let dir = d10(backend);
     let r = run(&dir, &["erase", A]);
-    assert_eq!((r["entities_erased"].as_u64(), r["events_deleted"].as_u64()), (Some(1), Some(0)), "{r}");
+    assert_eq!(
+        (r["entities_erased"].as_u64(), r["events_deleted"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
     let current = run(&dir, &["table", "customer", "--format", "json"]);
     assert_eq!(ids(&current, "customer_id"), vec![B]);
     assert_eq!(current[0]["plan"], "pro");
-    assert!(!text(&dir, &["table", "customer", "--history", "--format", "json"]).contains(A));
+    assert!(!text(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"]
+    )
+    .contains(A));
 }
 
 #[test]
@@ -195,25 +292,51 @@ fn erase_cascades_postgres() {
 #[test]
 fn erase_reaches_raw_input_that_never_normalized() {
     let dir = i1(Backend::Sqlite);
-    dir.write("bad.jsonl", &(app("log_in", "01-04T10:00", json!({"email": "ALICE@X.COM", "n": 2})) + "\n"));
+    dir.write(
+        "bad.jsonl",
+        &(app(
+            "log_in",
+            "01-04T10:00",
+            json!({"email": "ALICE@X.COM", "n": 2}),
+        ) + "\n"),
+    );
     run(&dir, &["ingest", "--source", "app", "bad.jsonl"]);
     run(&dir, &["normalize"]);
     let r = run(&dir, &["erase", A]);
     assert_eq!(r["raw_records_deleted"].as_u64(), Some(1), "{r}");
     let lake = every_byte(&dir.path().join(".defacto/lake")).to_lowercase();
-    assert!(!lake.contains("alice@x.com"), "the failed record or its dead letter survived");
+    assert!(
+        !lake.contains("alice@x.com"),
+        "the failed record or its dead letter survived"
+    );
 }
 
 // CONTRACTS I5 (the product answers an unknown id with NotFoundError, exit 1, and changes nothing)
 #[test]
 fn erase_of_an_unknown_id_changes_nothing() {
     let dir = i1(Backend::Sqlite);
-    let before = text(&dir, &["table", "customer", "--history", "--format", "json"]);
+    let before = text(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"],
+    );
     let out = TestCommand::new(&dir).args(["erase", "nope"]).run();
     out.assert_code(1);
-    assert!(out.stderr.contains("NotFoundError: Unknown entity 'nope'"), "{}", out.stderr);
-    assert_eq!(text(&dir, &["table", "customer", "--history", "--format", "json"]), before);
-    assert_eq!(run(&dir, &["ledger", "count"]), json!(4));
+    assert!(
+        out.stderr.contains("NotFoundError: Unknown entity 'nope'"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        text(
+            &dir,
+            &["table", "customer", "--history", "--format", "json"]
+        ),
+        before
+    );
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"]),
+        json!({"count": 4})
+    );
 }
 
 /// An erase killed at various points, then run again, completes with nothing half-deleted.
@@ -229,14 +352,27 @@ fn an_interrupted_erase_completes_when_run_again() {
         // A killed run leaves its leases behind until they expire or their holder is seen to
         // be dead; either the re-run completes, or the first run had already finished.
         assert!(
-            again.code == 0 || (again.stderr.contains("NotFoundError") && finished_first)
+            again.code == 0
+                || (again.stderr.contains("NotFoundError") && finished_first)
                 || again.stderr.contains("NotFoundError"),
             "after {delay_ms} ms: {}",
             again.stderr
         );
         let lake = every_byte(&dir.path().join(".defacto/lake")).to_lowercase();
-        assert!(!lake.contains("alice@x.com"), "after {delay_ms} ms: erased data survived");
-        assert_eq!(ids(&run(&dir, &["table", "customer", "--format", "json"]), "customer_id"), vec![B]);
-        assert_eq!(run(&dir, &["ledger", "count"]), json!(1));
+        assert!(
+            !lake.contains("alice@x.com"),
+            "after {delay_ms} ms: erased data survived"
+        );
+        assert_eq!(
+            ids(
+                &run(&dir, &["table", "customer", "--format", "json"]),
+                "customer_id"
+            ),
+            vec![B]
+        );
+        assert_eq!(
+            run(&dir, &["ledger", "count", "--format", "json"]),
+            json!({"count": 1})
+        );
     }
 }

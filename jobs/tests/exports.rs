@@ -14,9 +14,9 @@ use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::{
     DataType, Float64Type, Int64Type, SchemaRef, TimestampMicrosecondType,
 };
+use deltalake::logstore::object_store::ObjectStoreExt;
 use harness::{fixture, Backend, Dir, TestCommand, POSTGRES_URL};
 use serde_json::Value as Json;
-use deltalake::logstore::object_store::ObjectStoreExt;
 use sqlx::Row;
 
 macro_rules! on_both {
@@ -196,7 +196,11 @@ fn lake_of(dir: &Dir) -> Lake {
 
 fn delta_rows(lake: &Lake, table: &str, schema: &SchemaRef, current: bool) -> Rows {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let filter = if current { " WHERE valid_to IS NULL" } else { "" };
+    let filter = if current {
+        " WHERE valid_to IS NULL"
+    } else {
+        ""
+    };
     let sql = format!("SELECT * FROM t{filter}");
     cells(
         &rt.block_on(lake.query_all(&[("t", table, schema.clone())], &sql))
@@ -252,7 +256,10 @@ fn warehouse_rows(dir: &Dir, version: &str, table: &str, schema: &SchemaRef) -> 
             Some(ns) => {
                 let pool = sqlx::PgPool::connect(POSTGRES_URL).await.unwrap();
                 let sql = format!("SELECT * FROM \"{ns}_{version}\".\"{table}\"");
-                let fetched = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap();
+                let fetched = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
                 fetched
                     .iter()
                     .map(|r| {
@@ -265,7 +272,9 @@ fn warehouse_rows(dir: &Dir, version: &str, table: &str, schema: &SchemaRef) -> 
                                 DataType::Float64 => {
                                     r.get::<Option<f64>, _>(i).map(|v| format!("{v:?}"))
                                 }
-                                DataType::Int64 => r.get::<Option<i64>, _>(i).map(|v| v.to_string()),
+                                DataType::Int64 => {
+                                    r.get::<Option<i64>, _>(i).map(|v| v.to_string())
+                                }
                                 DataType::Boolean => {
                                     r.get::<Option<bool>, _>(i).map(|v| v.to_string())
                                 }
@@ -278,10 +287,16 @@ fn warehouse_rows(dir: &Dir, version: &str, table: &str, schema: &SchemaRef) -> 
                     .collect()
             }
             None => {
-                let url = format!("sqlite://{}", dir.path().join(".defacto/defacto.db").display());
+                let url = format!(
+                    "sqlite://{}",
+                    dir.path().join(".defacto/defacto.db").display()
+                );
                 let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
                 let sql = format!("SELECT * FROM \"defacto_{version}_{table}\"");
-                let fetched = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap();
+                let fetched = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
                 fetched
                     .iter()
                     .map(|r| {
@@ -293,7 +308,9 @@ fn warehouse_rows(dir: &Dir, version: &str, table: &str, schema: &SchemaRef) -> 
                                 DataType::Float64 => {
                                     r.get::<Option<f64>, _>(i).map(|v| format!("{v:?}"))
                                 }
-                                DataType::Int64 => r.get::<Option<i64>, _>(i).map(|v| v.to_string()),
+                                DataType::Int64 => {
+                                    r.get::<Option<i64>, _>(i).map(|v| v.to_string())
+                                }
                                 DataType::Boolean => {
                                     r.get::<Option<bool>, _>(i).map(|v| v.to_string())
                                 }
@@ -335,12 +352,40 @@ fn every_format_holds_the_same_history(backend: Backend) {
     let csv_out = out_url(&dir, "csv");
     let delta_out = out_url(&dir, "delta");
     let current_out = out_url(&dir, "current");
-    let parquet = run(&dir, &["export", "--format", "parquet", "--history", "--out", &parquet_out]);
-    run(&dir, &["export", "--format", "csv", "--history", "--out", &csv_out]);
-    run(&dir, &["export", "--format", "delta", "--history", "--out", &delta_out]);
-    run(&dir, &["export", "--format", "parquet", "--out", &current_out]);
+    let parquet = run(
+        &dir,
+        &[
+            "export",
+            "--format",
+            "parquet",
+            "--history",
+            "--out",
+            &parquet_out,
+        ],
+    );
+    run(
+        &dir,
+        &["export", "--format", "csv", "--history", "--out", &csv_out],
+    );
+    run(
+        &dir,
+        &[
+            "export",
+            "--format",
+            "delta",
+            "--history",
+            "--out",
+            &delta_out,
+        ],
+    );
+    run(
+        &dir,
+        &["export", "--format", "parquet", "--out", &current_out],
+    );
     let delta_lake = match env(&dir).get("DEFACTO_LAKE") {
-        Some(_) => Lake::with_options(&delta_out, store_options(&dir).into_iter().collect()).unwrap(),
+        Some(_) => {
+            Lake::with_options(&delta_out, store_options(&dir).into_iter().collect()).unwrap()
+        }
         None => Lake::new(&delta_out).unwrap(),
     };
     let counts = exported(&parquet);
@@ -349,16 +394,47 @@ fn every_format_holds_the_same_history(backend: Backend) {
         let history = format!("{name}_history");
         let expected = delta_rows(&lake, &table, &schema, false);
         total += expected.len();
-        assert_eq!(counts[&history].1 as usize, expected.len(), "{history}: rows in the result");
-        assert_eq!(parquet_rows(&dir, &format!("{parquet_out}/{history}.parquet")), expected, "parquet {history}");
-        assert_eq!(csv_rows(&dir, &format!("{csv_out}/{history}.csv"), &schema), expected, "csv {history}");
-        assert_eq!(delta_rows(&delta_lake, &history, &schema, false), expected, "delta {history}");
-        assert_eq!(warehouse_rows(&dir, &version, &history, &schema), expected, "warehouse {history}");
+        assert_eq!(
+            counts[&history].1 as usize,
+            expected.len(),
+            "{history}: rows in the result"
+        );
+        assert_eq!(
+            parquet_rows(&dir, &format!("{parquet_out}/{history}.parquet")),
+            expected,
+            "parquet {history}"
+        );
+        assert_eq!(
+            csv_rows(&dir, &format!("{csv_out}/{history}.csv"), &schema),
+            expected,
+            "csv {history}"
+        );
+        assert_eq!(
+            delta_rows(&delta_lake, &history, &schema, false),
+            expected,
+            "delta {history}"
+        );
+        assert_eq!(
+            warehouse_rows(&dir, &version, &history, &schema),
+            expected,
+            "warehouse {history}"
+        );
         let current = delta_rows(&lake, &table, &schema, true);
-        assert_eq!(parquet_rows(&dir, &format!("{current_out}/{name}.parquet")), current, "parquet {name}");
-        assert_eq!(warehouse_rows(&dir, &version, &name, &schema), current, "warehouse view {name}");
+        assert_eq!(
+            parquet_rows(&dir, &format!("{current_out}/{name}.parquet")),
+            current,
+            "parquet {name}"
+        );
+        assert_eq!(
+            warehouse_rows(&dir, &version, &name, &schema),
+            current,
+            "warehouse view {name}"
+        );
     }
-    assert!(total > 100, "the showcase exports real history ({total} rows)");
+    assert!(
+        total > 100,
+        "the showcase exports real history ({total} rows)"
+    );
     assert_eq!(parquet["rows_written"].as_u64(), Some(total as u64));
     assert!(parquet["bytes_written"].as_u64().unwrap() > 0);
 }
@@ -374,14 +450,25 @@ fn warehouse_exports_load_only_what_changed(backend: Backend) {
     run(&dir, &["build", "--as-of", "2024-05-01T00:00:00Z"]);
     let first = run(&dir, &["export", "--format", "warehouse"]);
     let version = first["version"].as_str().unwrap().to_string();
-    assert!(exported(&first).values().all(|(mode, _)| mode == "full"), "{first}");
+    assert!(
+        exported(&first).values().all(|(mode, _)| mode == "full"),
+        "{first}"
+    );
     let same = |dir: &Dir| {
         for (name, table, schema) in tables_of(dir, &version) {
             let history = format!("{name}_history");
             let expected = delta_rows(&lake_of(dir), &table, &schema, false);
-            assert_eq!(warehouse_rows(dir, &version, &history, &schema), expected, "{history}");
+            assert_eq!(
+                warehouse_rows(dir, &version, &history, &schema),
+                expected,
+                "{history}"
+            );
             let current = delta_rows(&lake_of(dir), &table, &schema, true);
-            assert_eq!(warehouse_rows(dir, &version, &name, &schema), current, "{name}");
+            assert_eq!(
+                warehouse_rows(dir, &version, &name, &schema),
+                current,
+                "{name}"
+            );
         }
     };
     same(&dir);
@@ -389,15 +476,24 @@ fn warehouse_exports_load_only_what_changed(backend: Backend) {
     // Nothing changed: nothing is loaded, nothing duplicated.
     let again = run(&dir, &["export", "--format", "warehouse"]);
     assert_eq!(again["rows_written"].as_u64(), Some(0), "{again}");
-    assert!(exported(&again).values().all(|(mode, _)| mode == "unchanged"));
+    assert!(exported(&again)
+        .values()
+        .all(|(mode, _)| mode == "unchanged"));
     same(&dir);
 
     // Another source's events: only the entities they change are reloaded.
-    run(&dir, &["ingest", "--source", "billing", "data/billing.jsonl"]);
+    run(
+        &dir,
+        &["ingest", "--source", "billing", "data/billing.jsonl"],
+    );
     run(&dir, &["normalize"]);
     run(&dir, &["build", "--as-of", "2024-05-01T00:00:00Z"]);
     let third = run(&dir, &["export", "--format", "warehouse"]);
-    assert_eq!(exported(&third)["customer_history"].0, "incremental", "{third}");
+    assert_eq!(
+        exported(&third)["customer_history"].0,
+        "incremental",
+        "{third}"
+    );
     same(&dir);
 
     // One new lead: one new customer row, nothing else.
@@ -430,10 +526,15 @@ fn a_reader_sees_the_old_or_the_new_warehouse_table() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pool = rt.block_on(sqlx::PgPool::connect(POSTGRES_URL)).unwrap();
     let count = |pool: &sqlx::PgPool| -> Result<i64, sqlx::Error> {
-        rt.block_on(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count_sql.clone())).fetch_one(pool))
+        rt.block_on(
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count_sql.clone())).fetch_one(pool),
+        )
     };
     let before = count(&pool).unwrap();
-    run(&dir, &["ingest", "--source", "billing", "data/billing.jsonl"]);
+    run(
+        &dir,
+        &["ingest", "--source", "billing", "data/billing.jsonl"],
+    );
     run(&dir, &["normalize"]);
     run(&dir, &["build", "--as-of", "2024-05-01T00:00:00Z"]);
     let after_rows = delta_rows(
@@ -469,7 +570,8 @@ fn graph_json_has_current_nodes_and_edges() {
     let dir = built(Backend::Sqlite);
     let out = out_url(&dir, "graph");
     let r = run(&dir, &["export", "--format", "graph-json", "--out", &out]);
-    let graph: Json = serde_json::from_slice(&std::fs::read(format!("{out}/graph.json")).unwrap()).unwrap();
+    let graph: Json =
+        serde_json::from_slice(&std::fs::read(format!("{out}/graph.json")).unwrap()).unwrap();
     let nodes = graph["nodes"].as_array().unwrap();
     let edges = graph["edges"].as_array().unwrap();
     let customers = run(&dir, &["table", "customer", "--format", "json"]);
@@ -482,20 +584,45 @@ fn graph_json_has_current_nodes_and_edges() {
         .find(|n| n["id"] == first["customer_id"])
         .unwrap();
     assert_eq!(node["state"], first["customer_state"]);
-    assert!(node["properties"].as_object().unwrap().contains_key("email"));
-    let placed = run(&dir, &["query", "SELECT count(*) AS n FROM rel_placed", "--format", "json"]);
+    assert!(node["properties"]
+        .as_object()
+        .unwrap()
+        .contains_key("email"));
+    let placed = run(
+        &dir,
+        &[
+            "query",
+            "SELECT count(*) AS n FROM rel_placed",
+            "--format",
+            "json",
+        ],
+    );
     let placed_edges = edges.iter().filter(|e| e["type"] == "placed").count() as u64;
     assert_eq!(placed[0]["n"].as_u64(), Some(placed_edges));
     assert!(placed_edges > 0);
-    assert_eq!(r["rows_written"].as_u64(), Some((nodes.len() + edges.len()) as u64));
+    assert_eq!(
+        r["rows_written"].as_u64(),
+        Some((nodes.len() + edges.len()) as u64)
+    );
 }
 
 #[test]
 fn query_reads_state_tables_and_names_what_is_missing() {
     let dir = built(Backend::Sqlite);
     let current = run(&dir, &["table", "customer", "--format", "json"]);
-    let n = run(&dir, &["query", "SELECT count(*) AS n FROM customer", "--format", "json"]);
-    assert_eq!(n[0]["n"].as_u64(), Some(current.as_array().unwrap().len() as u64));
+    let n = run(
+        &dir,
+        &[
+            "query",
+            "SELECT count(*) AS n FROM customer",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(
+        n[0]["n"].as_u64(),
+        Some(current.as_array().unwrap().len() as u64)
+    );
     let active = run(
         &dir,
         &[
@@ -512,22 +639,48 @@ fn query_reads_state_tables_and_names_what_is_missing() {
         .filter(|r| r["customer_state"] == "active")
         .map(|r| &r["customer_id"])
         .collect();
-    let got: Vec<&Json> = active.as_array().unwrap().iter().map(|r| &r["customer_id"]).collect();
+    let got: Vec<&Json> = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["customer_id"])
+        .collect();
     assert_eq!(got, expected);
 
     let bad_column = TestCommand::new(&dir)
         .args(["query", "SELECT nope FROM customer_history"])
         .run();
     bad_column.assert_code(1);
-    assert!(bad_column.stderr.contains("QueryError: Unknown column") && bad_column.stderr.contains("nope"), "{}", bad_column.stderr);
-    let bad_table = TestCommand::new(&dir).args(["query", "SELECT * FROM nope_history"]).run();
+    assert!(
+        bad_column.stderr.contains("QueryError: Unknown column")
+            && bad_column.stderr.contains("nope"),
+        "{}",
+        bad_column.stderr
+    );
+    let bad_table = TestCommand::new(&dir)
+        .args(["query", "SELECT * FROM nope_history"])
+        .run();
     bad_table.assert_code(1);
-    assert!(bad_table.stderr.contains("QueryError: Unknown table 'nope_history'"), "{}", bad_table.stderr);
-    assert!(bad_table.stderr.contains("customer_history"), "lists the tables: {}", bad_table.stderr);
+    assert!(
+        bad_table
+            .stderr
+            .contains("QueryError: Unknown table 'nope_history'"),
+        "{}",
+        bad_table.stderr
+    );
+    assert!(
+        bad_table.stderr.contains("customer_history"),
+        "lists the tables: {}",
+        bad_table.stderr
+    );
     for statement in ["DELETE FROM customer_history", "CREATE TABLE x (a INT)"] {
         let out = TestCommand::new(&dir).args(["query", statement]).run();
         out.assert_code(1);
-        assert!(out.stderr.contains("QueryError"), "{statement}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("QueryError"),
+            "{statement}: {}",
+            out.stderr
+        );
     }
     let csv = TestCommand::new(&dir)
         .args(["query", "SELECT customer_id, valid_from FROM customer_history ORDER BY customer_id, valid_from LIMIT 1", "--format", "csv"])
@@ -540,10 +693,17 @@ fn query_reads_state_tables_and_names_what_is_missing() {
 #[test]
 fn table_as_of_equals_history_filtered_by_hand_and_resolve_merges_adds_losers() {
     let dir = built(Backend::Sqlite);
-    let history = run(&dir, &["table", "customer", "--history", "--format", "json"]);
+    let history = run(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"],
+    );
     let history = history.as_array().unwrap();
     let instant = |v: &Json| v.as_str().map(|s| DateTime::parse_from_rfc3339(s).unwrap());
-    for t in ["2024-01-15T00:00:00Z", "2024-02-29T12:00:00Z", "2024-04-01T00:00:00Z"] {
+    for t in [
+        "2024-01-15T00:00:00Z",
+        "2024-02-29T12:00:00Z",
+        "2024-04-01T00:00:00Z",
+    ] {
         let at = DateTime::parse_from_rfc3339(t).unwrap();
         let by_hand: Vec<&Json> = history
             .iter()
@@ -552,8 +712,15 @@ fn table_as_of_equals_history_filtered_by_hand_and_resolve_merges_adds_losers() 
                     && r.get("valid_to").and_then(instant).is_none_or(|to| to > at)
             })
             .collect();
-        let as_of = run(&dir, &["table", "customer", "--as-of", t, "--format", "json"]);
-        assert_eq!(as_of.as_array().unwrap().iter().collect::<Vec<_>>(), by_hand, "as of {t}");
+        let as_of = run(
+            &dir,
+            &["table", "customer", "--as-of", t, "--format", "json"],
+        );
+        assert_eq!(
+            as_of.as_array().unwrap().iter().collect::<Vec<_>>(),
+            by_hand,
+            "as of {t}"
+        );
     }
 
     // A merge: the loser's rows come back with --resolve-merges.
@@ -573,14 +740,29 @@ fn table_as_of_equals_history_filtered_by_hand_and_resolve_merges_adds_losers() 
         .map(|r| r["customer_id"].as_str().unwrap().to_string())
         .collect();
     let (loser, winner) = (&ids[0], &ids[1]);
-    run(&dir, &["merge", loser, winner, "--as-of", "2024-02-01T00:00:00Z"]);
+    run(
+        &dir,
+        &["merge", loser, winner, "--as-of", "2024-02-01T00:00:00Z"],
+    );
     let plain = run(&dir, &["table", "customer", "--format", "json"]);
     assert_eq!(plain.as_array().unwrap().len(), 1);
-    let resolved = run(&dir, &["table", "customer", "--resolve-merges", "--format", "json"]);
+    let resolved = run(
+        &dir,
+        &["table", "customer", "--resolve-merges", "--format", "json"],
+    );
     let resolved = resolved.as_array().unwrap();
-    assert!(resolved.iter().any(|r| r["customer_id"] == *loser.as_str() && r["merged_into"] == *winner.as_str()), "{resolved:#?}");
+    assert!(
+        resolved
+            .iter()
+            .any(|r| r["customer_id"] == *loser.as_str() && r["merged_into"] == *winner.as_str()),
+        "{resolved:#?}"
+    );
     let loser_rows = history_of(&dir, loser);
-    assert_eq!(resolved.len(), 1 + loser_rows, "the winner's current row and every row of the loser");
+    assert_eq!(
+        resolved.len(),
+        1 + loser_rows,
+        "the winner's current row and every row of the loser"
+    );
 }
 
 fn history_of(dir: &Dir, id: &str) -> usize {
@@ -598,19 +780,43 @@ fn export_errors_are_clear_and_leave_nothing_half_written() {
     let dir = built(Backend::Sqlite);
     let out = out_url(&dir, "files");
     run(&dir, &["export", "--format", "parquet", "--out", &out]);
-    let before: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
 
-    let unknown = TestCommand::new(&dir).args(["export", "--format", "parquet", "--out", &out, "--entity", "nope"]).run();
+    let unknown = TestCommand::new(&dir)
+        .args([
+            "export", "--format", "parquet", "--out", &out, "--entity", "nope",
+        ])
+        .run();
     unknown.assert_code(1);
-    assert!(unknown.stderr.contains("NotFoundError: Unknown entity type 'nope'"), "{}", unknown.stderr);
+    assert!(
+        unknown
+            .stderr
+            .contains("NotFoundError: Unknown entity type 'nope'"),
+        "{}",
+        unknown.stderr
+    );
 
     dir.write("blocker", "a file where a folder should be");
     let blocked = dir.path().join("blocker/out").display().to_string();
-    let unwritable = TestCommand::new(&dir).args(["export", "--format", "csv", "--out", &blocked]).run();
+    let unwritable = TestCommand::new(&dir)
+        .args(["export", "--format", "csv", "--out", &blocked])
+        .run();
     unwritable.assert_code(1);
-    assert!(unwritable.stderr.contains("StorageError: Opening the export location") && unwritable.stderr.contains("failed: "), "{}", unwritable.stderr);
+    assert!(
+        unwritable
+            .stderr
+            .contains("StorageError: Opening the export location")
+            && unwritable.stderr.contains("failed: "),
+        "{}",
+        unwritable.stderr
+    );
 
-    let no_out = TestCommand::new(&dir).args(["export", "--format", "csv"]).run();
+    let no_out = TestCommand::new(&dir)
+        .args(["export", "--format", "csv"])
+        .run();
     no_out.assert_code(2);
     assert!(no_out.stderr.contains("needs --out"), "{}", no_out.stderr);
 
@@ -619,9 +825,17 @@ fn export_errors_are_clear_and_leave_nothing_half_written() {
         .args(["export", "--format", "warehouse"])
         .run();
     down.assert_code(1);
-    assert!(down.stderr.contains("StorageError: Connecting to the catalog database failed"), "{}", down.stderr);
+    assert!(
+        down.stderr
+            .contains("StorageError: Connecting to the catalog database failed"),
+        "{}",
+        down.stderr
+    );
 
-    let after: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(before, after, "no temporary or partial files are left");
     assert!(after.iter().all(|f| !f.to_string_lossy().starts_with('.')));
 }

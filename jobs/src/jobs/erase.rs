@@ -143,8 +143,16 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
             .map(|(s, _)| *s)
             .collect();
         let events = read(ctx, tables::EVENTS, &EVENTS_SCHEMA, &predicate).await?;
-        let kept = keep_rows(&events, |b, i| Ok(surviving.contains(&seq(b, i)?)), &["data", "resolution_hints"], &erased)?;
-        ctx.lake.replace_where(tables::EVENTS, &predicate, kept).await?;
+        let kept = keep_rows(
+            &EVENTS_SCHEMA,
+            &events,
+            |b, i| Ok(surviving.contains(&seq(b, i)?)),
+            &["data", "resolution_hints"],
+            &erased,
+        )?;
+        ctx.lake
+            .replace_where(tables::EVENTS, &predicate, kept)
+            .await?;
         changed_tables.push(tables::EVENTS.into());
     }
     changed_tables.push(tables::ASSIGNMENTS.into());
@@ -157,7 +165,11 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
         } else {
             format!(
                 " OR sequence IN ({})",
-                sequences.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                sequences
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }
     );
@@ -198,8 +210,16 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
         let all: Vec<String> = doomed.union(&touched).map(i64::to_string).collect();
         let predicate = format!("sequence IN ({})", all.join(", "));
         let rows = read(ctx, tables::RAW, &RAW_SCHEMA, &predicate).await?;
-        let kept = keep_rows(&rows, |b, i| Ok(!doomed.contains(&seq(b, i)?)), &["raw"], &erased)?;
-        ctx.lake.replace_where(tables::RAW, &predicate, kept).await?;
+        let kept = keep_rows(
+            &RAW_SCHEMA,
+            &rows,
+            |b, i| Ok(!doomed.contains(&seq(b, i)?)),
+            &["raw"],
+            &erased,
+        )?;
+        ctx.lake
+            .replace_where(tables::RAW, &predicate, kept)
+            .await?;
     }
     changed_tables.push(tables::RAW.into());
     erase_dead_letters(ctx, &members, &erased).await?;
@@ -305,7 +325,9 @@ async fn plan(ctx: &Context, id: &str) -> Result<Plan> {
     }
     let known = !erasure.keys.is_empty()
         || !by_sequence.is_empty()
-        || crate::jobs::inspect::entity_type_of(ctx, id).await?.is_some()
+        || crate::jobs::inspect::entity_type_of(ctx, id)
+            .await?
+            .is_some()
         || erasure.members.len() > 1;
     if !known {
         return Err(Error::NotFound(format!("Unknown entity '{id}'")));
@@ -340,18 +362,27 @@ async fn read(
     predicate: &str,
 ) -> Result<Vec<RecordBatch>> {
     ctx.lake
-        .query_all(&[("t", table, schema.clone())], &format!("SELECT * FROM t WHERE {predicate}"))
-        .await
+        .query_all(
+            &[("t", table, schema.clone())],
+            &format!("SELECT * FROM t WHERE {predicate}"),
+        )
+        .await?
+        .iter()
+        .map(|b| crate::lake::conform(b, schema))
+        .collect()
 }
 
 /// The rows `keep` accepts, with the JSON text columns `scrub` scrubbed of erased values.
 fn keep_rows(
+    schema: &deltalake::arrow::datatypes::SchemaRef,
     batches: &[RecordBatch],
     mut keep: impl FnMut(&RecordBatch, usize) -> Result<bool>,
     scrub: &[&str],
     erased: &ErasedValues,
 ) -> Result<Vec<RecordBatch>> {
-    let failed = |e: deltalake::arrow::error::ArrowError| Error::Storage(format!("Rewriting rows failed: {e}"));
+    let failed = |e: deltalake::arrow::error::ArrowError| {
+        Error::Storage(format!("Rewriting rows failed: {e}"))
+    };
     let mut out = Vec::new();
     for b in batches {
         let mask = (0..b.num_rows())
@@ -373,6 +404,10 @@ fn keep_rows(
         }
         out.push(RecordBatch::try_new(kept.schema(), columns).map_err(failed)?);
     }
+    if out.is_empty() {
+        // A commit that only removes rows still needs its schema.
+        out.push(RecordBatch::new_empty(schema.clone()));
+    }
     Ok(out)
 }
 
@@ -390,6 +425,7 @@ async fn erase_dead_letters(
     let letters = read(ctx, tables::DEAD_LETTERS, &DEAD_LETTERS_SCHEMA, "TRUE").await?;
     let mut dropped = 0;
     let kept = keep_rows(
+        &DEAD_LETTERS_SCHEMA,
         &letters,
         |b, i| {
             let c = Columns::new(b);
@@ -428,18 +464,35 @@ async fn erase_dead_letters(
 /// other mentions of their ids or erased values become `"[ERASED]"`. `None` when unchanged.
 fn rewrite_run_log(text: &str, members: &BTreeSet<&str>, erased: &ErasedValues) -> Option<String> {
     let json: Json = serde_json::from_str(text).ok()?;
-    let mentions = |s: &str| members.iter().any(|m| s.contains(m)) || erased.all().any(|v| s.contains(v.as_str())) || erased.matches(s);
+    let mentions = |s: &str| {
+        members.iter().any(|m| s.contains(m))
+            || erased.all().any(|v| s.contains(v.as_str()))
+            || erased.matches(s)
+    };
     fn walk(j: &Json, drop: &dyn Fn(&Json) -> bool, mentions: &dyn Fn(&str) -> bool) -> Json {
         match j {
-            Json::Array(items) => Json::Array(items.iter().filter(|i| !drop(i)).map(|i| walk(i, drop, mentions)).collect()),
-            Json::Object(map) => Json::Object(map.iter().map(|(k, v)| (k.clone(), walk(v, drop, mentions))).collect()),
+            Json::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .filter(|i| !drop(i))
+                    .map(|i| walk(i, drop, mentions))
+                    .collect(),
+            ),
+            Json::Object(map) => Json::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), walk(v, drop, mentions)))
+                    .collect(),
+            ),
             Json::String(s) if mentions(s) => Json::String("[ERASED]".into()),
             other => other.clone(),
         }
     }
     let drop = |j: &Json| {
         j.get("stage").is_some()
-            && (j.get("entity_id").and_then(Json::as_str).is_some_and(|e| members.contains(e))
+            && (j
+                .get("entity_id")
+                .and_then(Json::as_str)
+                .is_some_and(|e| members.contains(e))
                 || j.get("raw").is_some_and(|r| erased.found_in(r)))
     };
     let new = walk(&json, &drop, &mentions);

@@ -135,7 +135,11 @@ impl Source {
     }
 
     fn select(&self, from: &str, history: bool) -> String {
-        let filter = if history { "" } else { " WHERE valid_to IS NULL" };
+        let filter = if history {
+            ""
+        } else {
+            " WHERE valid_to IS NULL"
+        };
         format!("SELECT * FROM {from}{filter} ORDER BY {}", self.order())
     }
 }
@@ -173,14 +177,9 @@ fn sources(defs: &Definitions, version: &str, selected: &[String]) -> Result<Vec
                 lake_table: tables::relationship_history(version, &rel),
                 schema: relationship_schema(defs, &rel),
                 id_column: "source_id".into(),
-                key: [
-                    "source_id",
-                    "relationship_type",
-                    "target_id",
-                    "valid_from",
-                ]
-                .map(String::from)
-                .to_vec(),
+                key: ["source_id", "relationship_type", "target_id", "valid_from"]
+                    .map(String::from)
+                    .to_vec(),
                 entity: None,
             });
         }
@@ -208,18 +207,9 @@ fn conformed(
     let schema = source.schema.clone();
     stream
         .map(move |batch| {
-            let failed = |e: &dyn std::fmt::Display| {
-                Error::Storage(format!("Reading table {table} failed: {e}"))
-            };
-            let batch = batch.map_err(|e| failed(&e))?;
-            let columns = schema
-                .fields()
-                .iter()
-                .zip(batch.columns())
-                .map(|(f, c)| deltalake::arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| failed(&e))?;
-            RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))
+            let batch =
+                batch.map_err(|e| Error::Storage(format!("Reading table {table} failed: {e}")))?;
+            crate::lake::conform(&batch, &schema)
         })
         .boxed()
 }
@@ -235,9 +225,11 @@ async fn export(ctx: &Context, global: &Global, args: &ExportArgs) -> Result<Exp
     let (row, defs) = match &args.version {
         None => ctx.active_definitions().await?,
         Some(v) => {
-            let row = ctx.catalog.version(v).await?.ok_or_else(|| {
-                Error::NotFound(format!("Unknown definition version '{v}'"))
-            })?;
+            let row = ctx
+                .catalog
+                .version(v)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("Unknown definition version '{v}'")))?;
             let defs = crate::jobs::build::version_definitions(ctx, &row)?;
             (row, defs)
         }
@@ -444,7 +436,11 @@ async fn to_files(
     history: bool,
 ) -> Result<Vec<TableExport>> {
     let (store, base) = out_store(out)?;
-    let ext = if format == ExportFormat::Csv { "csv" } else { "parquet" };
+    let ext = if format == ExportFormat::Csv {
+        "csv"
+    } else {
+        "parquet"
+    };
     let staged = uuid::Uuid::new_v4().simple().to_string();
     let mut written: Vec<(StorePath, StorePath)> = Vec::new();
     let mut tables = Vec::new();
@@ -585,10 +581,7 @@ async fn to_graph(ctx: &Context, out: &str, sources: &[Source]) -> Result<Vec<Ta
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
     for source in sources {
-        let batches: Vec<RecordBatch> = read(&ctx.lake, source, false)
-            .await?
-            .try_collect()
-            .await?;
+        let batches: Vec<RecordBatch> = read(&ctx.lake, source, false).await?.try_collect().await?;
         let system = [
             "valid_from",
             "valid_to",
@@ -605,8 +598,14 @@ async fn to_graph(ctx: &Context, out: &str, sources: &[Source]) -> Result<Vec<Ta
             .filter(|n| {
                 !system.contains(&n.as_str())
                     && !matches!(n.as_str(), "source_id" | "target_id" | "relationship_type")
-                    && Some(n.as_str()) != source.entity.as_ref().map(|e| format!("{e}_id")).as_deref()
-                    && Some(n.as_str()) != source.entity.as_ref().map(|e| format!("{e}_state")).as_deref()
+                    && Some(n.as_str())
+                        != source.entity.as_ref().map(|e| format!("{e}_id")).as_deref()
+                    && Some(n.as_str())
+                        != source
+                            .entity
+                            .as_ref()
+                            .map(|e| format!("{e}_state"))
+                            .as_deref()
             })
             .collect();
         for row in crate::output::json_rows(&batches)? {
@@ -637,11 +636,9 @@ async fn to_graph(ctx: &Context, out: &str, sources: &[Source]) -> Result<Vec<Ta
     let tmp = StorePath::from(format!(".graph.json.{}.tmp", uuid::Uuid::new_v4().simple()));
     let file = StorePath::from("graph.json");
     let bytes = body.len() as u64;
-    let failed = |e: &dyn std::fmt::Display| Error::Storage(format!("Writing graph.json failed: {e}"));
-    store
-        .put(&tmp, body.into())
-        .await
-        .map_err(|e| failed(&e))?;
+    let failed =
+        |e: &dyn std::fmt::Display| Error::Storage(format!("Writing graph.json failed: {e}"));
+    store.put(&tmp, body.into()).await.map_err(|e| failed(&e))?;
     store.rename(&tmp, &file).await.map_err(|e| failed(&e))?;
     Ok(vec![TableExport {
         table: "graph".into(),

@@ -37,16 +37,28 @@ pub(crate) async fn state_session(
     let mut bases = Vec::new();
     for e in defs.entities.values() {
         let name = format!("{}_history", e.name);
-        lake.register(&session, &name, &tables::history(version, &e.name), &entity_schema(e), None)
-            .await?;
+        lake.register(
+            &session,
+            &name,
+            &tables::history(version, &e.name),
+            &entity_schema(e),
+            None,
+        )
+        .await?;
         bases.push(e.name.clone());
         names.push(name);
     }
     for rel in relationship_types(defs) {
         let name = format!("rel_{rel}_history");
         let schema = relationship_schema(defs, &rel);
-        lake.register(&session, &name, &tables::relationship_history(version, &rel), &schema, None)
-            .await?;
+        lake.register(
+            &session,
+            &name,
+            &tables::relationship_history(version, &rel),
+            &schema,
+            None,
+        )
+        .await?;
         bases.push(format!("rel_{rel}"));
         names.push(name);
     }

@@ -56,10 +56,16 @@ pub async fn run(global: &Global, args: &TableArgs) -> Result<i32> {
     if args.resolve_merges && !args.history {
         let shown = ctx
             .lake
-            .query_map(&registered, &format!("SELECT DISTINCT {id} FROM h WHERE {filter}"), |b| {
-                let ids = crate::ledger::Columns::new(b).str(&format!("{}_id", entity.name))?;
-                Ok((0..b.num_rows()).map(|i| ids.value(i).to_string()).collect())
-            })
+            .query_map(
+                &registered,
+                &format!("SELECT DISTINCT {id} FROM h WHERE {filter}"),
+                |b| {
+                    let ids = crate::ledger::Columns::new(b).str(&format!("{}_id", entity.name))?;
+                    Ok((0..b.num_rows())
+                        .map(|i| ids.value(i).to_string())
+                        .collect())
+                },
+            )
             .await?;
         let merges = ctx
             .lake
@@ -68,7 +74,10 @@ pub async fn run(global: &Global, args: &TableArgs) -> Result<i32> {
                 &format!("SELECT {id}, merged_into FROM h WHERE merged_into IS NOT NULL"),
                 |b| {
                     let c = crate::ledger::Columns::new(b);
-                    let (from, into) = (c.str(&format!("{}_id", entity.name))?, c.str("merged_into")?);
+                    let (from, into) = (
+                        c.str(&format!("{}_id", entity.name))?,
+                        c.str("merged_into")?,
+                    );
                     Ok((0..b.num_rows())
                         .map(|i| (into.value(i).to_string(), from.value(i).to_string()))
                         .collect())
