@@ -30,6 +30,9 @@ demo: build
 	$(DEFACTO) --config $(DEMO_DIR) tick --as-of 2024-05-15T00:00:00Z
 	$(DEFACTO) --config $(DEMO_DIR) status
 	for e in customer subscription order; do $(DEFACTO) --config $(DEMO_DIR) table $$e || exit 1; done
+	$(DEFACTO) --config $(DEMO_DIR) export --format warehouse
+	$(DEFACTO) --config $(DEMO_DIR) export --format parquet --history --out $(DEMO_DIR)/export
+	$(DEFACTO) --config $(DEMO_DIR) query "SELECT customer_state, count(*) AS customers FROM customer GROUP BY customer_state ORDER BY customer_state"
 
 # Library, binary and integration tests of every crate (doc tests and benchmarks excluded),
 # then one closing line with the totals.
