@@ -141,8 +141,12 @@ def test_local_materialization_of_the_showcase_leaves_the_tables_of_a_direct_run
         dd.ASSETS,
         resources={
             "pipes_client": dd.pipes_client(),
+            # Both shards at once: two concurrent job processes on one lake and catalog.
             "defacto_run": dd.DefactoRun(
-                as_of=AS_OF, ingest=Project.inbox(), parquet_out=project.parquet_out
+                as_of=AS_OF,
+                ingest=Project.inbox(),
+                parquet_out=project.parquet_out,
+                shard_parallelism=2,
             ),
         },
         tags=dd.ALL_SHARDS_TAGS,
