@@ -35,11 +35,16 @@ demo: build
 	$(DEFACTO) --config $(DEMO_DIR) query "SELECT customer_state, count(*) AS customers FROM customer GROUP BY customer_state ORDER BY customer_state"
 
 # Library, binary and integration tests of every crate (doc tests and benchmarks excluded),
-# then one closing line with the totals.
+# then the orchestration and packaging tests in the real Airflow, Dagster, hadolint and
+# Kubernetes schemas (dags/tests/run.sh keeps its own pinned venv), then one closing line
+# with the totals.
 test:
 	@log=$$(mktemp); set -o pipefail; \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee $$log; status=$$?; \
-	awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "%d passed, %d failed\n", passed, failed }' $$log; \
+	DEFACTO_BIN=$(DEFACTO) dags/tests/run.sh 2>&1 | tee -a $$log || status=1; \
+	awk '/^test result:/ { passed += $$4; failed += $$6 } \
+	     /^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$$/ { passed += $$1; failed += $$3 } \
+	     END { printf "%d passed, %d failed\n", passed, failed }' $$log; \
 	rm -f $$log; exit $$status
 
 bench:
