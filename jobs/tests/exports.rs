@@ -2,6 +2,7 @@
 //! (Parquet and Delta with arrow, CSV parsed, the warehouse through real SQLite and Postgres)
 //! holds the same rows and values as the Delta history the build wrote.
 
+#[macro_use]
 mod harness;
 
 use std::collections::HashMap;
@@ -18,40 +19,6 @@ use deltalake::logstore::object_store::ObjectStoreExt;
 use harness::{fixture, Backend, Dir, TestCommand, POSTGRES_URL};
 use serde_json::Value as Json;
 use sqlx::Row;
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Backend::Postgres)
-            }
-        }
-    };
-}
-
-macro_rules! on_all {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Backend::Postgres)
-            }
-            #[test]
-            fn s3() {
-                super::$name(super::Backend::S3)
-            }
-        }
-    };
-}
 
 fn run(dir: &Dir, args: &[&str]) -> Json {
     let out = TestCommand::new(dir).args(args).run();

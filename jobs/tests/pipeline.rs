@@ -2,6 +2,7 @@
 //! `defacto` binary: every job's output must agree row for row with the core engine's
 //! in-memory replay of the same ingest calls.
 
+#[macro_use]
 mod harness;
 
 use std::collections::BTreeMap;
@@ -17,42 +18,6 @@ use harness::{fixture, Backend, Dir, TestCommand};
 use serde_json::Value as Json;
 
 const AS_OF: &str = "2024-05-01T00:00:00Z";
-
-/// A scenario on the embedded default (SQLite) and on the real Postgres.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Backend::Postgres)
-            }
-        }
-    };
-}
-
-/// A scenario three ways: local lake + SQLite, local lake + Postgres, S3 lake + Postgres.
-macro_rules! on_all {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Backend::Postgres)
-            }
-            #[test]
-            fn s3() {
-                super::$name(super::Backend::S3)
-            }
-        }
-    };
-}
 
 /// The showcase example copied to a temp folder.
 fn showcase(backend: Backend) -> Dir {

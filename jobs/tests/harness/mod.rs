@@ -3,6 +3,45 @@
 pub mod fixture;
 pub mod s3;
 
+/// A scenario on the embedded default (SQLite) and on the real Postgres: `on_both!(name)`
+/// turns `fn name(backend: Backend)` into one test per backend.
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+        }
+    };
+}
+
+/// A scenario three ways: local lake + SQLite, local lake + Postgres, S3 lake + Postgres.
+#[allow(unused_macros)]
+macro_rules! on_all {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+            #[test]
+            fn s3() {
+                super::$name(super::Backend::S3)
+            }
+        }
+    };
+}
+
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
