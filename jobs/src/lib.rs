@@ -2,6 +2,7 @@
 //! world — the Delta lake (local or S3), the catalog database (SQLite or Postgres), input
 //! files — lives here; the engine itself is `defacto-core`.
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod context;

@@ -1,6 +1,7 @@
 //! Writing results: a job's human-readable report or its result JSON on stdout, and the same
 //! JSON in `--result-file` (Airflow reads `/airflow/xcom/return.json`).
 
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -8,8 +9,44 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+/// What a job printed while `capture` ran it (the in-process API, `crate::api`): its stdout,
+/// and — when asked for — the record batches `render` was given instead of their text.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub batches: Option<Vec<deltalake::arrow::record_batch::RecordBatch>>,
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's `print` going to a buffer instead of stdout; with
+/// `keep_batches`, `render` keeps the batches and renders nothing. Jobs print from the future
+/// that `block_on` polls on the calling thread, so a thread-local buffer sees all of it.
+pub fn capture<T>(keep_batches: bool, f: impl FnOnce() -> T) -> (T, Captured) {
+    let fresh = Captured {
+        stdout: Vec::new(),
+        batches: keep_batches.then(Vec::new),
+    };
+    let outer = CAPTURE.with(|c| c.replace(Some(fresh)));
+    let value = f();
+    let captured = CAPTURE.with(|c| c.replace(outer)).unwrap_or_default();
+    (value, captured)
+}
+
 /// Writes lines to stdout. A closed pipe (`defacto validate | head`) is not an error.
 pub fn print(text: &str) -> Result<()> {
+    let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some(buf) => {
+            buf.stdout.extend_from_slice(text.as_bytes());
+            true
+        }
+        None => false,
+    });
+    if captured {
+        return Ok(());
+    }
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -72,6 +109,19 @@ pub fn render(
     batches: &[deltalake::arrow::record_batch::RecordBatch],
     format: RowFormat,
 ) -> Result<String> {
+    let kept = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some(Captured {
+            batches: Some(kept),
+            ..
+        }) => {
+            kept.extend(batches.iter().cloned());
+            true
+        }
+        _ => false,
+    });
+    if kept {
+        return Ok(String::new());
+    }
     let failed = |e: deltalake::arrow::error::ArrowError| crate::error::Error::Query(e.to_string());
     Ok(match format {
         RowFormat::Table => {
