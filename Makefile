@@ -36,12 +36,15 @@ demo: build
 
 # Library, binary and integration tests of every crate (doc tests and benchmarks excluded),
 # then the orchestration and packaging tests in the real Airflow, Dagster, hadolint and
-# Kubernetes schemas (dags/tests/run.sh keeps its own pinned venv), then one closing line
-# with the totals.
+# Kubernetes schemas (dags/tests/run.sh keeps its own pinned venv), then the Python API's
+# tests (python/tests/run.sh builds the extension module with maturin in its own pinned venv;
+# cargo cannot link a test binary of an extension module, hence the --exclude), then one
+# closing line with the totals.
 test:
 	@log=$$(mktemp); set -o pipefail; \
-	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee $$log; status=$$?; \
+	$(CARGO) test --workspace --exclude defacto-python --lib --bins --tests --no-fail-fast 2>&1 | tee $$log; status=$$?; \
 	DEFACTO_BIN=$(DEFACTO) dags/tests/run.sh 2>&1 | tee -a $$log || status=1; \
+	DEFACTO_BIN=$(DEFACTO) python/tests/run.sh 2>&1 | tee -a $$log || status=1; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     /^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$$/ { passed += $$1; failed += $$3 } \
 	     END { printf "%d passed, %d failed\n", passed, failed }' $$log; \
