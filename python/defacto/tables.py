@@ -108,9 +108,13 @@ class DefactoTable:
 
     # ---- SQL ---------------------------------------------------------------------------
 
+    def _composed(self) -> bool:
+        """Whether filter/select/order_by/limit were applied."""
+        return bool(self._filters or self._columns or self._order or self._limit is not None)
+
     def _plain(self) -> bool:
-        return self._entity is not None and not (
-            self._filters or self._columns or self._order or self._limit is not None)
+        """An entity table as ``defacto table`` shows it."""
+        return self._entity is not None and not self._composed()
 
     def _base(self) -> str:
         if self._query is not None:
@@ -145,8 +149,9 @@ class DefactoTable:
             default_order = (_quote(f"{self._entity}_id"), "valid_from")
         else:
             default_order = ()
-        if self._plain():
-            return f"{base} ORDER BY {', '.join(default_order)}"
+        if not self._composed():
+            # a query() runs as written (its ORDER BY would not survive being a subquery)
+            return base if self._query is not None else f"{base} ORDER BY {', '.join(default_order)}"
         columns = ", ".join(self._columns) if self._columns else "*"
         sql = f"SELECT {columns} FROM ({base}) AS t"
         if self._filters:

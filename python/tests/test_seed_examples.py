@@ -108,6 +108,9 @@ def test_query_raw_sql(definitions, events):
         d.ingest("app", events, process=True)
         df = d.query("SELECT * FROM customer_history WHERE mrr > 50").execute()
         assert list(df["email"]) == ["alice@example.com"]
+        ordered = d.query("SELECT email FROM customer ORDER BY email DESC")
+        assert ordered.sql() == "SELECT email FROM customer ORDER BY email DESC"
+        assert list(ordered.execute()["email"]) == ["bob@example.com", "alice@example.com"]
 
 
 def test_timeline_and_assert_entity(definitions, events):
