@@ -56,13 +56,57 @@ pub fn call(args: &[String], arrow: bool) -> Result<Outcome> {
     let status = status?;
     let arrow = match captured.batches {
         Some(batches) if !batches.is_empty() => Some(ipc_stream(&batches)?),
-        _ => None,
+        // No rows: the columns still matter to a DataFrame, so plan the rows' SQL again for
+        // its schema and hand over an empty stream of that schema.
+        Some(_) => match rows_sql(&cli.command) {
+            Some(sql) => Some(empty_stream(&cli.global, &sql)?),
+            None => None,
+        },
+        None => None,
     };
     Ok(Outcome {
         status,
         stdout: captured.stdout,
         arrow,
     })
+}
+
+/// The SQL, over the state tables `defacto query` knows, whose columns a row command prints.
+fn rows_sql(command: &Command) -> Option<String> {
+    match command {
+        Command::Table(args) => Some(format!(
+            "SELECT * FROM \"{}_history\"",
+            args.entity.replace('"', "\"\"")
+        )),
+        Command::Query(args) => Some(args.sql.clone()),
+        _ => None,
+    }
+}
+
+/// An Arrow IPC stream with the schema of `sql`'s result and no rows.
+fn empty_stream(global: &Global, sql: &str) -> Result<Vec<u8>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let schema = runtime.block_on(async {
+        let ctx = crate::context::Context::open(global, "query", None).await?;
+        let (row, defs) = ctx.active_definitions().await?;
+        let (session, _) = jobs::query::state_session(&ctx.lake, &defs, &row.version).await?;
+        let df = session
+            .sql(sql)
+            .await
+            .map_err(|e| Error::Query(e.to_string()))?;
+        Ok::<_, Error>(df.schema().inner().clone())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let schema = schema?;
+    let failed = |e: deltalake::arrow::error::ArrowError| Error::Query(e.to_string());
+    let mut buf = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut buf, &schema).map_err(failed)?;
+    writer.finish().map_err(failed)?;
+    drop(writer);
+    Ok(buf)
 }
 
 /// Record batches as one Arrow IPC stream (schema of the first batch).

@@ -105,6 +105,22 @@ def test_duckdb(d, tmp_path):
         con.close()
 
 
-def test_empty_results(d):
+def test_empty_results_keep_their_columns(d):
     df = d.table("customer").filter("FALSE").execute()
     assert len(df) == 0
+    assert {"customer_id", "customer_state", "valid_from", "mrr"} <= set(df.columns)
+    assert list(d.query("SELECT 1 AS x WHERE FALSE").execute().columns) == ["x"]
+    early = d.history("customer").as_of("2000-01-01").to_pyarrow()
+    assert early.num_rows == 0 and "customer_id" in early.column_names
+
+
+def test_calls_from_several_threads(d):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = d.history("customer").to_records()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: d.history("customer").to_records(), range(8)))
+    assert all(r == expected for r in results)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        frames = list(pool.map(lambda _: d.table("customer").execute(), range(4)))
+    assert all(len(f) == 2 for f in frames)
