@@ -40,6 +40,9 @@ pub struct BuildPlan {
     pub watermark: Option<Instant>,
     /// Merges the build has not applied yet (rebuild requests, §14), with the entity type.
     pub merges: Vec<(String, Merge)>,
+    /// Entities to replay from their events whatever else happens (a `redact` rewrote their
+    /// ledger rows, §12.2).
+    pub rebuilds: Vec<EntityKey>,
 }
 
 /// How one entity's history changes.
@@ -315,6 +318,13 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
                 }
             }
         }
+        rebuild.extend(
+            self.plan
+                .rebuilds
+                .iter()
+                .filter(|k| self.owns(&k.1) && slots.contains_key(*k))
+                .cloned(),
+        );
         self.rebuild(rebuild, slots);
     }
 
@@ -446,6 +456,7 @@ pub fn tick<S: IdentityStore + Sync>(
         resolve_cursor: 0,
         watermark: None,
         merges: Vec::new(),
+        rebuilds: Vec::new(),
     };
     let mut b = Builder {
         inputs,

@@ -470,6 +470,7 @@ impl Engine {
             resolve_cursor: self.resolve_cursor,
             watermark: self.watermark,
             merges: std::mem::take(&mut self.pending_merges),
+            rebuilds: Vec::new(),
         };
         let out = self.execute(&plan);
         self.cursor = out.cursor;
@@ -514,6 +515,7 @@ impl Engine {
             resolve_cursor: self.resolve_cursor,
             watermark: None,
             merges: Vec::new(),
+            rebuilds: Vec::new(),
         };
         let inputs = self.inputs(&owns);
         let mut slots = BTreeMap::new();
@@ -647,6 +649,7 @@ impl Engine {
             resolve_cursor: self.resolve_cursor,
             watermark: self.watermark,
             merges: vec![(entity_type, merge)],
+            rebuilds: Vec::new(),
         };
         let out = self.execute(&plan);
         self.cursor = self.cursor.max(sequence);

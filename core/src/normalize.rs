@@ -521,12 +521,44 @@ pub fn normalize_call<'r>(
     records: impl IntoIterator<Item = (i64, &'r str, Json)>,
     known: impl Fn(&str) -> bool,
 ) -> CallOutcome {
+    normalize_call_kept(normalizer, records, known, |_| None)
+}
+
+/// What a redacted row keeps across renormalizations (§12.2): the event id and hints its
+/// ledger row had when first redacted, and the redacted values of its data fields. The
+/// redaction marker so never enters an event id or an identity key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    pub event_id: String,
+    pub hints: Hints,
+    /// Data fields → their redacted values (typed JSON).
+    pub data: BTreeMap<String, Json>,
+}
+
+/// `normalize_call`, where a record with a `Kept` entry (by sequence) keeps its event id,
+/// hints and redacted data values instead of the ones computed from its raw record.
+pub fn normalize_call_kept<'r, 'k>(
+    normalizer: &Normalizer<'_>,
+    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
+    known: impl Fn(&str) -> bool,
+    kept: impl Fn(i64) -> Option<&'k Kept>,
+) -> CallOutcome {
     let mut normalized = Vec::new();
     let mut failures = Vec::new();
     // Each raw event is dropped as soon as it is normalized.
     for (i, (sequence, source, raw)) in records.into_iter().enumerate() {
         match normalizer.normalize(source, &raw) {
-            Ok(e) => normalized.push((i, (sequence, e))),
+            Ok(mut e) => {
+                if let Some(k) = kept(sequence) {
+                    e.event_id = k.event_id.clone();
+                    e.hints = k.hints.clone();
+                    for (field, v) in &k.data {
+                        e.data
+                            .insert(field.clone(), crate::value::typed::from_json(v));
+                    }
+                }
+                normalized.push((i, (sequence, e)))
+            }
             Err(f) => failures.push((sequence, f)),
         }
     }

@@ -1,7 +1,10 @@
 //! The pipeline benchmark: generates N app events for the showcase definitions (signups, then
 //! logins and profile updates of ~N/10 customers), and times the real `defacto` binary on the
 //! embedded default (local lake + SQLite): ingest, normalize, a full build, then an
-//! incremental build after 1 % more events. Prints events/s and peak RSS per job; it never
+//! incremental build after 1 % more events; then the exports of the resulting history
+//! (Parquet, the SQLite warehouse, and — with a Postgres catalog, when one answers at
+//! `DEFACTO_BENCH_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test` — the Postgres
+//! warehouse) and `table --as-of`. Prints events/s or rows/s and peak RSS per job; it never
 //! fails on time.
 //!
 //! `cargo bench -p defacto-jobs --bench pipeline` (N from `DEFACTO_BENCH_EVENTS`, default
@@ -65,10 +68,16 @@ fn generate(path: &Path, start: usize, n: usize, customers: usize) {
 
 /// Runs a job, sampling the child's resident memory; returns (duration, peak RSS in MiB).
 fn job(dir: &Path, args: &[&str]) -> (Duration, f64) {
+    job_with(dir, args, &[])
+}
+
+/// `job` with extra environment variables.
+fn job_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Duration, f64) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_defacto"))
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -147,5 +156,98 @@ fn main() {
     println!(
         "incremental normalize + build after 1 % new events: {:.1} % of the full normalize + build",
         100.0 * (inc_norm + inc).as_secs_f64() / total.as_secs_f64()
+    );
+
+    exports(dir, as_of);
+}
+
+/// The number of rows of every history table (from the export's own result JSON).
+fn history_rows(dir: &Path) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_defacto"))
+        .current_dir(dir)
+        .args([
+            "query",
+            "SELECT (SELECT count(*) FROM customer_history) + (SELECT count(*) FROM subscription_history) + (SELECT count(*) FROM order_history) AS n",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn exports(dir: &Path, as_of: &str) {
+    let rows = history_rows(dir);
+    let report = |name: &str, (d, rss): (Duration, f64)| {
+        println!(
+            "{name:<22} {rows:>10} rows   {:>9.2} s {:>12.0} rows/s    peak RSS {:>7.0} MiB",
+            d.as_secs_f64(),
+            rows as f64 / d.as_secs_f64(),
+            rss
+        );
+    };
+    let out = dir.join("export");
+    let out = out.to_str().unwrap();
+    report(
+        "export parquet",
+        job(
+            dir,
+            &["export", "--format", "parquet", "--history", "--out", out],
+        ),
+    );
+    report(
+        "export warehouse",
+        job(dir, &["export", "--format", "warehouse"]),
+    );
+    let (d, _) = job(
+        dir,
+        &[
+            "table",
+            "customer",
+            "--as-of",
+            "2024-06-01T00:00:00Z",
+            "--format",
+            "csv",
+        ],
+    );
+    println!(
+        "table --as-of (customer, {rows} history rows in all): {:.2} s",
+        d.as_secs_f64()
+    );
+
+    // The Postgres warehouse needs a Postgres catalog: the same events again, into a fresh
+    // namespace.
+    let url = std::env::var("DEFACTO_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg = dir.join("pg");
+    copy_dir(&dir.join("entities"), &pg.join("entities"));
+    copy_dir(&dir.join("sources"), &pg.join("sources"));
+    copy_dir(&dir.join("schemas"), &pg.join("schemas"));
+    let namespace = format!("bench{}", std::process::id());
+    let env = [
+        ("DEFACTO_DATABASE", url.as_str()),
+        ("DEFACTO_NAMESPACE", namespace.as_str()),
+    ];
+    let events = dir.join("events.jsonl");
+    let ready = Command::new(env!("CARGO_BIN_EXE_defacto"))
+        .current_dir(&pg)
+        .envs(env)
+        .args(["ingest", "--source", "app", events.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        println!("export warehouse (Postgres): skipped, no Postgres at {url}");
+        return;
+    }
+    job_with(&pg, &["normalize"], &env);
+    job_with(&pg, &["build", as_of], &env);
+    report(
+        "export warehouse (pg)",
+        job_with(&pg, &["export", "--format", "warehouse"], &env),
     );
 }

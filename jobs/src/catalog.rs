@@ -133,6 +133,11 @@ impl BuildState {
 pub const IDENTITY_MERGE: &str = "merge";
 /// The `kind` of a rebuild request for an explicit `defacto merge`.
 pub const EXPLICIT_MERGE: &str = "explicit_merge";
+/// The `kind` of a rebuild request for an entity whose ledger rows `redact` rewrote.
+pub const REDACT: &str = "redact";
+/// The `kind` a request takes when `erase` removed the entities it named: it keeps its
+/// position and asks for nothing.
+pub const ERASED: &str = "erased";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildRequest {
@@ -830,6 +835,28 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records a request to rebuild one entity from its events (`redact`).
+    pub async fn append_rebuild_request(
+        &self,
+        kind: &str,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<()> {
+        let position = self.request_count().await? + 1;
+        q(&self.sql(
+            "INSERT INTO {t:rebuild_requests} (position, kind, loser, winner, entity_type, entity_id, timestamp)
+             VALUES ($1, $2, NULL, NULL, $3, $4, NULL)",
+        ))
+        .bind(position)
+        .bind(kind.to_string())
+        .bind(entity_type.to_string())
+        .bind(entity_id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db("Recording rebuild requests", e))?;
+        Ok(())
+    }
+
     /// Requests after position `applied`, in order.
     pub async fn requests_after(&self, applied: i64) -> Result<Vec<RebuildRequest>> {
         let rows = q(&self.sql(
@@ -1142,8 +1169,11 @@ impl Catalog {
         for sql in [
             format!("DELETE FROM {{t:identity}} WHERE entity_id IN ({list})"),
             format!("DELETE FROM {{t:entities}} WHERE entity_id IN ({list})"),
+            // Requests keep their positions (builds count applied requests by position); only
+            // what names the members goes.
             format!(
-                "DELETE FROM {{t:rebuild_requests}} WHERE loser IN ({list}) OR winner IN ({list}) OR entity_id IN ({list})"
+                "UPDATE {{t:rebuild_requests}} SET kind = '{ERASED}', loser = NULL, winner = NULL, entity_type = NULL, entity_id = NULL, timestamp = NULL
+                 WHERE loser IN ({list}) OR winner IN ({list}) OR entity_id IN ({list})"
             ),
             format!("DELETE FROM {{t:working_state}} WHERE entity_id IN ({list})"),
         ] {

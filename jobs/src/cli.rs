@@ -19,6 +19,7 @@ use crate::jobs::maintain::MaintainArgs;
 use crate::jobs::merge::MergeArgs;
 use crate::jobs::normalize::NormalizeArgs;
 use crate::jobs::query::QueryArgs;
+use crate::jobs::redact::RedactArgs;
 use crate::jobs::resolve::ResolveArgs;
 use crate::jobs::status::StatusArgs;
 use crate::jobs::table::TableArgs;
@@ -27,7 +28,7 @@ use crate::jobs::timeline::TimelineArgs;
 use crate::jobs::validate::{self, ValidateArgs};
 use crate::jobs::{
     assert, build, definitions, erase, export, ingest, inspect, maintain, merge, normalize, query,
-    resolve, status, table, tick, timeline,
+    redact, resolve, status, table, tick, timeline,
 };
 
 #[derive(Debug, Parser)]
@@ -150,6 +151,8 @@ pub enum Command {
     Tick(TickArgs),
     /// Erase an entity (and the entities merged into it) everywhere, physically.
     Erase(EraseArgs),
+    /// Redact an entity's sensitive values in its ledger rows and rebuild its history.
+    Redact(RedactArgs),
     /// Export history to the warehouse (catalog database), Parquet, CSV, Delta or graph JSON.
     Export(ExportArgs),
     /// Run a read-only SQL query over the state tables of the active version.
@@ -218,6 +221,7 @@ fn run(cli: &Cli) -> Result<i32, Error> {
             Command::Table(args) => table::run(g, args).await,
             Command::Export(args) => export::run(g, args).await,
             Command::Erase(args) => erase::run(g, args).await,
+            Command::Redact(args) => redact::run(g, args).await,
             Command::Query(args) => query::run(g, args).await,
             Command::Identity(args) => inspect::identity(g, args).await,
             Command::Ledger(args) => inspect::ledger(g, args).await,

@@ -29,6 +29,8 @@ pub mod tables {
     pub const EVENTS: &str = "ledger/events";
     pub const ASSIGNMENTS: &str = "ledger/assignments";
     pub const DEAD_LETTERS: &str = "ledger/dead_letters";
+    /// What redacted ledger rows keep across renormalizations (PIPELINE.md §12.2).
+    pub const REDACTIONS: &str = "ledger/redactions";
 
     /// `state/<version>/<entity>_history`.
     pub fn history(version: &str, entity: &str) -> String {

@@ -67,6 +67,26 @@ pub static DEAD_LETTERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `ledger/redactions`: per redacted sequence, its `Kept` entry as JSON.
+pub static REDACTIONS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("sequence", DataType::Int64, false),
+        Field::new("kept", DataType::Utf8, false),
+    ]))
+});
+
+pub fn redactions_batch(rows: &[(i64, String)]) -> Result<RecordBatch> {
+    batch(
+        &REDACTIONS_SCHEMA,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+        ],
+    )
+}
+
 /// A record of `ledger/raw`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawRecord {

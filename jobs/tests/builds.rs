@@ -826,11 +826,11 @@ fn customer_rows(dir: &Dir) -> Vec<Json> {
 
 // CONTRACTS J5, CONTRACTS J6: resolve once, then build per shard; a merge whose loser and winner
 // live in different shards is applied by each shard to the ids it owns.
-#[test]
-fn merges_across_shards() {
+/// The three ingest calls of J5 and J6.
+fn j6_calls() -> [Vec<String>; 3] {
     let signup = |ts: &str, extra: Json| app("signup", ts, extra);
     let login = |ts: &str, who: &str| app("login", ts, json!({"email": who, "n": 1}));
-    let calls = [
+    [
         vec![
             signup("01-01T00:00", json!({"email": "a@x.com"})),
             signup("01-02T00:00", json!({"email": "b@x.com"})),
@@ -845,7 +845,12 @@ fn merges_across_shards() {
             "01-06T00:00",
             json!({"email": "a@x.com", "phone": "666"}),
         )],
-    ];
+    ]
+}
+
+#[test]
+fn merges_across_shards() {
+    let calls = j6_calls();
     let dir = Dir::from_fixture("cust");
     ingest(&dir, &calls[0]);
     run(&dir, &["resolve"]);
@@ -901,6 +906,118 @@ fn merges_across_shards() {
         build(&single, as_of);
     }
     assert_eq!(customer_rows(&single), rows);
+}
+
+// CONTRACTS J7, CONTRACTS I12: merge and redact on a sharded version leave the rebuilds to the
+// shards; erase does everything at once, and only when it can take every shard's lease.
+#[test]
+fn commands_on_a_sharded_version() {
+    let calls = j6_calls();
+    let dir = Dir::from_fixture("cust");
+    for (call, as_of) in calls.iter().zip(["01-02", "01-05", "01-07"]) {
+        ingest(&dir, call);
+        run(&dir, &["resolve"]);
+        shard(&dir, 0, as_of);
+        shard(&dir, 1, as_of);
+    }
+    let eb = run(&dir, &["identity", "lookup", "b@x.com", "--format", "json"])["entity_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = customer_rows(&dir);
+    let m = run(&dir, &["merge", &eb, EA, "--as-of", "2024-01-10T00:00:00Z"]);
+    assert_eq!(
+        (
+            &m["events_reassigned"],
+            &m["entities_rebuilt"],
+            &m["tombstones_produced"]
+        ),
+        (&json!(2), &json!(0), &json!(0)),
+        "{m}"
+    );
+    assert_eq!(customer_rows(&dir), before, "the shards apply the merge");
+    shard(&dir, 1, "01-11");
+    shard(&dir, 0, "01-11");
+    let rows = customer_rows(&dir);
+    let eb_last = rows.iter().filter(|r| r[0] == eb.as_str()).last().unwrap();
+    assert_eq!(
+        (&eb_last[5], &eb_last[6]),
+        (&json!("2024-01-10T00:00:00Z"), &json!(EA))
+    );
+    let current = run(&dir, &["table", "customer", "--format", "json"]);
+    let ea = current
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["customer_id"] == EA)
+        .unwrap();
+    assert_eq!(ea["logins"], 2);
+
+    // redact rewrites the ledger at once; shard 0 rebuilds EA's history at its next build.
+    let r = run(&dir, &["redact", EA]);
+    assert_eq!(r["rebuilt"], false, "{r}");
+    assert_ne!(r["rows_redacted"], 0);
+    shard(&dir, 0, "01-11");
+    let current = run(&dir, &["table", "customer", "--format", "json"]);
+    let ea = current
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["customer_id"] == EA)
+        .unwrap();
+    assert_eq!(ea["email"], "[REDACTED]");
+
+    // erase needs every lease: with shard 1's held, it fails at once and changes nothing.
+    let version = run(&dir, &["status"])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lease = format!("build:{version}_s1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let database = format!(
+        "sqlite://{}",
+        dir.path().join(".defacto/defacto.db").display()
+    );
+    let catalog = rt
+        .block_on(defacto_jobs::catalog::Catalog::connect(
+            &database, "defacto",
+        ))
+        .unwrap();
+    rt.block_on(catalog.take_lease(
+        &lease,
+        "build@elsewhere:1",
+        std::time::Duration::from_secs(300),
+    ))
+    .unwrap();
+    let held = TestCommand::new(&dir).args(["erase", EA]).run();
+    held.assert_code(1);
+    assert!(
+        held.stderr.contains("StorageError") && held.stderr.contains(&format!("{version}_s1")),
+        "{}",
+        held.stderr
+    );
+    let rows = customer_rows(&dir);
+    assert!(rows.iter().any(|r| r[0] == EA));
+    rt.block_on(catalog.release_lease(&lease, "build@elsewhere:1"))
+        .unwrap();
+
+    let r = run(&dir, &["erase", EA]);
+    assert_eq!(
+        (
+            &r["entities_erased"],
+            &r["events_deleted"],
+            &r["merge_log_cleaned"]
+        ),
+        (&json!(3), &json!(7), &json!(2)),
+        "{r}"
+    );
+    assert_eq!(
+        customer_rows(&dir),
+        Vec::<Json>::new(),
+        "no row of EA, P6 or Eb is left"
+    );
+    assert_eq!(shard(&dir, 0, "01-12")["mode"], "SKIP");
+    assert_eq!(shard(&dir, 1, "01-12")["mode"], "SKIP");
 }
 
 // CONTRACTS K9, CONTRACTS K5 (through the command line)

@@ -339,40 +339,54 @@ fn erase_of_an_unknown_id_changes_nothing() {
     );
 }
 
-/// An erase killed at various points, then run again, completes with nothing half-deleted.
+/// An erase that dies at each step (DEFACTO_CRASH_AT aborts the process there), then runs
+/// again, completes: the same result, nothing of the entity left, the others intact.
 #[test]
 fn an_interrupted_erase_completes_when_run_again() {
-    for delay_ms in [150u64, 600, 1500] {
+    for point in [
+        "erase-after-plan",
+        "erase-after-assignments",
+        "erase-after-ledger",
+        "erase-after-history",
+        "erase-after-catalog",
+        "erase-during-purge",
+    ] {
         let dir = i1(Backend::Sqlite);
-        let mut child = TestCommand::new(&dir).args(["erase", A]).spawn();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let finished_first = child.wait().unwrap().success();
-        let again = TestCommand::new(&dir).args(["erase", A]).run();
-        // A killed run leaves its leases behind until they expire or their holder is seen to
-        // be dead; either the re-run completes, or the first run had already finished.
-        assert!(
-            again.code == 0
-                || (again.stderr.contains("NotFoundError") && finished_first)
-                || again.stderr.contains("NotFoundError"),
-            "after {delay_ms} ms: {}",
-            again.stderr
+        run(&dir, &["export", "--format", "warehouse"]);
+        let crashed = TestCommand::new(&dir)
+            .env("DEFACTO_CRASH_AT", point)
+            .args(["erase", A])
+            .run();
+        assert_ne!(crashed.code, 0, "{point}: the crash hook did not fire");
+        let r = run(&dir, &["erase", A]);
+        assert_eq!(
+            (r["entities_erased"].as_u64(), r["events_deleted"].as_u64()),
+            (Some(1), Some(3)),
+            "{point}: {r}"
         );
-        let lake = every_byte(&dir.path().join(".defacto/lake")).to_lowercase();
+        let lake = every_byte(&dir.path().join(".defacto/lake"));
         assert!(
-            !lake.contains("alice@x.com"),
-            "after {delay_ms} ms: erased data survived"
+            !lake.to_lowercase().contains("alice@x.com") && !lake.contains(A),
+            "{point}: erased data survived in the lake"
+        );
+        let db = std::fs::read(dir.path().join(".defacto/defacto.db")).unwrap();
+        let db = String::from_utf8_lossy(&db).to_lowercase();
+        assert!(
+            !db.contains("alice@x.com") && !db.contains(A),
+            "{point}: erased data survived in the catalog"
         );
         assert_eq!(
             ids(
                 &run(&dir, &["table", "customer", "--format", "json"]),
                 "customer_id"
             ),
-            vec![B]
+            vec![B],
+            "{point}"
         );
         assert_eq!(
             run(&dir, &["ledger", "count", "--format", "json"]),
-            json!({"count": 1})
+            json!({"count": 1}),
+            "{point}"
         );
     }
 }

@@ -17,7 +17,7 @@ use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::{timestamp_text, Instant};
 
-use crate::catalog::{parse_instant, VersionRow, EXPLICIT_MERGE, IDENTITY_MERGE};
+use crate::catalog::{parse_instant, VersionRow, ERASED, EXPLICIT_MERGE, IDENTITY_MERGE, REDACT};
 use crate::cli::{Global, ShardArgs};
 use crate::context::{build_lease, Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
@@ -89,6 +89,15 @@ pub fn state_key(version: &str, shard: Option<u32>) -> String {
         Some(i) => format!("{version}_s{i}"),
         None => version.to_string(),
     }
+}
+
+/// Whether `version` is built unsharded (or not built yet): then commands that change an
+/// entity (`merge`, `redact`) rebuild it at once; a sharded version leaves that to the
+/// shards' next builds (PIPELINE.md §14, CONTRACTS J7).
+pub async fn built_unsharded(ctx: &Context, version: &str) -> Result<bool> {
+    let keys = ctx.catalog.build_state_keys().await?;
+    let shard_prefix = format!("{version}_s");
+    Ok(keys.iter().any(|k| k == version) || !keys.iter().any(|k| k.starts_with(&shard_prefix)))
 }
 
 /// A version's definitions: the folder's when it is the folder's version, else the stored
@@ -163,7 +172,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         .last()
         .map_or(state.requests_applied, |r| r.position);
     let mode = match mode {
-        BuildMode::Skip if !requests.is_empty() => BuildMode::Incremental,
+        BuildMode::Skip if requests.iter().any(|r| r.kind != ERASED) => BuildMode::Incremental,
         m => m,
     };
     if mode == BuildMode::Skip {
@@ -199,6 +208,11 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
             ))
         })
         .collect();
+    let rebuilds: Vec<EntityKey> = requests
+        .iter()
+        .filter(|r| r.kind == REDACT)
+        .filter_map(|r| Some((r.entity_type.clone()?, r.entity_id.clone()?)))
+        .collect();
     let owns = move |id: &str| shard.is_none_or(|(i, n)| shard_of(id, n) == i);
     let plan = BuildPlan {
         mode,
@@ -207,6 +221,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         resolve_cursor: rs.cursor,
         watermark: state.watermark.as_deref().map(parse_instant).transpose()?,
         merges,
+        rebuilds,
     };
     let (mut inputs, mut slots) = if mode.is_full() {
         (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
@@ -226,6 +241,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
             touched.insert((ty.clone(), m.from.clone()));
             touched.insert((ty.clone(), m.into.clone()));
         }
+        touched.extend(plan.rebuilds.iter().cloned());
         let slots = ctx
             .catalog
             .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
@@ -312,7 +328,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
 
 /// A test hook: `DEFACTO_CRASH_AT=<point>` aborts the process there, as a crash would
 /// (no destructors, no cleanup), so tests can check that the next run repairs everything.
-fn crash_point(point: &str) {
+pub(crate) fn crash_point(point: &str) {
     if std::env::var("DEFACTO_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("crashing at {point} (DEFACTO_CRASH_AT)");
         std::process::abort();
@@ -379,6 +395,7 @@ impl Loaded {
                 rebuild.insert((ty.clone(), id.clone()));
             }
         }
+        rebuild.extend(plan.rebuilds.iter().cloned());
         let mut ids: BTreeSet<String> = BTreeSet::new();
         for (_, id) in &rebuild {
             let mut stack = vec![id.clone()];

@@ -23,9 +23,11 @@ use crate::cli::Global;
 use crate::context::{build_lease, default_database, Context, DeadLetterSink, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::history_table::{relationship_types, sql_list};
-use crate::jobs::build::{parse_as_of, version_definitions};
+use crate::jobs::build::{crash_point, parse_as_of, version_definitions};
 use crate::lake::tables;
-use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA, DEAD_LETTERS_SCHEMA, EVENTS_SCHEMA, RAW_SCHEMA};
+use crate::ledger::{
+    Columns, ASSIGNMENTS_SCHEMA, DEAD_LETTERS_SCHEMA, EVENTS_SCHEMA, RAW_SCHEMA, REDACTIONS_SCHEMA,
+};
 use crate::warehouse::Warehouse;
 
 #[derive(Debug, Args)]
@@ -101,6 +103,7 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
             ctx.catalog
                 .put_erasure(id, &serde_json::to_string(&plan).expect("plan serializes"))
                 .await?;
+            crash_point("erase-after-plan");
             plan
         }
     };
@@ -136,6 +139,7 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
                 vec![crate::ledger::assignments_batch(&rows)?],
             )
             .await?;
+        crash_point("erase-after-assignments");
         let surviving: BTreeSet<i64> = plan
             .assignments
             .iter()
@@ -154,6 +158,21 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
             .replace_where(tables::EVENTS, &predicate, kept)
             .await?;
         changed_tables.push(tables::EVENTS.into());
+        // What redacted rows keep (their first hints) goes or is scrubbed with them.
+        if ctx.lake.open(tables::REDACTIONS).await?.is_some() {
+            let rows = read(ctx, tables::REDACTIONS, &REDACTIONS_SCHEMA, &predicate).await?;
+            let kept = keep_rows(
+                &REDACTIONS_SCHEMA,
+                &rows,
+                |b, i| Ok(surviving.contains(&seq(b, i)?)),
+                &["kept"],
+                &erased,
+            )?;
+            ctx.lake
+                .replace_where(tables::REDACTIONS, &predicate, kept)
+                .await?;
+            changed_tables.push(tables::REDACTIONS.into());
+        }
     }
     changed_tables.push(tables::ASSIGNMENTS.into());
     // Raw records: those of the sequences above, and those without a ledger row (failed,
@@ -224,6 +243,7 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
     changed_tables.push(tables::RAW.into());
     erase_dead_letters(ctx, &members, &erased).await?;
     changed_tables.push(tables::DEAD_LETTERS.into());
+    crash_point("erase-after-ledger");
 
     // History of every version, and the warehouse tables exported from it.
     for (row, defs) in rows.iter().zip(&versions) {
@@ -268,6 +288,7 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
         warehouse_tables.push(wh.t(&table));
     }
 
+    crash_point("erase-after-history");
     // The catalog, in one transaction, then the physical clean-up everywhere.
     let scrub = |text: &str| rewrite_run_log(text, &members, &erased);
     plan.result.merge_log_cleaned += ctx.catalog.erase_entities(&plan.members, &scrub).await?;
@@ -275,11 +296,15 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
     ctx.catalog
         .put_erasure(id, &serde_json::to_string(&plan).expect("plan serializes"))
         .await?;
+    crash_point("erase-after-catalog");
     changed_tables.sort();
     changed_tables.dedup();
-    for table in &changed_tables {
+    for (i, table) in changed_tables.iter().enumerate() {
         ctx.lake.purge(table).await?;
         ctx.renew_leases().await?;
+        if i == 0 {
+            crash_point("erase-during-purge");
+        }
     }
     ctx.catalog.drop_erasure(id).await?;
     ctx.catalog.reclaim(&warehouse_tables).await?;

@@ -134,13 +134,19 @@ impl Source {
             .join(", ")
     }
 
-    fn select(&self, from: &str, history: bool) -> String {
+    /// Files get their rows sorted by key; a warehouse table does not need it.
+    fn select(&self, from: &str, history: bool, sorted: bool) -> String {
         let filter = if history {
             ""
         } else {
             " WHERE valid_to IS NULL"
         };
-        format!("SELECT * FROM {from}{filter} ORDER BY {}", self.order())
+        let order = if sorted {
+            format!(" ORDER BY {}", self.order())
+        } else {
+            String::new()
+        };
+        format!("SELECT * FROM {from}{filter}{order}")
     }
 }
 
@@ -188,10 +194,19 @@ fn sources(defs: &Definitions, version: &str, selected: &[String]) -> Result<Vec
 }
 
 async fn read(lake: &Lake, source: &Source, history: bool) -> Result<Batches<'static>> {
+    read_rows(lake, source, history, true).await
+}
+
+async fn read_rows(
+    lake: &Lake,
+    source: &Source,
+    history: bool,
+    sorted: bool,
+) -> Result<Batches<'static>> {
     let stream = lake
         .query(
             &[("h", &source.lake_table, source.schema.clone())],
-            &source.select("h", history),
+            &source.select("h", history, sorted),
         )
         .await?;
     Ok(conformed(stream, source))
@@ -340,7 +355,7 @@ async fn full_load(
     spec: &TableSpec,
     source: &Source,
 ) -> Result<(&'static str, u64, u64)> {
-    let batches = read(&ctx.lake, source, true).await?;
+    let batches = read_rows(&ctx.lake, source, true, false).await?;
     let (rows, bytes) = wh.load_full(spec, batches).await?;
     Ok(("full", rows, bytes))
 }
@@ -398,10 +413,7 @@ async fn changed_rows(
     session
         .register_table("changed_ids", Arc::new(changed))
         .map_err(query_failed)?;
-    let rows = format!(
-        "SELECT * FROM new_rows WHERE {id} IN (SELECT id FROM changed_ids) ORDER BY {}",
-        source.order()
-    );
+    let rows = format!("SELECT * FROM new_rows WHERE {id} IN (SELECT id FROM changed_ids)");
     let stream = session
         .sql(&rows)
         .await

@@ -60,6 +60,11 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
     normalize_pending(ctx).await?;
     let catch_up = BuildArgs::at(ctx.as_of);
     let active = ctx.catalog.active_version().await?;
+    // A sharded version applies the merge at its shards' next builds (CONTRACTS J7).
+    let active = match active {
+        Some(a) if build::built_unsharded(ctx, &a.version).await? => Some(a),
+        _ => None,
+    };
     if active.is_some() {
         build::build(
             ctx,
@@ -159,7 +164,8 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
             .await?;
     }
 
-    // The active version, when built unsharded, applies the request at once.
+    // The active version, when built unsharded, applies the request at once; other versions
+    // and shards at their next build.
     if let Some(active) = active {
         let rebuilt = build::build(
             ctx,

@@ -11,6 +11,7 @@ pub mod maintain;
 pub mod merge;
 pub mod normalize;
 pub mod query;
+pub mod redact;
 pub mod resolve;
 pub mod status;
 pub mod table;

@@ -3,10 +3,10 @@
 //! dead letters, and the cursor moves to the highest sequence processed (PIPELINE.md §1, §2).
 //! `--from-raw` renormalizes every raw record and replaces `ledger/events` in one commit.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use clap::Args;
-use defacto_core::normalize::{normalize_call, NormalizedEvent, Normalizer};
+use defacto_core::normalize::{normalize_call_kept, Kept, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
 
 use crate::catalog::NORMALIZE_CURSOR;
@@ -14,7 +14,9 @@ use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::Result;
 use crate::lake::tables;
-use crate::ledger::{events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA};
+use crate::ledger::{
+    events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA, REDACTIONS_SCHEMA,
+};
 
 #[derive(Debug, Args)]
 pub struct NormalizeArgs {
@@ -86,6 +88,7 @@ pub fn normalize_calls(
     ctx: &Context,
     records: &[RawRecord],
     known: &mut HashSet<String>,
+    kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
 ) -> Normalized {
     let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
@@ -119,7 +122,12 @@ pub fn normalize_calls(
                 }
             }
         });
-        let call = normalize_call(&normalizer, parsed, |id| known.contains(id));
+        let call = normalize_call_kept(
+            &normalizer,
+            parsed,
+            |id| known.contains(id),
+            |s| kept.get(&s),
+        );
         failures.append(&mut unreadable);
         failures.extend(call.failures.into_iter().map(|(s, f)| (Some(s), f)));
         result.duplicates_skipped += call.duplicate_ids.len() as u64;
@@ -154,7 +162,8 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
     if records.is_empty() {
         return Ok(result);
     }
-    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &mut result);
+    let (accepted, failures) =
+        normalize_calls(ctx, &records, &mut known, &BTreeMap::new(), &mut result);
     write_events(ctx, &accepted, false).await?;
     write_dead_letters(ctx, &failures).await?;
     let head = records.last().map_or(cursor, |r| r.sequence);
@@ -166,14 +175,42 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
 /// events table is replaced in one commit. Returns the failures.
 pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
     let records = raw_records(ctx, 0).await?;
+    let kept = kept_entries(ctx).await?;
     let mut known = HashSet::new();
     let mut result = IngestResult::default();
-    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &mut result);
+    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &kept, &mut result);
     write_events(ctx, &accepted, true).await?;
     write_dead_letters(ctx, &failures).await?;
     let head = records.last().map_or(0, |r| r.sequence);
     ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
     Ok(result)
+}
+
+/// The `Kept` entries of redacted rows (`ledger/redactions`), by sequence.
+pub async fn kept_entries(ctx: &Context) -> Result<BTreeMap<i64, Kept>> {
+    let rows = ctx
+        .lake
+        .query_map(
+            &[("k", tables::REDACTIONS, REDACTIONS_SCHEMA.clone())],
+            "SELECT sequence, kept FROM k",
+            |b| {
+                let c = Columns::new(b);
+                let (seq, kept) = (c.i64("sequence")?, c.str("kept")?);
+                (0..b.num_rows())
+                    .map(|i| {
+                        serde_json::from_str(kept.value(i))
+                            .map(|k| (seq.value(i), k))
+                            .map_err(|e| {
+                                crate::error::Error::Storage(format!(
+                                    "Reading ledger/redactions failed: {e}"
+                                ))
+                            })
+                    })
+                    .collect()
+            },
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 pub async fn write_events(

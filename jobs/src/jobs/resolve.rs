@@ -181,6 +181,9 @@ fn record(state: &mut ResolveState, hashes: &Hashes, salt: &str) {
 /// from its data with the current identity definitions ([FIX P26]), every build dirty.
 async fn reset_identity(ctx: &Context) -> Result<()> {
     let events = events_after(ctx, 0).await?;
+    // A redacted row keeps the hints it had when first redacted (PIPELINE.md §12.2): its data
+    // holds only the redaction marker.
+    let kept = crate::jobs::normalize::kept_entries(ctx).await?;
     let recomputed: Vec<(i64, defacto_core::normalize::NormalizedEvent)> = events
         .into_iter()
         .map(|e| {
@@ -189,9 +192,12 @@ async fn reset_identity(ctx: &Context) -> Result<()> {
                 .sources
                 .get(&e.event.source)
                 .and_then(|s| s.events.get(&e.event.event_type));
-            let hints = def.map_or_else(Default::default, |d| {
-                extract_hints(&ctx.defs, d, &e.event.data, ctx.as_of)
-            });
+            let hints = match kept.get(&e.event.sequence) {
+                Some(k) => k.hints.clone(),
+                None => def.map_or_else(Default::default, |d| {
+                    extract_hints(&ctx.defs, d, &e.event.data, ctx.as_of)
+                }),
+            };
             (
                 e.event.sequence,
                 defacto_core::normalize::NormalizedEvent {
