@@ -16,7 +16,7 @@ from .errors import (BuildError, ConfigError, ConsumerError, DefactoError, Defin
                      IdentityError, IngestError, NotFoundError, QueryError, StorageError,
                      ValidationError)
 from .results import (BuildResult, BuildStatus, EraseResult, EventFailure, IngestResult,
-                      MergeResult, RegisterResult, TickResult, Timeline, TimelineEntry,
+                      MergeResult, RegisterResult, ResolveResult, TickResult, Timeline, TimelineEntry,
                       ValidationResult)
 from .tables import DefactoTable, TableCollection
 
@@ -26,6 +26,6 @@ __all__ = [
     "DefactoError", "ConfigError", "DefinitionError", "IngestError", "ValidationError",
     "BuildError", "StorageError", "IdentityError", "NotFoundError", "ConsumerError",
     "QueryError", "BuildResult", "BuildStatus", "EraseResult", "EventFailure", "IngestResult",
-    "MergeResult", "RegisterResult", "TickResult", "Timeline", "TimelineEntry",
+    "MergeResult", "RegisterResult", "ResolveResult", "TickResult", "Timeline", "TimelineEntry",
     "ValidationResult",
 ]

@@ -16,7 +16,7 @@ from . import _run
 from .definitions import ConfigLike, Definitions, as_definitions
 from .errors import ConfigError, DefinitionError, NotFoundError
 from .results import (BuildResult, BuildStatus, EraseResult, IngestResult, MergeResult,
-                      RegisterResult, TickResult, Timeline, ValidationResult)
+                      RegisterResult, ResolveResult, TickResult, Timeline, ValidationResult)
 from .tables import DefactoTable, Instant, TableCollection, instant_text
 
 _LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "WARN": "warn",
@@ -199,6 +199,15 @@ class Defacto:
         if as_of is not None:
             args += ["--as-of", instant_text(as_of)]
         return BuildResult.from_dict(self._json(args))
+
+    def resolve(self, from_raw: bool = False) -> ResolveResult:
+        """Resolves identity for new events (``defacto resolve``): run once before the
+        builds of the shards (``shard_id``/``total_shards``); an unsharded build does it
+        itself. Not in the seed, which has no shards of this kind."""
+        args = ["resolve"]
+        if from_raw:
+            args.append("--from-raw")
+        return ResolveResult.from_dict(self._json(args))
 
     def build_status(self, version: Optional[str] = None) -> BuildStatus:
         args = ["status", *self._shard()]

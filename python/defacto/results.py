@@ -86,6 +86,21 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class ResolveResult:
+    events_resolved: int = 0
+    merges_detected: int = 0
+    renormalized: bool = False
+    identity_reset: bool = False
+    events_failed: int = 0
+    failures: list[EventFailure] = field(default_factory=list)
+    duration_ms: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ResolveResult":
+        return _build(cls, data, failures=_failures)
+
+
+@dataclass(frozen=True)
 class TickResult:
     effects_produced: int = 0
     entities_affected: int = 0
