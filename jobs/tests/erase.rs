@@ -390,3 +390,33 @@ fn an_interrupted_erase_completes_when_run_again() {
         );
     }
 }
+
+// CONTRACTS I3: an event shared with another entity stays, with the erased values nulled.
+#[test]
+fn shared_events_survive_scrubbed() {
+    let dir = i1(Backend::Sqlite);
+    let order = json!({"event": "order.created", "created_at": "2024-01-03T11:00:00Z", "id": "o1",
+                       "customer_email": "Alice@X.com", "amount": 50});
+    dir.write("bill.jsonl", &format!("{order}\n"));
+    run(&dir, &["ingest", "--source", "billing", "bill.jsonl"]);
+    run(&dir, &["normalize"]);
+    run(&dir, &["build", "--as-of", "2024-01-06T00:00:00Z"]);
+    let placed = run(&dir, &["query", "SELECT target_id FROM rel_placed_by", "--format", "json"]);
+    assert_eq!(placed, json!([{"target_id": A}]));
+
+    let r = run(&dir, &["erase", A]);
+    assert_eq!(r["events_deleted"], 3, "{r}");
+    let orders = run(&dir, &["table", "order", "--format", "json"]);
+    assert_eq!(orders.as_array().unwrap().len(), 1, "the order stays current");
+    assert_eq!(run(&dir, &["query", "SELECT * FROM rel_placed_by_history", "--format", "json"]), json!([]));
+    assert_eq!(run(&dir, &["ledger", "count", "--format", "json"]), json!({"count": 2}), "bob's signup and the order");
+    let lake = every_byte(&dir.path().join(".defacto/lake")).to_lowercase();
+    assert!(!lake.contains("alice@x.com"), "the shared row still holds the erased email");
+    assert!(lake.contains("o1"), "the order's own values stay");
+
+    // Renormalized from raw, the order brings no customer back.
+    run(&dir, &["build", "--from-raw", "--as-of", "2024-01-06T00:00:00Z"]);
+    let customers = run(&dir, &["table", "customer", "--history", "--format", "json"]);
+    assert_eq!(ids(&customers, "customer_id"), vec![B], "{customers:#}");
+    assert_eq!(run(&dir, &["table", "order", "--format", "json"]).as_array().unwrap().len(), 1);
+}
