@@ -16,8 +16,8 @@ from .errors import (BuildError, ConfigError, ConsumerError, DefactoError, Defin
                      IdentityError, IngestError, NotFoundError, QueryError, StorageError,
                      ValidationError)
 from .results import (BuildResult, BuildStatus, EraseResult, EventFailure, IngestResult,
-                      MergeResult, RegisterResult, ResolveResult, TickResult, Timeline, TimelineEntry,
-                      ValidationResult)
+                      MergeResult, RegisterResult, ResolveResult, TickResult, Timeline,
+                      TimelineEntry, ValidationResult)
 from .tables import DefactoTable, TableCollection
 
 __all__ = [

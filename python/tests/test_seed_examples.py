@@ -179,6 +179,9 @@ def test_merge_and_erase(definitions, events):
         assert list(current["customer_id"]) == [alice]
         with_merged = d.table("customer").resolve_merges().execute()
         assert set(with_merged["customer_id"]) == {alice, bob}
+        # composed with SQL, the same rows come from a recursive query
+        resolved = d.table("customer").resolve_merges()
+        assert resolved.filter("TRUE").to_records() == resolved.to_records()
 
         erased = d.erase(alice)
         assert erased.entity_id == alice
