@@ -149,6 +149,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             Command::Table(args) => jobs::table::run(g, args).await,
             Command::Export(args) => jobs::export::run(g, args).await,
             Command::Erase(args) => jobs::erase::run(g, args).await,
+            Command::Redact(args) => jobs::redact::run(g, args).await,
             Command::Query(args) => jobs::query::run(g, args).await,
             Command::Identity(args) => jobs::inspect::identity(g, args).await,
             Command::Ledger(args) => jobs::inspect::ledger(g, args).await,
