@@ -3,6 +3,7 @@ with hadolint, the compose file with Docker Compose's own validation, and the ku
 manifests rendered by kustomize (kubectl's) and validated against the Kubernetes schemas
 (kubernetes-validate, which bundles them)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,47 @@ def test_overlays_set_image_and_namespace():
         for _, spec in pod_specs(docs):
             for c in spec.get("initContainers", []) + spec["containers"]:
                 assert c["image"] == image
+
+
+def build_stage_run_command() -> str:
+    """The shell command of the Dockerfile's build-stage RUN, without its BuildKit flags."""
+    text = (ROOT / "Dockerfile").read_text()
+    stage = text.split("FROM debian:bookworm-slim")[0]
+    run = stage[stage.index("\nRUN ") + 5 :]
+    joined = " ".join(part.strip() for part in run.split("\\\n"))
+    joined = joined.split("\n")[0]
+    return " ".join(w for w in joined.split() if not w.startswith("--mount="))
+
+
+def test_the_build_stage_commands_work_outside_docker(tmp_path):
+    """Runs the build stage's own RUN command outside Docker: cargo is a shim that checks the
+    exact arguments and runs the same build in the debug profile (a release build takes most
+    of an hour on a CI machine), so `--locked`, the package and the targets are real; the copy
+    and the links run as written, into a scratch folder instead of /out."""
+    command = build_stage_run_command()
+    assert command.startswith("cargo build --release --locked -p defacto-jobs --bins && ")
+    shim = tmp_path / "bin" / "cargo"
+    shim.parent.mkdir()
+    real_cargo = shutil.which("cargo")
+    target = Path.home() / ".cache" / "defacto-target"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        "set -euo pipefail\n"
+        '[[ "$*" == "build --release --locked -p defacto-jobs --bins" ]] || { echo "unexpected cargo $*" >&2; exit 9; }\n'
+        f'CARGO_TARGET_DIR="{target}" "{real_cargo}" build --locked -p defacto-jobs --bins --quiet\n'
+        'mkdir -p target/release\n'
+        f'cp "{target}/debug/defacto" target/release/defacto\n'
+    )
+    shim.chmod(0o755)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns("target", ".git", ".defacto*"))
+    out = tmp_path / "out"
+    script = command.replace("/out", str(out))
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", script], cwd=src, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["build", "defacto", "export", "normalize", "tick"]
+    for job in ("normalize", "build", "tick", "export"):
+        assert (out / job).is_symlink() and os.readlink(out / job) == "defacto"
+        help_text = subprocess.run([str(out / job), "--help"], capture_output=True, text=True).stdout
+        assert f"Usage: defacto {job} " in help_text, help_text[:300]

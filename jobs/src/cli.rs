@@ -272,6 +272,8 @@ pub fn main_from_env() -> i32 {
         })
         .unwrap_or_default();
     if let Some(job) = JOB_BINARIES.iter().find(|j| **j == invoked) {
+        // `build --help` shows `Usage: defacto build`: the job runs as the subcommand it is.
+        args[0] = OsString::from("defacto");
         args.insert(1, OsString::from(*job));
     }
     main_with_args(args)
