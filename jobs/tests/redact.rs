@@ -264,3 +264,35 @@ fn redacted_rows_survive_renormalization() {
         .iter()
         .all(|r| r["email"] == "[REDACTED]"));
 }
+
+/// A redact that dies at each step, then runs again, leaves the ledger and the history
+/// redacted, as one uninterrupted run does.
+#[test]
+fn an_interrupted_redact_completes_when_run_again() {
+    let expected = {
+        let dir = s1(|_| {});
+        run(&dir, &["redact", A, "--as-of", "2024-01-04T00:00:00Z"]);
+        history(&dir)
+    };
+    for point in [
+        "redact-after-kept",
+        "redact-after-events",
+        "redact-after-raw",
+        "redact-before-request",
+    ] {
+        let dir = s1(|_| {});
+        let crashed = TestCommand::new(&dir)
+            .env("DEFACTO_CRASH_AT", point)
+            .args(["redact", A, "--as-of", "2024-01-04T00:00:00Z"])
+            .run();
+        assert_ne!(crashed.code, 0, "{point}: the crash hook did not fire");
+        run(&dir, &["redact", A, "--as-of", "2024-01-04T00:00:00Z"]);
+        assert_eq!(history(&dir), expected, "{point}");
+        let data = ledger_json(&dir, tables::EVENTS, "data");
+        let raw = ledger_json(&dir, tables::RAW, "raw");
+        assert!(
+            data.iter().chain(&raw).all(|j| j["email"] == "[REDACTED]"),
+            "{point}"
+        );
+    }
+}

@@ -170,15 +170,24 @@ async fn redact(ctx: &Context, args: &RedactArgs) -> Result<RedactResult> {
                     vec![crate::ledger::redactions_batch(&rows)?],
                 )
                 .await?;
+            crate::jobs::build::crash_point("redact-after-kept");
         }
         if changed_any {
             ctx.lake.replace_where(table, &predicate, out).await?;
+            crate::jobs::build::crash_point(&format!(
+                "redact-after-{}",
+                table.trim_start_matches("ledger/")
+            ));
         }
     }
     result.rows_redacted = redacted_rows.len() as u64;
-    if result.rows_redacted == 0 {
+    // An entity redacted before (by a run that may have died before its rebuild) is rebuilt
+    // again; one with nothing redacted ever is left alone.
+    let redacted_before = assignments.iter().any(|(s, _, _)| kept.contains_key(s));
+    if result.rows_redacted == 0 && !redacted_before {
         return Ok(result);
     }
+    crate::jobs::build::crash_point("redact-before-request");
     // Every version and shard rebuilds the entity at its next build; the active version, when
     // built unsharded, at once.
     ctx.catalog
