@@ -258,12 +258,10 @@ impl Warehouse {
                 )];
                 prepare.extend(self.index_sql(spec, &stage, "__load"));
                 prepare.push(format!("ANALYZE {}", self.t(&stage)));
-                for sql in prepare {
-                    exec(&sql)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(|e| db("Indexing a staging table", e))?;
-                }
+                // One transaction, so the sort memory set for the index builds applies to them.
+                prepare.insert(0, "SET LOCAL maintenance_work_mem = '256MB'".into());
+                self.transaction("Indexing a staging table", &prepare)
+                    .await?;
                 swap.push(format!(
                     "ALTER TABLE {} RENAME TO {}",
                     self.t(&stage),
