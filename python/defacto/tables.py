@@ -58,7 +58,8 @@ class DefactoTable:
                  query: Optional[str] = None, history: bool = False,
                  as_of: Optional[str] = None, resolve_merges: bool = False,
                  filters: tuple[str, ...] = (), columns: tuple[str, ...] = (),
-                 order: tuple[str, ...] = (), limit: Optional[int] = None) -> None:
+                 order: tuple[str, ...] = (), limit: Optional[int] = None,
+                 inner: Optional[str] = None) -> None:
         self._d = defacto
         self._entity = entity
         self._query = query
@@ -69,13 +70,26 @@ class DefactoTable:
         self._columns = columns
         self._order = order
         self._limit = limit
+        # SQL of earlier steps that this step reads as a subquery (see _wrapped)
+        self._inner = inner
 
     def _with(self, **changes: Any) -> "DefactoTable":
         state = dict(entity=self._entity, query=self._query, history=self._history,
                      as_of=self._as_of, resolve_merges=self._resolve, filters=self._filters,
-                     columns=self._columns, order=self._order, limit=self._limit)
+                     columns=self._columns, order=self._order, limit=self._limit,
+                     inner=self._inner)
         state.update(changes)
         return DefactoTable(self._d, **state)
+
+    def _wrapped(self) -> "DefactoTable":
+        """This table's rows as the input of a new step: SQL evaluates WHERE before SELECT and
+        LIMIT last, so a filter after a select (or anything after a limit) reads the
+        earlier steps as a subquery."""
+        return self._with(filters=(), columns=(), order=(), limit=None, inner=self.sql())
+
+    def _base_step(self, what: str) -> None:
+        if self._inner is not None:
+            raise QueryError(f"{what}() goes before filter/select/mutate/order_by/limit")
 
     # ---- building ----------------------------------------------------------------------
 
@@ -83,34 +97,47 @@ class DefactoTable:
         """The state at ``timestamp``: the rows valid then (use on ``history()``)."""
         if self._entity is None:
             raise QueryError("as_of() applies to entity tables, not to query()")
+        self._base_step("as_of")
         return self._with(as_of=instant_text(timestamp), history=False)
 
     def resolve_merges(self) -> "DefactoTable":
         """Also the rows of the entities merged (transitively) into the entities shown."""
         if self._entity is None:
             raise QueryError("resolve_merges() applies to entity tables, not to query()")
+        self._base_step("resolve_merges")
         return self._with(resolve_merges=True)
 
     def filter(self, *predicates: str) -> "DefactoTable":
         """Keeps the rows for which every SQL predicate holds, e.g. ``"mrr > 100"``."""
-        return self._with(filters=self._filters + tuple(str(p) for p in predicates))
+        t = self._wrapped() if self._columns or self._limit is not None else self
+        return t._with(filters=t._filters + tuple(str(p) for p in predicates))
 
     def select(self, *columns: str) -> "DefactoTable":
         """Only these SQL expressions as columns, e.g. ``"customer_id"``, ``"mrr * 12 AS arr"``."""
-        return self._with(columns=tuple(str(c) for c in columns))
+        t = self._wrapped() if self._columns or self._limit is not None else self
+        return t._with(columns=tuple(str(c) for c in columns))
+
+    def mutate(self, **columns: str) -> "DefactoTable":
+        """Adds computed columns: ``mutate(arr="mrr * 12")`` (SQL expressions by name)."""
+        t = self._wrapped() if self._columns or self._limit is not None else self
+        added = tuple(f"{expr} AS {_quote(name)}" for name, expr in columns.items())
+        return t._with(columns=("*",) + added)
 
     def order_by(self, *keys: str) -> "DefactoTable":
         """Orders by these SQL expressions, e.g. ``"mrr DESC"``."""
-        return self._with(order=tuple(str(k) for k in keys))
+        t = self._wrapped() if self._limit is not None else self
+        return t._with(order=tuple(str(k) for k in keys))
 
     def limit(self, n: int) -> "DefactoTable":
-        return self._with(limit=int(n))
+        n = int(n) if self._limit is None else min(int(n), self._limit)
+        return self._with(limit=n)
 
     # ---- SQL ---------------------------------------------------------------------------
 
     def _composed(self) -> bool:
         """Whether filter/select/order_by/limit were applied."""
-        return bool(self._filters or self._columns or self._order or self._limit is not None)
+        return bool(self._filters or self._columns or self._order or self._limit is not None
+                    or self._inner is not None)
 
     def _plain(self) -> bool:
         """An entity table as ``defacto table`` shows it."""
@@ -144,8 +171,8 @@ class DefactoTable:
     def sql(self) -> str:
         """The SQL these rows come from (DataFusion dialect, over the tables ``defacto query``
         knows: ``<entity>``, ``<entity>_history``, ``rel_<type>``, ``rel_<type>_history``)."""
-        base = self._base()
-        if self._entity is not None:
+        base = self._base() if self._inner is None else self._inner
+        if self._entity is not None and self._inner is None:
             default_order = (_quote(f"{self._entity}_id"), "valid_from")
         else:
             default_order = ()

@@ -35,6 +35,28 @@ def test_filter_select_order_by_compose_sql(d):
                                           {"customer_state": "churned", "n": 1}]
 
 
+def test_mutate_adds_computed_columns(d):
+    df = (d.table("customer").mutate(arr="mrr * 12").filter("arr > 0")
+          .select("email", "arr").execute())
+    assert df.to_dict("records") == [{"email": "alice@example.com", "arr": 1188.0}]
+    wide = d.table("customer").mutate(arr="mrr * 12").execute()
+    assert "arr" in wide.columns and "customer_id" in wide.columns
+
+
+def test_steps_apply_in_the_order_written(d):
+    history = d.history("customer")
+    # the first two rows by valid_from, then only those with mrr > 0
+    first_two = history.order_by("valid_from").limit(2).filter("mrr > 0")
+    assert len(first_two.execute()) == 0
+    # rows with mrr > 0, then the first two of them
+    assert len(history.filter("mrr > 0").order_by("valid_from").limit(2).execute()) == 1
+    assert history.limit(3).limit(5).execute().shape[0] == 3
+    renamed = history.select("email AS who").filter("who LIKE 'bob%'").execute()
+    assert list(renamed["who"]) == ["bob@example.com", "bob@example.com"]
+    with pytest.raises(Exception, match="goes before"):
+        history.select("email").filter("TRUE").as_of("2024-01-15")
+
+
 def test_methods_return_new_tables(d):
     base = d.table("customer")
     filtered = base.filter("customer_state = 'active'")
