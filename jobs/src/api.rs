@@ -12,9 +12,8 @@ use clap::Parser;
 use deltalake::arrow::ipc::writer::StreamWriter;
 use deltalake::arrow::record_batch::RecordBatch;
 
-use crate::cli::{Cli, Command, Global, LogFormat};
+use crate::cli::{Cli, Command, Global};
 use crate::error::{Error, Result};
-use crate::jobs;
 use crate::output;
 
 /// What one command produced.
@@ -92,7 +91,8 @@ fn empty_stream(global: &Global, sql: &str) -> Result<Vec<u8>> {
     let schema = runtime.block_on(async {
         let ctx = crate::context::Context::open(global, "query", None).await?;
         let (row, defs) = ctx.active_definitions().await?;
-        let (session, _) = jobs::query::state_session(&ctx.lake, &defs, &row.version).await?;
+        let (session, _) =
+            crate::jobs::query::state_session(&ctx.lake, &defs, &row.version).await?;
         let df = session
             .sql(sql)
             .await
@@ -123,67 +123,9 @@ pub fn ipc_stream(batches: &[RecordBatch]) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The command's job, as `cli::main_with_args` runs it: validate without a runtime, every
-/// other job on a multi-threaded runtime whose future is polled on this thread (which is what
-/// lets `output::capture` see the job's output).
-#[allow(unreachable_patterns)]
+/// The command's job, exactly as the binary runs it.
 fn dispatch(cli: &Cli) -> Result<i32> {
-    init_logging(&cli.global);
-    if let Command::Validate(args) = &cli.command {
-        return jobs::validate::run(&cli.global, args);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let g = &cli.global;
-    let outcome = runtime.block_on(async {
-        match &cli.command {
-            Command::Validate(args) => jobs::validate::run(g, args),
-            Command::Ingest(args) => jobs::ingest::run(g, args).await,
-            Command::Normalize(args) => jobs::normalize::run(g, args).await,
-            Command::Resolve(args) => jobs::resolve::run(g, args).await,
-            Command::Build(args) => jobs::build::run(g, args).await,
-            Command::Tick(args) => jobs::tick::run(g, args).await,
-            Command::Status(args) => jobs::status::run(g, args).await,
-            Command::Table(args) => jobs::table::run(g, args).await,
-            Command::Export(args) => jobs::export::run(g, args).await,
-            Command::Erase(args) => jobs::erase::run(g, args).await,
-            Command::Redact(args) => jobs::redact::run(g, args).await,
-            Command::Query(args) => jobs::query::run(g, args).await,
-            Command::Identity(args) => jobs::inspect::identity(g, args).await,
-            Command::Ledger(args) => jobs::inspect::ledger(g, args).await,
-            Command::Maintain(args) => jobs::maintain::run(g, args).await,
-            Command::Definitions(args) => jobs::definitions::run(g, args).await,
-            Command::Merge(args) => jobs::merge::run(g, args).await,
-            Command::Assert(args) => jobs::assert::run(g, args).await,
-            Command::Timeline(args) => jobs::timeline::run(g, args).await,
-            // A command added to the CLI after this list: say so rather than fail to build.
-            _ => Err(Error::Config(
-                "this command is not available in-process yet (api::dispatch)".into(),
-            )),
-        }
-    });
-    // As in the binary: a background task that outlives the job must not hold the caller.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    outcome
-}
-
-/// Logs go to stderr, as in the binary. The first call of the process sets the level and
-/// format; later calls keep them (a global subscriber is set once).
-fn init_logging(global: &Global) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "defacto_jobs={0},defacto_core={0},warn,buoyant_kernel=off",
-        global.log_level
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match global.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Console => builder.try_init(),
-    };
+    crate::cli::run(cli)
 }
 
 /// The kind of an error as the bindings name their exception classes (RESULTS.md §11).

@@ -199,7 +199,10 @@ where
     }
 }
 
-fn run(cli: &Cli) -> Result<i32, Error> {
+/// Runs a parsed command: `validate` without a runtime, every other job on a multi-threaded
+/// runtime whose future is polled on the calling thread (so `output::capture` in the
+/// in-process API sees the job's output).
+pub fn run(cli: &Cli) -> Result<i32, Error> {
     init_logging(&cli.global);
     if let Command::Validate(args) = &cli.command {
         return validate::run(&cli.global, args);

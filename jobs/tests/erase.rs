@@ -6,27 +6,13 @@ mod harness;
 
 use std::path::Path;
 
-use harness::{Backend, Dir, TestCommand};
+use harness::{app, run, Backend, Dir, TestCommand};
 use serde_json::{json, Value as Json};
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
 
 fn text(dir: &Dir, args: &[&str]) -> String {
     let out = TestCommand::new(dir).args(args).run();
     out.assert_code(0);
     out.stdout
-}
-
-fn app(ty: &str, ts: &str, extra: Json) -> String {
-    let mut raw = json!({"type": ty, "ts": format!("2024-{ts}:00Z")});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw.to_string()
 }
 
 fn ingest(dir: &Dir, name: &str, records: &[String]) {
@@ -401,22 +387,64 @@ fn shared_events_survive_scrubbed() {
     run(&dir, &["ingest", "--source", "billing", "bill.jsonl"]);
     run(&dir, &["normalize"]);
     run(&dir, &["build", "--as-of", "2024-01-06T00:00:00Z"]);
-    let placed = run(&dir, &["query", "SELECT target_id FROM rel_placed_by", "--format", "json"]);
+    let placed = run(
+        &dir,
+        &[
+            "query",
+            "SELECT target_id FROM rel_placed_by",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(placed, json!([{"target_id": A}]));
 
     let r = run(&dir, &["erase", A]);
     assert_eq!(r["events_deleted"], 3, "{r}");
     let orders = run(&dir, &["table", "order", "--format", "json"]);
-    assert_eq!(orders.as_array().unwrap().len(), 1, "the order stays current");
-    assert_eq!(run(&dir, &["query", "SELECT * FROM rel_placed_by_history", "--format", "json"]), json!([]));
-    assert_eq!(run(&dir, &["ledger", "count", "--format", "json"]), json!({"count": 2}), "bob's signup and the order");
+    assert_eq!(
+        orders.as_array().unwrap().len(),
+        1,
+        "the order stays current"
+    );
+    assert_eq!(
+        run(
+            &dir,
+            &[
+                "query",
+                "SELECT * FROM rel_placed_by_history",
+                "--format",
+                "json"
+            ]
+        ),
+        json!([])
+    );
+    assert_eq!(
+        run(&dir, &["ledger", "count", "--format", "json"]),
+        json!({"count": 2}),
+        "bob's signup and the order"
+    );
     let lake = every_byte(&dir.path().join(".defacto/lake")).to_lowercase();
-    assert!(!lake.contains("alice@x.com"), "the shared row still holds the erased email");
+    assert!(
+        !lake.contains("alice@x.com"),
+        "the shared row still holds the erased email"
+    );
     assert!(lake.contains("o1"), "the order's own values stay");
 
     // Renormalized from raw, the order brings no customer back.
-    run(&dir, &["build", "--from-raw", "--as-of", "2024-01-06T00:00:00Z"]);
-    let customers = run(&dir, &["table", "customer", "--history", "--format", "json"]);
+    run(
+        &dir,
+        &["build", "--from-raw", "--as-of", "2024-01-06T00:00:00Z"],
+    );
+    let customers = run(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"],
+    );
     assert_eq!(ids(&customers, "customer_id"), vec![B], "{customers:#}");
-    assert_eq!(run(&dir, &["table", "order", "--format", "json"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        run(&dir, &["table", "order", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

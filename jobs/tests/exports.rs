@@ -16,15 +16,9 @@ use deltalake::arrow::datatypes::{
     DataType, Float64Type, Int64Type, SchemaRef, TimestampMicrosecondType,
 };
 use deltalake::logstore::object_store::ObjectStoreExt;
-use harness::{fixture, Backend, Dir, TestCommand, POSTGRES_URL};
+use harness::{fixture, run, Backend, Dir, TestCommand, POSTGRES_URL};
 use serde_json::Value as Json;
 use sqlx::Row;
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
 
 fn showcase(backend: Backend) -> Dir {
     let dir = Dir::empty().on(backend);

@@ -2,14 +2,8 @@
 
 mod harness;
 
-use harness::{Dir, TestCommand};
+use harness::{run, Dir, TestCommand};
 use serde_json::Value as Json;
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
 
 const A: &str = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
 const B: &str = "80fc7c39-d549-8b90-91b3-784d1b828f70";

@@ -14,7 +14,7 @@ use defacto_core::engine::{BuildOptions, Engine};
 use defacto_core::history::HistoryRow;
 use defacto_jobs::history_table::{entity_schema, read_entity_rows};
 use defacto_jobs::lake::{tables, Lake};
-use harness::{fixture, Backend, Dir, TestCommand};
+use harness::{fixture, run, Backend, Dir, TestCommand};
 use serde_json::Value as Json;
 
 const AS_OF: &str = "2024-05-01T00:00:00Z";
@@ -24,12 +24,6 @@ fn showcase(backend: Backend) -> Dir {
     let dir = Dir::empty().on(backend);
     fixture::copy_dir(&fixture::repo_root().join("examples/showcase"), dir.path());
     dir
-}
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
 fn lines(path: &Path) -> Vec<Json> {

@@ -6,22 +6,8 @@ mod harness;
 
 use defacto_jobs::lake::{tables, Lake};
 use defacto_jobs::ledger::{Columns, EVENTS_SCHEMA, RAW_SCHEMA};
-use harness::{Dir, TestCommand};
+use harness::{app, run, Dir, TestCommand};
 use serde_json::{json, Value as Json};
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-fn app(ty: &str, ts: &str, extra: Json) -> String {
-    let mut raw = json!({"type": ty, "ts": format!("2024-{ts}:00Z")});
-    raw.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    raw.to_string()
-}
 
 const A: &str = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
 

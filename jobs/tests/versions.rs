@@ -3,14 +3,8 @@
 
 mod harness;
 
-use harness::{Dir, TestCommand};
+use harness::{run, Dir, TestCommand};
 use serde_json::Value as Json;
-
-fn run(dir: &Dir, args: &[&str]) -> Json {
-    let out = TestCommand::new(dir).args(args).run();
-    out.assert_code(0);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
 
 const S1: &str = "{\"type\":\"signup\",\"ts\":\"2024-01-01T10:00:00Z\",\"email\":\"Alice@X.com\"}\n\
 {\"type\":\"upgrade\",\"ts\":\"2024-01-02T10:00:00Z\",\"email\":\"alice@x.com\",\"plan\":\"pro\",\"mrr\":\"49\"}\n\

@@ -217,3 +217,22 @@ impl TestCommand {
         }
     }
 }
+
+/// Runs a command that must succeed and returns its result JSON.
+#[allow(dead_code)]
+pub fn run(dir: &Dir, args: &[&str]) -> serde_json::Value {
+    let out = TestCommand::new(dir).args(args).run();
+    out.assert_code(0);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// A raw record of the `cust` fixture's `app` source: its type, `ts` as `2024-<ts>:00Z`, and
+/// the fields of `extra`.
+#[allow(dead_code)]
+pub fn app(ty: &str, ts: &str, extra: serde_json::Value) -> String {
+    let mut raw = serde_json::json!({"type": ty, "ts": format!("2024-{ts}:00Z")});
+    raw.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    raw.to_string()
+}
