@@ -4,7 +4,6 @@
 mod harness;
 
 use harness::{run, Dir, TestCommand};
-use serde_json::Value as Json;
 
 const S1: &str = "{\"type\":\"signup\",\"ts\":\"2024-01-01T10:00:00Z\",\"email\":\"Alice@X.com\"}\n\
 {\"type\":\"upgrade\",\"ts\":\"2024-01-02T10:00:00Z\",\"email\":\"alice@x.com\",\"plan\":\"pro\",\"mrr\":\"49\"}\n\
