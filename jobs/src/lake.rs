@@ -164,7 +164,14 @@ impl Lake {
     /// A DataFusion session with the named tables registered (under the given names); a table
     /// that does not exist yet is registered as an empty table of its schema.
     pub async fn session(&self, tables: &[(&str, &str, SchemaRef)]) -> Result<SessionContext> {
-        let ctx = SessionContext::new();
+        // Strings are read as plain Utf8 (DataFusion's default is string views): the jobs
+        // hand rows to writers and loaders in the tables' declared types, and converting every
+        // string column of every batch back costs a copy of all the text.
+        let config = deltalake::datafusion::prelude::SessionConfig::new().set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        );
+        let ctx = SessionContext::new_with_config(config);
         for (name, table, schema) in tables {
             self.register(&ctx, name, table, schema, None).await?;
         }
@@ -195,6 +202,7 @@ impl Lake {
                 t.update_datafusion_session(&ctx.state())
                     .map_err(|e| storage("Preparing a query", e))?;
                 t.table_provider()
+                    .with_session(Arc::new(ctx.state()))
                     .await
                     .map_err(|e| storage(&format!("Reading table {table}"), e))?
             }
