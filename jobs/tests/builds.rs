@@ -925,7 +925,7 @@ fn commands_on_a_sharded_version() {
     shard(&dir, 1, "01-11");
     shard(&dir, 0, "01-11");
     let rows = customer_rows(&dir);
-    let eb_last = rows.iter().filter(|r| r[0] == eb.as_str()).last().unwrap();
+    let eb_last = rows.iter().rfind(|r| r[0] == eb.as_str()).unwrap();
     assert_eq!(
         (&eb_last[5], &eb_last[6]),
         (&json!("2024-01-10T00:00:00Z"), &json!(EA))
