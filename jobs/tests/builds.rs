@@ -5,7 +5,7 @@
 
 mod harness;
 
-use harness::{app, run, Dir, TestCommand};
+use harness::{app, run, s1, Dir, TestCommand};
 use serde_json::{json, Value as Json};
 
 /// One `ingest` call of these records, then `normalize`.
@@ -25,22 +25,6 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
         % 1_000_000
-}
-
-fn s1() -> Vec<String> {
-    vec![
-        app("signup", "01-01T10:00", json!({"email": "Alice@X.com"})),
-        app(
-            "upgrade",
-            "01-02T10:00",
-            json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
-        ),
-        app(
-            "login",
-            "01-03T10:00",
-            json!({"email": "alice@x.com", "n": 1}),
-        ),
-    ]
 }
 
 fn build(dir: &Dir, as_of: &str) -> Json {

@@ -6,7 +6,7 @@ mod harness;
 
 use std::path::Path;
 
-use harness::{app, run, Backend, Dir, TestCommand};
+use harness::{app, run, s1, Backend, Dir, TestCommand};
 use serde_json::{json, Value as Json};
 
 fn text(dir: &Dir, args: &[&str]) -> String {
@@ -31,19 +31,10 @@ fn i1(backend: Backend) -> Dir {
         &dir,
         "s1.jsonl",
         &[
-            app("signup", "01-01T10:00", json!({"email": "Alice@X.com"})),
-            app(
-                "upgrade",
-                "01-02T10:00",
-                json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
-            ),
-            app(
-                "login",
-                "01-03T10:00",
-                json!({"email": "alice@x.com", "n": 1}),
-            ),
-            app("signup", "01-05T10:00", json!({"email": "bob@x.com"})),
-        ],
+            s1(),
+            vec![app("signup", "01-05T10:00", json!({"email": "bob@x.com"}))],
+        ]
+        .concat(),
     );
     run(&dir, &["build", "--as-of", "2024-01-06T00:00:00Z"]);
     dir

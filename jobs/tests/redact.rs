@@ -15,19 +15,7 @@ const A: &str = "977754ef-7546-8aa8-a601-f6954a4aa7e2";
 fn s1(edit: impl Fn(&Dir)) -> Dir {
     let dir = Dir::from_fixture("cust");
     edit(&dir);
-    let records = [
-        app("signup", "01-01T10:00", json!({"email": "Alice@X.com"})),
-        app(
-            "upgrade",
-            "01-02T10:00",
-            json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
-        ),
-        app(
-            "login",
-            "01-03T10:00",
-            json!({"email": "alice@x.com", "n": 1}),
-        ),
-    ];
+    let records = harness::s1();
     dir.write("s1.jsonl", &(records.join("\n") + "\n"));
     run(&dir, &["ingest", "--source", "app", "s1.jsonl"]);
     run(&dir, &["normalize"]);

@@ -236,3 +236,25 @@ pub fn app(ty: &str, ts: &str, extra: serde_json::Value) -> String {
         .extend(extra.as_object().unwrap().clone());
     raw.to_string()
 }
+
+/// S1 of CONTRACTS.md: alice signs up (as `Alice@X.com`), upgrades to pro at 49 and logs in.
+#[allow(dead_code)]
+pub fn s1() -> Vec<String> {
+    vec![
+        app(
+            "signup",
+            "01-01T10:00",
+            serde_json::json!({"email": "Alice@X.com"}),
+        ),
+        app(
+            "upgrade",
+            "01-02T10:00",
+            serde_json::json!({"email": "alice@x.com", "plan": "pro", "mrr": "49"}),
+        ),
+        app(
+            "login",
+            "01-03T10:00",
+            serde_json::json!({"email": "alice@x.com", "n": 1}),
+        ),
+    ]
+}
