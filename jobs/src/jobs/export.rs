@@ -26,7 +26,8 @@ use deltalake::logstore::object_store::path::Path as StorePath;
 use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
 use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -505,9 +506,20 @@ async fn write_parquet(
     mut batches: Batches<'_>,
 ) -> Result<u64> {
     let failed = |e: &dyn std::fmt::Display| Error::Storage(format!("Writing {path} failed: {e}"));
-    let props = WriterProperties::builder()
+    // Ids and instants are (nearly) unique per row: a dictionary only costs time there. Column
+    // chunk statistics are kept (readers prune row groups with them); page-level ones are not.
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .build();
+        .set_statistics_enabled(EnabledStatistics::Chunk);
+    for field in schema.fields() {
+        let unique =
+            field.name().ends_with("_id") || matches!(field.data_type(), DataType::Timestamp(..));
+        if unique {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    let props = props.build();
     let mut writer = AsyncArrowWriter::try_new(
         BufWriter::new(store.clone(), path.clone()),
         schema.clone(),
