@@ -78,8 +78,32 @@ fn a_new_version_is_built_beside_the_active_one_and_switched_blue_green() {
     assert_eq!(versions(&dir), [(v1.clone(), false), (v2.clone(), true)]);
     assert_eq!(first_plan(&dir), "basic");
     run(&dir, &["definitions", "activate", &v1]);
-    assert_eq!(versions(&dir), [(v1, true), (v2, false)]);
+    assert_eq!(versions(&dir), [(v1.clone(), true), (v2.clone(), false)]);
     assert_eq!(first_plan(&dir), "free", "V1's tables still hold V1's rows");
+
+    // The inactive version's time rules run with `tick --version`; the active one's stay.
+    let state = |dir: &Dir| {
+        run(dir, &["table", "customer", "--format", "json"])[0]["customer_state"].clone()
+    };
+    let ticked = run(
+        &dir,
+        &["tick", "--version", &v2, "--as-of=2024-03-01T00:00:00Z"],
+    );
+    assert_eq!(ticked["transitions"], 2, "{ticked}");
+    assert_eq!(state(&dir), "active", "the active version is not ticked");
+    run(&dir, &["definitions", "activate", &v2]);
+    assert_eq!(state(&dir), "churned");
+    let unknown = TestCommand::new(&dir)
+        .args(["tick", "--version", "nope"])
+        .run();
+    unknown.assert_code(1);
+    assert!(
+        unknown
+            .stderr
+            .contains("NotFoundError: Unknown definition version 'nope'"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 // CONTRACTS A16: register + build --version of an entity-only change is FULL (not

@@ -217,13 +217,9 @@ class Defacto:
 
     def tick(self, version: Optional[str] = None, as_of: Optional[Instant] = None) -> TickResult:
         """Evaluates the time rules of every live entity up to ``as_of`` (default: now)."""
-        if version is not None:
-            active = self.definitions.active()
-            if version != active:
-                raise ConfigError(
-                    f"tick runs on the active version ('{active}'); ticking '{version}' "
-                    "is not supported by the jobs")
         args = ["tick", "--workers", str(self.workers), *self._shard()]
+        if version is not None:
+            args += ["--version", version]
         if as_of is not None:
             args += ["--as-of", instant_text(as_of)]
         return TickResult.from_dict(self._json(args))

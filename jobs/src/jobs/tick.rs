@@ -1,4 +1,5 @@
-//! `defacto tick [--as-of T]`: time rules of every live entity of the active version (or of
+//! `defacto tick [--as-of T] [--version V]`: time rules of every live entity of the active
+//! version or of version V (or of
 //! one shard's entities) up to `as_of` (PIPELINE.md §7.5). Results do not depend on how
 //! often it runs.
 
@@ -20,6 +21,10 @@ pub struct TickArgs {
     /// The instant to evaluate time rules at (RFC 3339); default: the wall clock.
     #[arg(long, value_parser = parse_as_of)]
     pub as_of: Option<Instant>,
+    /// The definition version whose entities are ticked; default: the active one (a version
+    /// built beside the active one is ticked before it is switched to).
+    #[arg(long)]
+    pub version: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     #[command(flatten)]
@@ -34,11 +39,18 @@ pub async fn run(global: &Global, args: &TickArgs) -> Result<i32> {
 
 async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
     let shard = args.shard.shard()?;
-    let row = ctx
-        .catalog
-        .active_version()
-        .await?
-        .ok_or_else(|| Error::Config("No active definition version".into()))?;
+    let row = match &args.version {
+        Some(v) => ctx
+            .catalog
+            .version(v)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Unknown definition version '{v}'")))?,
+        None => ctx
+            .catalog
+            .active_version()
+            .await?
+            .ok_or_else(|| Error::Config("No active definition version".into()))?,
+    };
     let defs = version_definitions(ctx, &row)?;
     let key = state_key(&row.version, shard.map(|s| s.0));
     ctx.lease(&build_lease(&key)).await?;
