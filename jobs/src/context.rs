@@ -124,11 +124,7 @@ impl Context {
                     None => serde_json::to_string(&result),
                 }
                 .expect("results serialize");
-                self.catalog
-                    .record_run(&self.run_id, &self.job, &self.started, "succeeded", &json)
-                    .await?;
-                crate::output::write_result_file(self.result_file.as_deref(), &result)?;
-                crate::output::print(&crate::output::to_json(&result))?;
+                self.report(&result, &json).await?;
                 Ok(result)
             }
             Err(error) => {
@@ -154,8 +150,13 @@ impl Context {
     /// `--result-file` when set, and to stdout.
     pub async fn finish<T: serde::Serialize>(&self, result: &T) -> Result<()> {
         let json = serde_json::to_string(result).expect("results serialize");
+        self.report(result, &json).await
+    }
+
+    /// `logged` to the run log, `result` to `--result-file` and stdout.
+    async fn report<T: serde::Serialize>(&self, result: &T, logged: &str) -> Result<()> {
         self.catalog
-            .record_run(&self.run_id, &self.job, &self.started, "succeeded", &json)
+            .record_run(&self.run_id, &self.job, &self.started, "succeeded", logged)
             .await?;
         crate::output::write_result_file(self.result_file.as_deref(), result)?;
         crate::output::print(&crate::output::to_json(result))

@@ -321,6 +321,23 @@ impl Lake {
         Ok(out)
     }
 
+    /// The rows of `table` matching `predicate` (SQL), in the declared `schema`.
+    pub async fn read_where(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        predicate: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        self.query_all(
+            &[("t", table, schema.clone())],
+            &format!("SELECT * FROM t WHERE {predicate}"),
+        )
+        .await?
+        .iter()
+        .map(|b| conform(b, schema))
+        .collect()
+    }
+
     /// Collects a query's batches (for small results).
     pub async fn query_all(
         &self,

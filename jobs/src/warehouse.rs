@@ -70,13 +70,7 @@ impl Warehouse {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        Warehouse {
-            pool: catalog.pool().clone(),
-            dialect: catalog.dialect(),
-            schema: format!("{namespace}_{version}"),
-            postgres_url: (catalog.dialect() == Dialect::Postgres)
-                .then(|| database_url.to_string()),
-        }
+        Warehouse::at(catalog, database_url, &format!("{namespace}_{version}"))
     }
 
     /// The warehouse at `location` (as `location()` reports it).

@@ -146,7 +146,10 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
             .filter(|(_, rows)| !rows.is_empty())
             .map(|(s, _)| *s)
             .collect();
-        let events = read(ctx, tables::EVENTS, &EVENTS_SCHEMA, &predicate).await?;
+        let events = ctx
+            .lake
+            .read_where(tables::EVENTS, &EVENTS_SCHEMA, &predicate)
+            .await?;
         let kept = keep_rows(
             &EVENTS_SCHEMA,
             &events,
@@ -160,7 +163,10 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
         changed_tables.push(tables::EVENTS.into());
         // What redacted rows keep (their first hints) goes or is scrubbed with them.
         if ctx.lake.open(tables::REDACTIONS).await?.is_some() {
-            let rows = read(ctx, tables::REDACTIONS, &REDACTIONS_SCHEMA, &predicate).await?;
+            let rows = ctx
+                .lake
+                .read_where(tables::REDACTIONS, &REDACTIONS_SCHEMA, &predicate)
+                .await?;
             let kept = keep_rows(
                 &REDACTIONS_SCHEMA,
                 &rows,
@@ -228,7 +234,10 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
     if !doomed.is_empty() || !touched.is_empty() {
         let all: Vec<String> = doomed.union(&touched).map(i64::to_string).collect();
         let predicate = format!("sequence IN ({})", all.join(", "));
-        let rows = read(ctx, tables::RAW, &RAW_SCHEMA, &predicate).await?;
+        let rows = ctx
+            .lake
+            .read_where(tables::RAW, &RAW_SCHEMA, &predicate)
+            .await?;
         let kept = keep_rows(
             &RAW_SCHEMA,
             &rows,
@@ -380,23 +389,6 @@ fn seq(b: &RecordBatch, i: usize) -> Result<i64> {
     Ok(Columns::new(b).i64("sequence")?.value(i))
 }
 
-async fn read(
-    ctx: &Context,
-    table: &str,
-    schema: &deltalake::arrow::datatypes::SchemaRef,
-    predicate: &str,
-) -> Result<Vec<RecordBatch>> {
-    ctx.lake
-        .query_all(
-            &[("t", table, schema.clone())],
-            &format!("SELECT * FROM t WHERE {predicate}"),
-        )
-        .await?
-        .iter()
-        .map(|b| crate::lake::conform(b, schema))
-        .collect()
-}
-
 /// The rows `keep` accepts, with the JSON text columns `scrub` scrubbed of erased values.
 fn keep_rows(
     schema: &deltalake::arrow::datatypes::SchemaRef,
@@ -447,7 +439,10 @@ async fn erase_dead_letters(
         entity.is_some_and(|e| members.contains(e))
             || serde_json::from_str::<Json>(raw).is_ok_and(|j| erased.found_in(&j))
     };
-    let letters = read(ctx, tables::DEAD_LETTERS, &DEAD_LETTERS_SCHEMA, "TRUE").await?;
+    let letters = ctx
+        .lake
+        .read_where(tables::DEAD_LETTERS, &DEAD_LETTERS_SCHEMA, "TRUE")
+        .await?;
     let mut dropped = 0;
     let kept = keep_rows(
         &DEAD_LETTERS_SCHEMA,

@@ -20,7 +20,7 @@ use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::jobs::build::{self, parse_as_of, version_definitions, BuildArgs};
-use crate::lake::{conform, tables};
+use crate::lake::tables;
 use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA, RAW_SCHEMA};
 
 #[derive(Debug, Args)]
@@ -93,16 +93,7 @@ async fn redact(ctx: &Context, args: &RedactArgs) -> Result<RedactResult> {
         (tables::EVENTS, &*EVENTS_SCHEMA, "data"),
         (tables::RAW, &*RAW_SCHEMA, "raw"),
     ] {
-        let batches: Vec<RecordBatch> = ctx
-            .lake
-            .query_all(
-                &[("t", table, schema.clone())],
-                &format!("SELECT * FROM t WHERE {predicate}"),
-            )
-            .await?
-            .iter()
-            .map(|b| conform(b, schema))
-            .collect::<Result<_>>()?;
+        let batches = ctx.lake.read_where(table, schema, &predicate).await?;
         let mut changed_any = false;
         let mut out = Vec::new();
         for b in &batches {
