@@ -52,6 +52,7 @@ test:
 
 bench:
 	$(CARGO) bench -p defacto-core
+	$(CARGO) bench -p defacto-jobs --bench pipeline
 
 fmt:
 	$(CARGO) fmt --all

@@ -45,6 +45,16 @@ pub struct BuildPlan {
     pub rebuilds: Vec<EntityKey>,
 }
 
+impl BuildPlan {
+    /// Whether the build replays every entity from its events: a FULL-family mode, or the
+    /// first build of a build state (cursor 0: every event is new, so the increment is
+    /// everything, and replaying it as a FULL build gives the same history without the
+    /// increment's bookkeeping). The mode reported stays the detected one.
+    pub fn replays_everything(&self) -> bool {
+        self.mode.is_full() || self.cursor == 0
+    }
+}
+
 /// How one entity's history changes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistoryChange {
@@ -89,7 +99,7 @@ pub fn run<S: IdentityStore + Sync>(
         .filter(|(_, s)| s.entity.is_some())
         .map(|(k, _)| k.clone())
         .collect();
-    let full = plan.mode.is_full();
+    let full = plan.replays_everything();
     if full {
         slots.clear();
         b.full(slots);

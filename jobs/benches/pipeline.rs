@@ -8,7 +8,8 @@
 //! fails on time.
 //!
 //! `cargo bench -p defacto-jobs --bench pipeline` (N from `DEFACTO_BENCH_EVENTS`, default
-//! 1 000 000).
+//! 1 000 000). With `DEFACTO_BENCH_KEEP=1` the working folder (definitions, generated events,
+//! lake and catalog) is kept and its path printed, to profile single jobs on it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -159,6 +160,9 @@ fn main() {
     );
 
     exports(dir, as_of);
+    if std::env::var_os("DEFACTO_BENCH_KEEP").is_some() {
+        println!("working folder kept: {}", work.keep().display());
+    }
 }
 
 /// The number of rows of every history table (from the export's own result JSON).

@@ -532,10 +532,17 @@ impl Catalog {
         if let Some(r) = row {
             return Ok(build_state_row(&r));
         }
+        // Seeded (DEFINITIONS.md §8.4) with the salt fingerprint recorded with the identity
+        // store, so a new version's first build under a salt is no identity reset.
         let state = BuildState {
             key: key.to_string(),
             version: version.version.clone(),
             hashes: version.seed.clone(),
+            salt_fingerprint: self
+                .resolve_state()
+                .await?
+                .salt_fingerprint
+                .unwrap_or_default(),
             requests_applied: self.request_count().await?,
             ..BuildState::default()
         };

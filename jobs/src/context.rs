@@ -49,6 +49,10 @@ pub struct Context {
     pub catalog: Catalog,
     pub as_of: Instant,
     pub dead_letter: DeadLetterSink,
+    /// The deployment's identity salt (`DEFACTO_IDENTITY_SALT`, PIPELINE.md §5.3): a secret,
+    /// so read from the environment only (no flag a process list would show) and never
+    /// stored — the catalog keeps its fingerprint.
+    pub identity_salt: Option<String>,
     /// The run's id in the run log, and when it started.
     run_id: String,
     started: String,
@@ -92,6 +96,9 @@ impl Context {
             catalog,
             as_of: as_of.unwrap_or_else(Utc::now),
             dead_letter,
+            identity_salt: std::env::var("DEFACTO_IDENTITY_SALT")
+                .ok()
+                .filter(|s| !s.is_empty()),
             run_id: uuid::Uuid::new_v4().to_string(),
             started: crate::catalog::now_text(),
             job: job.to_string(),
@@ -99,6 +106,23 @@ impl Context {
             holder: format!("{job}@{host}:{}", std::process::id()),
             leases: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The fingerprint of the identity salt: what the catalog records and compares.
+    pub fn salt_fingerprint(&self) -> String {
+        defacto_core::identity::salt_fingerprint(self.identity_salt.as_deref())
+    }
+
+    /// A resolver over `store` with the version's identity fields and the deployment's salt.
+    pub fn resolver<S: defacto_core::identity::IdentityStore>(
+        &self,
+        store: S,
+    ) -> defacto_core::identity::Resolver<S> {
+        defacto_core::identity::Resolver::new(
+            defacto_core::identity::IdentityFields::from_definitions(&self.defs),
+            self.identity_salt.as_deref(),
+            store,
+        )
     }
 
     /// Ends a run that takes leases: releases them and logs the outcome — a success with its

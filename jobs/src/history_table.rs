@@ -105,13 +105,17 @@ fn ts_array(values: impl Iterator<Item = Option<Instant>>) -> ArrayRef {
 /// A value as its column wants it (§8.4): converted with the coercion table when it does not
 /// fit; `None` (a null cell) when it cannot be converted.
 fn fit(v: &Value, kind: Option<PropertyType>) -> Option<Value> {
-    if v.is_null() {
-        return None;
-    }
-    let target = kind.map_or("string", |k| k.name());
+    use PropertyType as P;
     match (kind, v) {
-        (None | Some(PropertyType::String), Value::Array(_)) => Some(Value::str(v.to_text())),
-        _ => coerce(v.clone(), target).ok(),
+        (_, Value::Null) => None,
+        // Already of the column's type (nearly always): kept as it is.
+        (None | Some(P::String), Value::String(_))
+        | (Some(P::Number), Value::Float(_))
+        | (Some(P::Integer), Value::Int(_))
+        | (Some(P::Boolean), Value::Bool(_))
+        | (Some(P::DateTime), Value::DateTime(_)) => Some(v.clone()),
+        (None | Some(P::String), Value::Array(_)) => Some(Value::str(v.to_text())),
+        _ => coerce(v.clone(), kind.map_or("string", |k| k.name())).ok(),
     }
 }
 
@@ -154,7 +158,7 @@ pub fn entity_batch(e: &Entity, rows: &[&HistoryRow]) -> Result<RecordBatch> {
                 _ => None,
             })),
             _ => Arc::new(StringArray::from_iter(cells.iter().map(|c| match c {
-                Some(Value::String(s)) => Some(s.to_string()),
+                Some(Value::String(s)) => Some(&**s),
                 _ => None,
             }))),
         });

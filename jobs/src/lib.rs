@@ -13,6 +13,7 @@ pub mod lake;
 pub mod ledger;
 pub mod output;
 pub mod parquet_input;
+pub mod parquet_output;
 pub mod warehouse;
 
 pub use error::{Error, Result};

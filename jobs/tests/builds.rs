@@ -1082,3 +1082,59 @@ fn timeline_of_an_entity() {
         json!({"entity_id": "nope", "entity_type": "", "entries": []})
     );
 }
+
+// CONTRACTS H17: the identity salt (DEFACTO_IDENTITY_SALT, a deployment secret) salts derived
+// ids; adding, changing or removing it resets identity, recorded by its fingerprint only.
+#[test]
+fn identity_salt_changes_reset_identity() {
+    const SALTED: &str = "da1adecd-33a3-83ed-be26-2f86b88cb73a";
+    let dir = Dir::from_fixture("cust");
+    ingest(&dir, &s1());
+    assert_eq!(build(&dir, "01-04")["mode"], "INCREMENTAL");
+    let salted_build = |salt: Option<&str>| {
+        let mut cmd = TestCommand::new(&dir).args(["build", "--as-of", "2024-01-04T00:00:00Z"]);
+        if let Some(salt) = salt {
+            cmd = cmd.env("DEFACTO_IDENTITY_SALT", salt);
+        }
+        let out = cmd.run();
+        out.assert_code(0);
+        serde_json::from_str::<Json>(&out.stdout).unwrap()
+    };
+    let fingerprints = || {
+        let database = format!(
+            "sqlite://{}",
+            dir.path().join(".defacto/defacto.db").display()
+        );
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let catalog = defacto_jobs::catalog::Catalog::connect(&database, "defacto")
+                .await
+                .unwrap();
+            let resolve = catalog.resolve_state().await.unwrap().salt_fingerprint;
+            let version = catalog.active_version().await.unwrap().unwrap();
+            let key = defacto_jobs::jobs::build::state_key(&version.version, None);
+            let build = catalog.build_state(&key, &version).await.unwrap();
+            (resolve.unwrap(), build.salt_fingerprint)
+        })
+    };
+    assert_eq!(fingerprints(), (String::new(), String::new()));
+    let ids = |rows: &Json| -> Vec<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["customer_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    assert_eq!(salted_build(Some("s1"))["mode"], "FULL_WITH_IDENTITY_RESET");
+    let fingerprint = "e8bc163c82eee18733288c7d4ac636db3a6deb013ef2d37b68322be20edc45cc";
+    assert_eq!(
+        fingerprints(),
+        (fingerprint.to_string(), fingerprint.to_string())
+    );
+    assert_eq!(ids(&history(&dir, "customer")), [SALTED; 3]);
+    assert_eq!(salted_build(Some("s1"))["mode"], "SKIP");
+
+    assert_eq!(salted_build(None)["mode"], "FULL_WITH_IDENTITY_RESET");
+    assert_eq!(ids(&history(&dir, "customer")), [A; 3]);
+    assert_eq!(fingerprints(), (String::new(), String::new()));
+}

@@ -439,3 +439,38 @@ fn shared_events_survive_scrubbed() {
         1
     );
 }
+
+// CONTRACTS F11: erased entities are not ticked. Built while still active (so a tick to 12-31
+// would fire both rules, as the untouched twin shows), then erased: the tick finds nothing.
+#[test]
+fn erased_entities_are_not_ticked() {
+    let signup = || {
+        let dir = Dir::from_fixture("cust");
+        ingest(
+            &dir,
+            "s2.jsonl",
+            &[app("signup", "01-01T00:00", json!({"email": "a@x.com"}))],
+        );
+        run(&dir, &["build", "--as-of", "2024-01-02T00:00:00Z"]);
+        dir
+    };
+    let counts = |tick: &Json| {
+        ["effects_produced", "entities_affected", "transitions"].map(|k| tick[k].as_u64().unwrap())
+    };
+    let twin = signup();
+    let tick = run(&twin, &["tick", "--as-of", "2024-12-31T00:00:00Z"]);
+    assert_eq!(counts(&tick), [2, 1, 2], "{tick}");
+
+    let dir = signup();
+    let rows = run(&dir, &["table", "customer", "--format", "json"]);
+    let id = ids(&rows, "customer_id").remove(0);
+    let erased = run(&dir, &["erase", &id]);
+    assert_eq!(erased["entities_erased"], 1);
+    let tick = run(&dir, &["tick", "--as-of", "2024-12-31T00:00:00Z"]);
+    assert_eq!(counts(&tick), [0, 0, 0], "{tick}");
+    let rows = run(
+        &dir,
+        &["table", "customer", "--history", "--format", "json"],
+    );
+    assert_eq!(rows, json!([]));
+}

@@ -270,3 +270,53 @@ fn an_interrupted_redact_completes_when_run_again() {
         );
     }
 }
+
+// CONTRACTS H15: the read commands build nothing; `redact` first builds the pending login (at
+// its own as_of, under its leases) and redacts that row too.
+#[test]
+fn pending_events_and_the_other_commands() {
+    let dir = s1(|_| {});
+    // n = 2: a login like S1's but for its time would be a duplicate (PIPELINE.md §2.6).
+    dir.write(
+        "login.jsonl",
+        &(app(
+            "login",
+            "01-05T10:00",
+            json!({"email": "alice@x.com", "n": 2}),
+        ) + "\n"),
+    );
+    run(&dir, &["ingest", "--source", "app", "login.jsonl"]);
+    run(&dir, &["normalize"]);
+    let pending = |dir: &Dir| run(dir, &["status"])["pending_events"].as_i64();
+    assert_eq!(pending(&dir), Some(1));
+
+    let current = run(&dir, &["table", "customer", "--format", "json"]);
+    assert_eq!(current[0]["logins"], 1, "{current}");
+    let timeline = run(&dir, &["timeline", A]);
+    assert_eq!(
+        timeline["entries"].as_array().map(Vec::len),
+        Some(3),
+        "{timeline}"
+    );
+    TestCommand::new(&dir)
+        .args(["assert", A, "logins=1"])
+        .run()
+        .assert_code(0);
+    run(&dir, &["identity", "hints", A, "--format", "json"]);
+    let count = TestCommand::new(&dir)
+        .args(["ledger", "count", "--format", "csv"])
+        .run();
+    count.assert_code(0);
+    assert_eq!(count.stdout.trim(), "count\n4");
+    assert_eq!(pending(&dir), Some(1));
+
+    let r = run(&dir, &["redact", A, "--as-of", "2024-01-05T12:00:00Z"]);
+    assert_eq!(r["rows_redacted"], 4, "{r}");
+    assert_eq!(pending(&dir), Some(0));
+    let current = run(&dir, &["table", "customer", "--format", "json"]);
+    assert_eq!(
+        (&current[0]["logins"], &current[0]["email"]),
+        (&json!(2), &json!("[REDACTED]")),
+        "{current}"
+    );
+}

@@ -154,7 +154,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         &state.stored(),
         &CurrentState {
             hashes: row.hashes.clone(),
-            salt_fingerprint: String::new(),
+            salt_fingerprint: ctx.salt_fingerprint(),
             highest_sequence: rs.cursor,
             force_full: args.full,
             force_from_raw: args.from_raw,
@@ -223,7 +223,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         merges,
         rebuilds,
     };
-    let (mut inputs, mut slots) = if mode.is_full() {
+    let (mut inputs, mut slots) = if plan.replays_everything() {
         (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
     } else {
         // Only the slots the build can change: those of the entities its new rows and merges
@@ -263,6 +263,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let writing = Clock::now();
     crash_point("before-history");
     write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
+    let history_written = Clock::now();
     crash_point("after-history");
     ctx.catalog
         .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
@@ -272,6 +273,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     state.cursor = out.cursor;
     state.watermark = out.watermark.as_ref().map(timestamp_text);
     state.hashes = row.hashes.clone();
+    state.salt_fingerprint = ctx.salt_fingerprint();
     state.requests_applied = requests_end;
     state.last_build_time = Some(timestamp_text(&chrono::Utc::now()));
     state.last_build_mode = Some(mode.as_str().to_string());
@@ -308,6 +310,9 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     result
         .timing
         .insert("write_ms".into(), ms(writing.elapsed()));
+    result
+        .timing
+        .insert("write_history_ms".into(), ms(history_written - writing));
     if let Some(r) = resolve {
         result.merges_detected = r.merges_detected;
         let mut failures = r.failures;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use clap::Args;
 use defacto_core::definitions::Definitions;
-use defacto_core::identity::{IdentityFields, Resolver};
 use defacto_core::privacy::ErasedValues;
 use defacto_core::value::Instant;
 use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
@@ -324,7 +323,7 @@ async fn erase(ctx: &Context, global: &Global, args: &EraseArgs) -> Result<(Plan
 /// The erase's plan: cascade, keys and sequences (the catch-up has run).
 async fn plan(ctx: &Context, id: &str) -> Result<Plan> {
     let store = ctx.catalog.load_identity().await?;
-    let mut resolver = Resolver::new(IdentityFields::from_definitions(&ctx.defs), None, store);
+    let mut resolver = ctx.resolver(store);
     let erasure = resolver.erase(id);
     let members: BTreeSet<&str> = erasure.members.iter().map(String::as_str).collect();
     let assignments = ctx

@@ -24,10 +24,6 @@ use deltalake::datafusion::datasource::MemTable;
 use deltalake::logstore::object_store::buffered::BufWriter;
 use deltalake::logstore::object_store::path::Path as StorePath;
 use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
-use deltalake::parquet::arrow::async_writer::AsyncArrowWriter;
-use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use deltalake::parquet::schema::types::ColumnPath;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -37,6 +33,7 @@ use crate::context::{default_database, Context};
 use crate::error::{Error, Result};
 use crate::history_table::{entity_schema, relationship_schema, relationship_types};
 use crate::lake::{tables, Lake};
+use crate::parquet_output::write_sorted_parquet;
 use crate::warehouse::{Batches, TableSpec, Warehouse};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -463,10 +460,15 @@ async fn to_files(
             let file = format!("{name}.{ext}");
             let tmp = StorePath::from(format!(".{file}.{staged}.tmp"));
             written.push((tmp.clone(), StorePath::from(file.as_str())));
-            let batches = read(&ctx.lake, source, history).await?;
             let rows = match format {
-                ExportFormat::Csv => write_csv(&store, &tmp, batches).await?,
-                _ => write_parquet(&store, &tmp, &source.schema, batches).await?,
+                ExportFormat::Csv => {
+                    write_csv(&store, &tmp, read(&ctx.lake, source, history).await?).await?
+                }
+                _ => {
+                    // The writer sorts by the key itself, cheaper than the query's ORDER BY.
+                    let batches = read_rows(&ctx.lake, source, history, false).await?;
+                    write_sorted_parquet(&store, &tmp, &source.schema, batches, &source.key).await?
+                }
             };
             let bytes = store
                 .head(&tmp)
@@ -497,42 +499,6 @@ async fn to_files(
             .map_err(|e| Error::Storage(format!("Writing {file} failed: {e}")))?;
     }
     Ok(tables)
-}
-
-async fn write_parquet(
-    store: &Arc<dyn ObjectStore>,
-    path: &StorePath,
-    schema: &SchemaRef,
-    mut batches: Batches<'_>,
-) -> Result<u64> {
-    let failed = |e: &dyn std::fmt::Display| Error::Storage(format!("Writing {path} failed: {e}"));
-    // Ids and instants are (nearly) unique per row: a dictionary only costs time there. Column
-    // chunk statistics are kept (readers prune row groups with them); page-level ones are not.
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_statistics_enabled(EnabledStatistics::Chunk);
-    for field in schema.fields() {
-        let unique =
-            field.name().ends_with("_id") || matches!(field.data_type(), DataType::Timestamp(..));
-        if unique {
-            props =
-                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
-        }
-    }
-    let props = props.build();
-    let mut writer = AsyncArrowWriter::try_new(
-        BufWriter::new(store.clone(), path.clone()),
-        schema.clone(),
-        Some(props),
-    )
-    .map_err(|e| failed(&e))?;
-    let mut rows = 0u64;
-    while let Some(batch) = batches.try_next().await? {
-        rows += batch.num_rows() as u64;
-        writer.write(&batch).await.map_err(|e| failed(&e))?;
-    }
-    writer.close().await.map_err(|e| failed(&e))?;
-    Ok(rows)
 }
 
 /// CSV with a header; timestamps as canonical RFC 3339 text, nulls as empty cells.

@@ -2,7 +2,7 @@
 //! inspection (RESULTS.md §8). Read-only; they process nothing.
 
 use clap::{Args, Subcommand, ValueEnum};
-use defacto_core::identity::{IdentityFields, IdentityStore, Resolver};
+use defacto_core::identity::IdentityStore;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::timestamp_text;
 use serde_json::{json, Value as Json};
@@ -67,7 +67,7 @@ pub enum LedgerCommand {
 pub async fn identity(global: &Global, args: &IdentityArgs) -> Result<i32> {
     let ctx = Context::open(global, "identity", None).await?;
     let store = ctx.catalog.load_identity().await?;
-    let resolver = Resolver::new(IdentityFields::from_definitions(&ctx.defs), None, store);
+    let resolver = ctx.resolver(store);
     let value = match &args.command {
         IdentityCommand::Lookup { value } => json!({ "entity_id": resolver.lookup(value) }),
         IdentityCommand::Hints { entity_id } => json!(resolver.hints(entity_id)),

@@ -7,7 +7,7 @@
 
 use clap::Args;
 use defacto_core::engine::MergeResult;
-use defacto_core::identity::{IdentityError, IdentityFields, IdentityStore, Resolver};
+use defacto_core::identity::{IdentityError, IdentityStore};
 use defacto_core::normalize::NormalizedEvent;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::value::{timestamp_text, Instant, Value};
@@ -79,7 +79,7 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
     }
 
     let store = ctx.catalog.load_identity().await?;
-    let mut resolver = Resolver::new(IdentityFields::from_definitions(&ctx.defs), None, store);
+    let mut resolver = ctx.resolver(store);
     let entity_type = resolver
         .check_merge(&args.from, &args.into)
         .map_err(identity_error)?;
@@ -98,7 +98,7 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
         args.into,
         timestamp_text(&ctx.as_of)
     );
-    if events_after(ctx, 0)
+    if events_after(ctx, 0, false)
         .await?
         .iter()
         .any(|e| e.event.event_id == event_id)
@@ -142,7 +142,7 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
         data,
         hints: Default::default(),
     };
-    write_events(ctx, &[(sequence, system)], false).await?;
+    write_events(ctx, &[(sequence, system)]).await?;
     ctx.lake
         .append(
             tables::ASSIGNMENTS,

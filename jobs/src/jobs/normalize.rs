@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use clap::Args;
 use defacto_core::normalize::{normalize_call_kept, Kept, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
+use deltalake::arrow::array::RecordBatch;
 
 use crate::catalog::NORMALIZE_CURSOR;
 use crate::cli::Global;
@@ -162,11 +163,12 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
     if records.is_empty() {
         return Ok(result);
     }
-    let (accepted, failures) =
-        normalize_calls(ctx, &records, &mut known, &BTreeMap::new(), &mut result);
-    write_events(ctx, &accepted, false).await?;
-    write_dead_letters(ctx, &failures).await?;
+    let (batches, failures) =
+        normalize_to_batches(ctx, &records, &mut known, &BTreeMap::new(), &mut result)?;
     let head = records.last().map_or(cursor, |r| r.sequence);
+    drop(records);
+    write_batches(ctx, batches, false).await?;
+    write_dead_letters(ctx, &failures).await?;
     ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
     Ok(result)
 }
@@ -178,10 +180,11 @@ pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
     let kept = kept_entries(ctx).await?;
     let mut known = HashSet::new();
     let mut result = IngestResult::default();
-    let (accepted, failures) = normalize_calls(ctx, &records, &mut known, &kept, &mut result);
-    write_events(ctx, &accepted, true).await?;
-    write_dead_letters(ctx, &failures).await?;
+    let (batches, failures) = normalize_to_batches(ctx, &records, &mut known, &kept, &mut result)?;
     let head = records.last().map_or(0, |r| r.sequence);
+    drop(records);
+    write_batches(ctx, batches, true).await?;
+    write_dead_letters(ctx, &failures).await?;
     ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
     Ok(result)
 }
@@ -213,16 +216,54 @@ pub async fn kept_entries(ctx: &Context) -> Result<BTreeMap<i64, Kept>> {
     Ok(rows.into_iter().collect())
 }
 
-pub async fn write_events(
+/// Rows per ledger batch, and about the number of raw records normalized before their events
+/// are turned into one (the normalized events themselves, maps of typed values, take several
+/// times the room of their Arrow rows).
+const CHUNK: usize = 65_536;
+
+/// Normalizes `records` (sorted by sequence) call by call, in chunks of whole calls of about
+/// `CHUNK` records, each chunk's accepted events turned into a ledger batch at once.
+pub fn normalize_to_batches(
     ctx: &Context,
-    accepted: &[(i64, NormalizedEvent)],
-    replace: bool,
-) -> Result<()> {
+    records: &[RawRecord],
+    known: &mut HashSet<String>,
+    kept: &BTreeMap<i64, Kept>,
+    result: &mut IngestResult,
+) -> Result<(Vec<RecordBatch>, Vec<(Option<i64>, EventFailure)>)> {
+    let mut batches = Vec::new();
+    let mut failures = Vec::new();
+    let mut start = 0;
+    while start < records.len() {
+        let mut end = (start + CHUNK).min(records.len());
+        // A call is normalized whole (duplicates within it are found together).
+        while end < records.len() && records[end].call == records[end - 1].call {
+            end += 1;
+        }
+        let (accepted, mut failed) =
+            normalize_calls(ctx, &records[start..end], known, kept, result);
+        failures.append(&mut failed);
+        let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
+        if !rows.is_empty() {
+            batches.push(events_batch(&rows)?);
+        }
+        start = end;
+    }
+    Ok((batches, failures))
+}
+
+/// Appends events to `ledger/events` in one commit.
+pub async fn write_events(ctx: &Context, accepted: &[(i64, NormalizedEvent)]) -> Result<()> {
     let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
     let batches = rows
-        .chunks(65_536)
+        .chunks(CHUNK)
         .map(events_batch)
         .collect::<Result<Vec<_>>>()?;
+    write_batches(ctx, batches, false).await
+}
+
+/// Appends ledger batches to `ledger/events` in one commit, or replaces the whole table with
+/// them (`--from-raw`).
+async fn write_batches(ctx: &Context, batches: Vec<RecordBatch>, replace: bool) -> Result<()> {
     if replace {
         let batches = if batches.is_empty() {
             vec![events_batch(&[])?]

@@ -8,9 +8,7 @@ use std::time::Instant as Clock;
 
 use clap::Args;
 use defacto_core::definitions::Hashes;
-use defacto_core::identity::{
-    IdentityFields, IdentityStore, MemoryIdentity, Resolver, SystemMerge,
-};
+use defacto_core::identity::{IdentityStore, MemoryIdentity, SystemMerge};
 use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
@@ -42,10 +40,19 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Every normalized event with sequence in `(after, ..]`, in canonical order.
-pub async fn events_after(ctx: &Context, after: i64) -> Result<Vec<StoredEvent>> {
-    let sql =
-        format!("SELECT * FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence");
+/// Every normalized event with sequence in `(after, ..]`, in canonical order. Unless
+/// `all_data`, only explicit merges' system events carry their data: resolving reads hints,
+/// and the data of every other event would only cost the sort, parsing and memory.
+pub async fn events_after(ctx: &Context, after: i64, all_data: bool) -> Result<Vec<StoredEvent>> {
+    let data = if all_data {
+        "data".to_string()
+    } else {
+        format!("CASE WHEN event_type = '{MERGE_EVENT_TYPE}' THEN data ELSE '{{}}' END AS data")
+    };
+    let sql = format!(
+        "SELECT sequence, event_id, event_type, timestamp_ns, source, resolution_hints, {data}
+         FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence"
+    );
     ctx.lake
         .query_map(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
@@ -71,7 +78,7 @@ pub async fn resolve_with_identity(
     let started = Clock::now();
     let mut result = ResolveResult::default();
     let mut state = ctx.catalog.resolve_state().await?;
-    let salt = String::new();
+    let salt = ctx.salt_fingerprint();
     if state.source_hash.is_none() {
         record(&mut state, hashes, &salt);
     } else {
@@ -97,8 +104,8 @@ pub async fn resolve_with_identity(
     ctx.catalog.put_resolve_state(&state).await?;
 
     let store = ctx.catalog.load_identity().await?;
-    let mut resolver = Resolver::new(IdentityFields::from_definitions(&ctx.defs), None, store);
-    let events = events_after(ctx, state.cursor).await?;
+    let mut resolver = ctx.resolver(store);
+    let events = events_after(ctx, state.cursor, false).await?;
     let mut assignments = Vec::new();
     let mut merges = Vec::new();
     let mut head = state.cursor;
@@ -170,17 +177,17 @@ fn system_merge(e: &defacto_core::replay::LedgerEvent) -> Option<SystemMerge> {
     })
 }
 
-fn record(state: &mut ResolveState, hashes: &Hashes, salt: &str) {
+fn record(state: &mut ResolveState, hashes: &Hashes, salt_fingerprint: &str) {
     state.source_hash = Some(hashes.source_hash.clone());
     state.identity_hash = Some(hashes.identity_hash.clone());
-    state.salt_fingerprint = Some(salt.to_string());
+    state.salt_fingerprint = Some(salt_fingerprint.to_string());
 }
 
 /// FULL_WITH_IDENTITY_RESET's shared part (PIPELINE.md §10.6): identity, assignments,
 /// merge_log and unapplied rebuild requests dropped, every ledger row's hints recomputed
 /// from its data with the current identity definitions ([FIX P26]), every build dirty.
 async fn reset_identity(ctx: &Context) -> Result<()> {
-    let events = events_after(ctx, 0).await?;
+    let events = events_after(ctx, 0, true).await?;
     // A redacted row keeps the hints it had when first redacted (PIPELINE.md §12.2): its data
     // holds only the redaction marker.
     let kept = crate::jobs::normalize::kept_entries(ctx).await?;
