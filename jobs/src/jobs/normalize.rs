@@ -79,10 +79,10 @@ async fn known_events(ctx: &Context) -> Result<(HashSet<String>, i64)> {
 }
 
 /// Accepted events by sequence, and failures with the sequence of their raw record.
-pub type Normalized = (
-    Vec<(i64, NormalizedEvent)>,
-    Vec<(Option<i64>, EventFailure)>,
-);
+/// Failures with the raw record's sequence (none for an unreadable record).
+pub type Failed = Vec<(Option<i64>, EventFailure)>;
+
+pub type Normalized = (Vec<(i64, NormalizedEvent)>, Failed);
 
 /// Normalizes raw records call by call, deduplicating against `known` (which grows).
 pub fn normalize_calls(
@@ -229,7 +229,7 @@ pub fn normalize_to_batches(
     known: &mut HashSet<String>,
     kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
-) -> Result<(Vec<RecordBatch>, Vec<(Option<i64>, EventFailure)>)> {
+) -> Result<(Vec<RecordBatch>, Failed)> {
     let mut batches = Vec::new();
     let mut failures = Vec::new();
     let mut start = 0;
