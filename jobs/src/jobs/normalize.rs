@@ -78,10 +78,10 @@ async fn known_events(ctx: &Context) -> Result<(HashSet<String>, i64)> {
     Ok((ids, max))
 }
 
-/// Accepted events by sequence, and failures with the sequence of their raw record.
-/// Failures with the raw record's sequence (none for an unreadable record).
+/// Failures with the sequence of their raw record (none for an unreadable record).
 pub type Failed = Vec<(Option<i64>, EventFailure)>;
 
+/// Accepted events by sequence, and failures with the sequence of their raw record.
 pub type Normalized = (Vec<(i64, NormalizedEvent)>, Failed);
 
 /// Normalizes raw records call by call, deduplicating against `known` (which grows).
