@@ -75,6 +75,98 @@ pub struct BuildOutput {
     pub slots: BTreeMap<EntityKey, Option<Slot>>,
     pub cursor: i64,
     pub watermark: Option<Instant>,
+    /// Where each failure of `result.failures` sits in the canonical order (event instant,
+    /// sequence), in the same order: what `absorb` interleaves by.
+    pub failure_order: Vec<(Instant, i64)>,
+}
+
+impl BuildOutput {
+    /// Folds in the output of the same FULL build over other entities (the build split into
+    /// partitions of owned ids, each replayed with only the events its entities need): changes
+    /// and slots join, counters add up, failures interleave in the order one pass gives them,
+    /// the watermark is the later one. Each partition counts the events it was given, so an
+    /// event two partitions share (one of a merged entity) is counted twice; the caller that
+    /// split the ledger sets `events_processed` and `watermark` from the whole of it.
+    pub fn absorb(&mut self, other: BuildOutput) {
+        let (mine, theirs) = (&mut self.result, other.result);
+        mine.events_processed += theirs.events_processed;
+        mine.effects_produced += theirs.effects_produced;
+        mine.entities_created += theirs.entities_created;
+        mine.entities_updated += theirs.entities_updated;
+        mine.merges_detected += theirs.merges_detected;
+        mine.late_arrivals += theirs.late_arrivals;
+        let mut failures: Failures = std::mem::take(&mut self.failure_order)
+            .into_iter()
+            .zip(std::mem::take(&mut mine.failures))
+            .chain(other.failure_order.into_iter().zip(theirs.failures))
+            .collect();
+        sort_failures(&mut failures);
+        (self.failure_order, mine.failures) = failures.into_iter().unzip();
+        mine.events_failed = mine.failures.len() as u64;
+        self.full |= other.full;
+        self.changes.extend(other.changes);
+        self.slots.extend(other.slots);
+        self.cursor = self.cursor.max(other.cursor);
+        self.watermark = self.watermark.max(other.watermark);
+    }
+}
+
+/// `id` and every id merged into it, directly or through others: the ids whose events `id`'s
+/// replay reads (§5.4).
+pub fn cluster<S: IdentityStore>(identity: &S, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![id.to_string()];
+    while let Some(next) = stack.pop() {
+        stack.extend(identity.merged_from(&next));
+        out.push(next);
+    }
+    out
+}
+
+/// The most partitions `partition_masks` tells apart.
+pub const MAX_PARTITIONS: usize = 64;
+
+/// For a FULL build split into partitions of the owned entities (`partition(id)`, below
+/// `MAX_PARTITIONS`), which partitions need each ledger row: bit `p` of a sequence's mask is
+/// set when an entity of partition `p` replays it — the entity it is assigned to, and every
+/// entity that one was merged into. Replaying partition `p` with only its rows (and `owns`
+/// narrowed to it), then folding the outputs with `BuildOutput::absorb`, gives the output of
+/// one pass over everything.
+pub fn partition_masks<S: IdentityStore>(
+    assignments: &BTreeMap<EntityKey, BTreeSet<i64>>,
+    identity: &S,
+    owns: &(dyn Fn(&str) -> bool + Sync),
+    partition: impl Fn(&str) -> usize,
+) -> std::collections::HashMap<i64, u64> {
+    let mut masks: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    for ((ty, id), seqs) in assignments {
+        if !owns(id) {
+            continue;
+        }
+        let p = partition(id);
+        assert!(p < MAX_PARTITIONS, "partition {p} of {MAX_PARTITIONS}");
+        let bit = 1u64 << p;
+        for s in seqs {
+            *masks.entry(*s).or_default() |= bit;
+        }
+        for member in identity
+            .merged_from(id)
+            .iter()
+            .flat_map(|m| cluster(identity, m))
+        {
+            for s in assignments.get(&(ty.clone(), member)).into_iter().flatten() {
+                *masks.entry(*s).or_default() |= bit;
+            }
+        }
+    }
+    masks
+}
+
+/// The order failures are reported in: by event (instant, sequence), then entity.
+fn sort_failures(failures: &mut Failures) {
+    failures.sort_by(|a, b| {
+        (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
+    });
 }
 
 type Failures = Vec<((Instant, i64), EventFailure)>;
@@ -124,10 +216,9 @@ pub fn run<S: IdentityStore + Sync>(
         }
     }
     let mut failures = std::mem::take(&mut b.failures);
-    failures.sort_by(|a, b| {
-        (a.0, &a.1.entity_type, &a.1.entity_id).cmp(&(b.0, &b.1.entity_type, &b.1.entity_id))
-    });
-    b.result.failures = failures.into_iter().map(|(_, f)| f).collect();
+    sort_failures(&mut failures);
+    let failure_order;
+    (failure_order, b.result.failures) = failures.into_iter().unzip();
     b.result.events_failed = b.result.failures.len() as u64;
     let out_slots: BTreeMap<EntityKey, Option<Slot>> = if full {
         slots
@@ -153,6 +244,7 @@ pub fn run<S: IdentityStore + Sync>(
         slots: out_slots,
         cursor: plan.cursor.max(plan.resolve_cursor),
         watermark: plan.watermark.max(max_ts),
+        failure_order,
     }
 }
 
@@ -170,15 +262,8 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         (self.inputs.owns)(id)
     }
 
-    /// The ids whose events include those of `id` (§5.4).
     fn cluster(&self, id: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![id.to_string()];
-        while let Some(next) = stack.pop() {
-            stack.extend(self.inputs.identity.merged_from(&next));
-            out.push(next);
-        }
-        out
+        cluster(self.inputs.identity, id)
     }
 
     fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {

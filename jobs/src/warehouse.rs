@@ -241,21 +241,9 @@ impl Warehouse {
         ];
         match self.dialect {
             Dialect::Postgres => {
-                // Indexes are built before the swap (readers keep the old table meanwhile) and
-                // renamed inside it.
-                let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
-                let mut prepare = vec![format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})",
-                    self.t(&stage),
-                    quote(&format!("{stage}_pkey")),
-                    keys.join(", ")
-                )];
-                prepare.extend(self.index_sql(spec, &stage, "__load"));
-                prepare.push(format!("ANALYZE {}", self.t(&stage)));
-                // One transaction, so the sort memory set for the index builds applies to them.
-                prepare.insert(0, "SET LOCAL maintenance_work_mem = '256MB'".into());
-                self.transaction("Indexing a staging table", &prepare)
-                    .await?;
+                // Indexes are built before the swap (readers keep the old table meanwhile),
+                // each on its own connection, and renamed inside it.
+                self.index_stage(spec, &stage).await?;
                 swap.push(format!(
                     "ALTER TABLE {} RENAME TO {}",
                     self.t(&stage),
@@ -353,43 +341,92 @@ impl Warehouse {
         tx.commit().await.map_err(|e| db(op, e))
     }
 
-    /// Postgres: the batches through `COPY … FROM STDIN (FORMAT binary)`.
+    /// Postgres: builds the key's index and the lookup indexes of a filled staging table at
+    /// once, one connection each (a plain `CREATE INDEX` takes a lock that lets others build
+    /// alongside), then makes the key's index the primary key (no scan: the key columns are
+    /// NOT NULL) and gathers the planner's statistics.
+    async fn index_stage(&self, spec: &TableSpec, stage: &str) -> Result<()> {
+        let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
+        let pkey = quote(&format!("{stage}_pkey"));
+        let mut builds = vec![format!(
+            "CREATE UNIQUE INDEX {pkey} ON {} ({})",
+            self.t(stage),
+            keys.join(", ")
+        )];
+        builds.extend(self.index_sql(spec, stage, "__load"));
+        let op = "Indexing a staging table";
+        futures::future::try_join_all(builds.iter().map(|build| {
+            // In a transaction, so the sort memory set for the build applies to it.
+            self.transaction(
+                op,
+                &[
+                    "SET LOCAL maintenance_work_mem = '256MB'".to_string(),
+                    build.clone(),
+                ],
+            )
+        }))
+        .await?;
+        self.transaction(
+            op,
+            &[
+                format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}",
+                    self.t(stage)
+                ),
+                format!("ANALYZE {}", self.t(stage)),
+            ],
+        )
+        .await
+    }
+
+    /// Postgres: the batches through `COPY … FROM STDIN (FORMAT binary)`, over
+    /// `COPY_CONNECTIONS` connections at once, each encoding its share of the batches on its
+    /// own task. Rows land in no particular order: a staging table has no order to keep.
     async fn copy_in(&self, table: &str, mut batches: Batches<'_>) -> Result<(u64, u64)> {
         let url = self.postgres_url.as_deref().expect("postgres warehouse");
-        let mut conn = sqlx::postgres::PgConnection::connect(url)
-            .await
-            .map_err(|e| db("Connecting to the warehouse", e))?;
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {} FROM STDIN (FORMAT binary)",
-                self.t(table)
-            ))
-            .await
-            .map_err(|e| db(&format!("Copying into {table}"), e))?;
-        let mut buf = Vec::with_capacity(1 << 20);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        while let Some(batch) = batches.try_next().await? {
-            encode_binary(&batch, &mut buf)?;
-            rows += batch.num_rows() as u64;
-            if buf.len() >= 1 << 20 {
-                bytes += buf.len() as u64;
-                copy.send(std::mem::take(&mut buf))
-                    .await
-                    .map_err(|e| db(&format!("Copying into {table}"), e))?;
+        let op = format!("Copying into {table}");
+        let sql = format!("COPY {} FROM STDIN (FORMAT binary)", self.t(table));
+        let mut feeds = Vec::new();
+        let mut copies = Vec::new();
+        for _ in 0..COPY_CONNECTIONS {
+            let conn = sqlx::postgres::PgConnection::connect(url)
+                .await
+                .map_err(|e| db("Connecting to the warehouse", e))?;
+            let (feed, rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+            feeds.push(feed);
+            copies.push(tokio::spawn(copy_batches(
+                conn,
+                sql.clone(),
+                op.clone(),
+                rx,
+            )));
+        }
+        let mut rows = 0u64;
+        let mut read = Ok(());
+        let mut next = 0;
+        loop {
+            match batches.try_next().await {
+                Ok(Some(batch)) => {
+                    rows += batch.num_rows() as u64;
+                    // A closed feed means its copy failed; its error is reported below.
+                    if feeds[next % feeds.len()].send(batch).await.is_err() {
+                        break;
+                    }
+                    next += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    read = Err(e);
+                    break;
+                }
             }
         }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
-        bytes += buf.len() as u64;
-        copy.send(buf)
-            .await
-            .map_err(|e| db(&format!("Copying into {table}"), e))?;
-        copy.finish()
-            .await
-            .map_err(|e| db(&format!("Copying into {table}"), e))?;
-        let _ = conn.close().await;
+        drop(feeds);
+        let mut bytes = 0u64;
+        for copy in copies {
+            bytes += copy.await.map_err(|e| db(&op, e))??;
+        }
+        read?;
         Ok((rows, bytes))
     }
 
@@ -478,6 +515,40 @@ impl Cell<'_> {
             Cell::Time(a) => row.push_bind(a.is_valid(i).then(|| micros_text(a.value(i)))),
         };
     }
+}
+
+/// How many connections a full Postgres load copies over.
+const COPY_CONNECTIONS: usize = 2;
+
+/// One COPY of a load: encodes the batches it is fed and streams them in chunks of about
+/// 1 MiB. Returns the bytes sent.
+async fn copy_batches(
+    mut conn: sqlx::postgres::PgConnection,
+    sql: String,
+    op: String,
+    mut feed: tokio::sync::mpsc::Receiver<RecordBatch>,
+) -> Result<u64> {
+    let mut copy = conn.copy_in_raw(&sql).await.map_err(|e| db(&op, e))?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    let mut bytes = 0u64;
+    while let Some(batch) = feed.recv().await {
+        encode_binary(&batch, &mut buf)?;
+        if buf.len() >= 1 << 20 {
+            bytes += buf.len() as u64;
+            copy.send(std::mem::take(&mut buf))
+                .await
+                .map_err(|e| db(&op, e))?;
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    bytes += buf.len() as u64;
+    copy.send(buf).await.map_err(|e| db(&op, e))?;
+    copy.finish().await.map_err(|e| db(&op, e))?;
+    let _ = conn.close().await;
+    Ok(bytes)
 }
 
 /// Canonical timestamp text (RFC 3339, UTC) of epoch microseconds.
