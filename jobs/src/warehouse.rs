@@ -355,15 +355,10 @@ impl Warehouse {
         )];
         builds.extend(self.index_sql(spec, stage, "__load"));
         let op = "Indexing a staging table";
-        futures::future::try_join_all(builds.iter().map(|build| {
+        futures::future::try_join_all(builds.into_iter().map(|build| async move {
             // In a transaction, so the sort memory set for the build applies to it.
-            self.transaction(
-                op,
-                &[
-                    "SET LOCAL maintenance_work_mem = '256MB'".to_string(),
-                    build.clone(),
-                ],
-            )
+            let statements = ["SET LOCAL maintenance_work_mem = '256MB'".to_string(), build];
+            self.transaction(op, &statements).await
         }))
         .await?;
         self.transaction(

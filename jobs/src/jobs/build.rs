@@ -4,7 +4,7 @@
 //! active when its build completes (blue/green).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant as Clock;
+use std::time::{Duration, Instant as Clock};
 
 use clap::Args;
 use defacto_core::build::{self, BuildInputs, BuildOutput, BuildPlan, HistoryChange};
@@ -15,7 +15,10 @@ use defacto_core::history::{EntityHistory, RelationshipHistory};
 use defacto_core::identity::{shard_of, IdentityStore, MemoryIdentity, Merge};
 use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
-use defacto_core::value::{timestamp_text, Instant};
+use defacto_core::value::{instant_from_nanos, timestamp_text, Instant};
+use deltalake::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use rayon::prelude::*;
 
 use crate::catalog::{parse_instant, VersionRow, ERASED, EXPLICIT_MERGE, IDENTITY_MERGE, REDACT};
 use crate::cli::{Global, ShardArgs};
@@ -27,7 +30,10 @@ use crate::history_table::{
 };
 use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::tables;
-use crate::ledger::{read_assignments, read_ledger_events, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
+use crate::ledger::{
+    read_assignments, read_ledger_events, read_ledger_rows, Columns, ASSIGNMENTS_SCHEMA,
+    EVENTS_SCHEMA,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
@@ -118,6 +124,7 @@ pub fn version_definitions(ctx: &Context, row: &VersionRow) -> Result<Definition
 pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let started = Clock::now();
     let shard = args.shard.shard()?;
+    let partition_size = partition_size()?;
     let version_name = args.version.clone().unwrap_or_else(|| ctx.version.clone());
     let row = ctx
         .catalog
@@ -223,47 +230,76 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         merges,
         rebuilds,
     };
-    let (mut inputs, mut slots) = if plan.replays_everything() {
-        (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
+    let mut timing = Timing::default();
+    let (out, full_tables) = if plan.replays_everything() && shard.is_none() {
+        let identity_loaded = Clock::now();
+        let full = full_in_partitions(
+            ctx,
+            &defs,
+            &row.version,
+            &identity,
+            &plan,
+            args.workers,
+            partition_size,
+        )
+        .await?;
+        timing = full.timing;
+        timing.load += identity_loaded - loading;
+        (full.out, Some(full.tables))
     } else {
-        // Only the slots the build can change: those of the entities its new rows and merges
-        // reach, and those with a time rule due before `as_of` (the sweep's).
-        let range = format!(
-            "sequence > {} AND sequence <= {}",
-            plan.cursor, plan.resolve_cursor
-        );
-        let new_assignments = assignments_where(ctx, &range).await?;
-        let mut touched: BTreeSet<EntityKey> = new_assignments
-            .keys()
-            .flat_map(|k| chain(&identity, k))
-            .collect();
-        for (ty, m) in &plan.merges {
-            touched.insert((ty.clone(), m.from.clone()));
-            touched.insert((ty.clone(), m.into.clone()));
+        let (mut inputs, mut slots) = if plan.replays_everything() {
+            (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
+        } else {
+            // Only the slots the build can change: those of the entities its new rows and
+            // merges reach, and those with a time rule due before `as_of` (the sweep's).
+            let range = format!(
+                "sequence > {} AND sequence <= {}",
+                plan.cursor, plan.resolve_cursor
+            );
+            let new_assignments = assignments_where(ctx, &range).await?;
+            let mut touched: BTreeSet<EntityKey> = new_assignments
+                .keys()
+                .flat_map(|k| chain(&identity, k))
+                .collect();
+            for (ty, m) in &plan.merges {
+                touched.insert((ty.clone(), m.from.clone()));
+                touched.insert((ty.clone(), m.into.clone()));
+            }
+            touched.extend(plan.rebuilds.iter().cloned());
+            let slots = ctx
+                .catalog
+                .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
+                .await?;
+            let loaded =
+                Loaded::for_increment(ctx, &plan, &identity, &slots, &owns, new_assignments)
+                    .await?;
+            (loaded, slots)
+        };
+        let replaying = Clock::now();
+        timing.load = replaying - loading;
+        let before = slots.clone();
+        let mut out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
+        // An incremental build loads the events of the entities it expects to rebuild; should
+        // it have rebuilt another one, it runs again on the whole ledger.
+        if !inputs.complete && !inputs.covers(&out) {
+            slots = before;
+            inputs = Loaded::everything(ctx, rs.cursor).await?;
+            out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
         }
-        touched.extend(plan.rebuilds.iter().cloned());
-        let slots = ctx
-            .catalog
-            .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
-            .await?;
-        let loaded =
-            Loaded::for_increment(ctx, &plan, &identity, &slots, &owns, new_assignments).await?;
-        (loaded, slots)
+        timing.replay = replaying.elapsed();
+        (out, None)
     };
-    let replaying = Clock::now();
-    let before = slots.clone();
-    let mut out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
-    // An incremental build loads the events of the entities it expects to rebuild; should it
-    // have rebuilt another one, it runs again on the whole ledger.
-    if !inputs.complete && !inputs.covers(&out) {
-        slots = before;
-        inputs = Loaded::everything(ctx, rs.cursor).await?;
-        out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
-    }
     let writing = Clock::now();
     crash_point("before-history");
-    write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?;
-    let history_written = Clock::now();
+    match full_tables {
+        Some(tables) => {
+            for (table, batches) in tables {
+                ctx.lake.overwrite(&table, batches).await?;
+            }
+        }
+        None => write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?,
+    }
+    timing.write_history += writing.elapsed();
     crash_point("after-history");
     ctx.catalog
         .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
@@ -301,18 +337,16 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     result
         .timing
         .insert("resolve_ms".into(), ms(loading - started));
-    result
-        .timing
-        .insert("load_ms".into(), ms(replaying - loading));
-    result
-        .timing
-        .insert("replay_ms".into(), ms(writing - replaying));
-    result
-        .timing
-        .insert("write_ms".into(), ms(writing.elapsed()));
-    result
-        .timing
-        .insert("write_history_ms".into(), ms(history_written - writing));
+    result.timing.insert("load_ms".into(), ms(timing.load));
+    result.timing.insert("replay_ms".into(), ms(timing.replay));
+    result.timing.insert(
+        "write_ms".into(),
+        ms(writing.elapsed() + timing.history_batches),
+    );
+    result.timing.insert(
+        "write_history_ms".into(),
+        ms(timing.write_history + timing.history_batches),
+    );
     if let Some(r) = resolve {
         result.merges_detected = r.merges_detected;
         let mut failures = r.failures;
@@ -338,6 +372,151 @@ pub(crate) fn crash_point(point: &str) {
         eprintln!("crashing at {point} (DEFACTO_CRASH_AT)");
         std::process::abort();
     }
+}
+
+/// Where a build's time went.
+#[derive(Default)]
+struct Timing {
+    load: Duration,
+    replay: Duration,
+    /// Turning a partitioned FULL build's histories into Arrow batches.
+    history_batches: Duration,
+    write_history: Duration,
+}
+
+/// Ledger rows per partition of an unsharded FULL build, unless `DEFACTO_BUILD_PARTITION_EVENTS`
+/// says otherwise: about what one partition's decoded events and histories take in memory is
+/// bounded by.
+const PARTITION_EVENTS: i64 = 262_144;
+
+/// Ledger rows per partition of a FULL build: `DEFACTO_BUILD_PARTITION_EVENTS`, or
+/// `PARTITION_EVENTS`.
+fn partition_size() -> Result<i64> {
+    match std::env::var("DEFACTO_BUILD_PARTITION_EVENTS") {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                "DEFACTO_BUILD_PARTITION_EVENTS must be a positive number of ledger rows, not '{v}'"
+            ))
+            }),
+        Err(_) => Ok(PARTITION_EVENTS),
+    }
+}
+
+/// A partitioned FULL build's output, with its history tables as Arrow batches.
+struct FullBuild {
+    out: BuildOutput,
+    tables: BTreeMap<String, Vec<RecordBatch>>,
+    timing: Timing,
+}
+
+/// An unsharded FULL build, a partition of the entities at a time (`partition_count`). The
+/// ledger is scanned once and kept as Arrow batches, each row marked with the partitions that
+/// replay it (`build::partition_masks`: its entity's and those its entity was merged into).
+/// Each partition's rows are then decoded (batches in parallel), replayed, and its histories
+/// turned into Arrow batches before the next partition is decoded: only one partition's events
+/// and histories are ever held as Rust values. The outputs fold into the one of a single pass
+/// (`BuildOutput::absorb`), and each history table is still written in one commit.
+async fn full_in_partitions(
+    ctx: &Context,
+    defs: &Definitions,
+    version: &str,
+    identity: &MemoryIdentity,
+    plan: &BuildPlan,
+    workers: usize,
+    partition_size: i64,
+) -> Result<FullBuild> {
+    let started = Clock::now();
+    let assignments = load_assignments(ctx).await?;
+    let parts = (plan.resolve_cursor.max(1) + partition_size - 1)
+        .div_euclid(partition_size)
+        .clamp(1, build::MAX_PARTITIONS as i64) as usize;
+    let part_of = move |id: &str| shard_of(id, parts as u32) as usize;
+    let everyone = |_: &str| true;
+    let masks = build::partition_masks(&assignments, identity, &everyone, part_of);
+    let sql = format!(
+        "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE sequence <= {}",
+        plan.resolve_cursor
+    );
+    let mut stream = ctx
+        .lake
+        .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
+        .await?;
+    let mut ledger: Vec<(RecordBatch, Vec<u64>)> = Vec::new();
+    let (mut events, mut latest) = (0u64, None::<i64>);
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        let c = Columns::new(&batch);
+        let (seq, ns) = (c.i64("sequence")?, c.i64("timestamp_ns")?);
+        events += batch.num_rows() as u64;
+        latest = latest.max(ns.values().iter().copied().max());
+        let marks = seq
+            .values()
+            .iter()
+            .map(|s| masks.get(s).copied().unwrap_or(0))
+            .collect();
+        ledger.push((batch, marks));
+    }
+    drop(masks);
+    let mut timing = Timing {
+        load: started.elapsed(),
+        ..Timing::default()
+    };
+    let mut folded: Option<BuildOutput> = None;
+    let mut tables: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    for p in 0..parts {
+        let decoding = Clock::now();
+        let decoded = ledger
+            .par_iter()
+            .map(|(batch, marks)| read_ledger_rows(batch, |i| marks[i] >> p & 1 == 1))
+            .collect::<Result<Vec<_>>>()?;
+        let mut events: Vec<LedgerEvent> = decoded.into_iter().flatten().collect();
+        events.sort_unstable_by_key(|e| e.sequence);
+        let replaying = Clock::now();
+        timing.load += replaying - decoding;
+        let owns = move |id: &str| part_of(id) == p;
+        let inputs = BuildInputs {
+            defs,
+            ledger: &events,
+            assignments: &assignments,
+            identity,
+            owns: &owns,
+            workers: workers.max(1),
+        };
+        let mut out = build::run(&inputs, plan, &mut BTreeMap::new());
+        drop(events);
+        let converting = Clock::now();
+        timing.replay += converting - replaying;
+        for (table, batch) in full_history_batches(defs, version, &out.changes)? {
+            tables.entry(table).or_default().push(batch);
+        }
+        out.changes.clear();
+        timing.history_batches += converting.elapsed();
+        tracing::debug!(partition = p, of = parts, "partition replayed");
+        match folded.as_mut() {
+            None => folded = Some(out),
+            Some(f) => f.absorb(out),
+        }
+    }
+    let mut out = folded.expect("a FULL build has at least one partition");
+    // Rows of merged entities were replayed by several partitions; count each once, as the
+    // latest event of the whole ledger sets the watermark.
+    out.result.events_processed = events;
+    out.watermark = plan
+        .watermark
+        .max(latest.and_then(|ns| instant_from_nanos(ns as i128)));
+    Ok(FullBuild {
+        out,
+        tables,
+        timing,
+    })
 }
 
 /// The ledger rows and assignments a build replays.
@@ -578,66 +757,63 @@ pub async fn write_changes(
     changes: &BTreeMap<EntityKey, HistoryChange>,
     replace_all: bool,
 ) -> Result<()> {
+    if replace_all {
+        for (table, batch) in full_history_batches(defs, version, changes)? {
+            ctx.lake.overwrite(&table, vec![batch]).await?;
+        }
+        return Ok(());
+    }
     let entity_type_of = |id: &str| identity.entity_type(id);
     for (name, entity) in &defs.entities {
         let table = tables::history(version, name);
         let keys: Vec<&EntityKey> = changes.keys().filter(|k| &k.0 == name).collect();
-        if keys.is_empty() && !replace_all {
+        if keys.is_empty() {
             continue;
         }
         let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
-        if !replace_all {
-            let sql = format!(
-                "SELECT * FROM h WHERE \"{name}_id\" IN ({})",
-                sql_list(&ids)
-            );
-            for b in ctx
-                .lake
-                .query_all(&[("h", &table, entity_schema(entity))], &sql)
-                .await?
-            {
-                histories.extend(group_rows(name, read_entity_rows(entity, &b)?));
-            }
+        let sql = format!(
+            "SELECT * FROM h WHERE \"{name}_id\" IN ({})",
+            sql_list(&ids)
+        );
+        for b in ctx
+            .lake
+            .query_all(&[("h", &table, entity_schema(entity))], &sql)
+            .await?
+        {
+            histories.extend(group_rows(name, read_entity_rows(entity, &b)?));
         }
         for key in &keys {
             build::apply_history_change(&mut histories, key, &changes[*key]);
         }
         let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
         let batch = entity_batch(entity, &rows)?;
-        if replace_all {
-            ctx.lake.overwrite(&table, vec![batch]).await?;
-        } else {
-            let predicate = format!("{name}_id IN ({})", sql_list(&ids));
-            ctx.lake
-                .replace_where(&table, &predicate, vec![batch])
-                .await?;
-        }
+        let predicate = format!("{name}_id IN ({})", sql_list(&ids));
+        ctx.lake
+            .replace_where(&table, &predicate, vec![batch])
+            .await?;
     }
     // Relationship rows belong to their source entity.
+    let ids: Vec<&str> = changes.keys().map(|k| k.1.as_str()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
     for rel in relationship_types(defs) {
         let table = tables::relationship_history(version, &rel);
-        let keys: Vec<&EntityKey> = changes.keys().collect();
-        if keys.is_empty() && !replace_all {
-            continue;
-        }
-        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
-        if !replace_all && !ids.is_empty() {
-            let sql = format!("SELECT * FROM r WHERE source_id IN ({})", sql_list(&ids));
-            for b in ctx
-                .lake
-                .query_all(&[("r", &table, relationship_schema(defs, &rel))], &sql)
-                .await?
-            {
-                rels.extend(group_relationships(
-                    &entity_type_of,
-                    read_relationship_rows(&b)?,
-                ));
-            }
+        let sql = format!("SELECT * FROM r WHERE source_id IN ({})", sql_list(&ids));
+        for b in ctx
+            .lake
+            .query_all(&[("r", &table, relationship_schema(defs, &rel))], &sql)
+            .await?
+        {
+            rels.extend(group_relationships(
+                &entity_type_of,
+                read_relationship_rows(&b)?,
+            ));
         }
-        for key in &keys {
-            build::apply_relationship_change(&mut rels, defs, key, &changes[*key]);
+        for (key, change) in changes {
+            build::apply_relationship_change(&mut rels, defs, key, change);
         }
         let rows: Vec<_> = rels
             .values()
@@ -645,16 +821,46 @@ pub async fn write_changes(
             .filter(|r| r.relationship_type == rel)
             .collect();
         let batch = relationship_batch(defs, &rel, &rows)?;
-        if replace_all {
-            ctx.lake.overwrite(&table, vec![batch]).await?;
-        } else if !ids.is_empty() {
-            let predicate = format!("source_id IN ({})", sql_list(&ids));
-            ctx.lake
-                .replace_where(&table, &predicate, vec![batch])
-                .await?;
-        }
+        let predicate = format!("source_id IN ({})", sql_list(&ids));
+        ctx.lake
+            .replace_where(&table, &predicate, vec![batch])
+            .await?;
     }
     Ok(())
+}
+
+/// The history rows of a FULL build's changes: one batch per history table of the version,
+/// every table (empty ones too), as replacing them all takes.
+fn full_history_batches(
+    defs: &Definitions,
+    version: &str,
+    changes: &BTreeMap<EntityKey, HistoryChange>,
+) -> Result<Vec<(String, RecordBatch)>> {
+    let mut out = Vec::new();
+    for (name, entity) in &defs.entities {
+        let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+        for (key, change) in changes.iter().filter(|(k, _)| &k.0 == name) {
+            build::apply_history_change(&mut histories, key, change);
+        }
+        let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+        out.push((tables::history(version, name), entity_batch(entity, &rows)?));
+    }
+    for rel in relationship_types(defs) {
+        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+        for (key, change) in changes {
+            build::apply_relationship_change(&mut rels, defs, key, change);
+        }
+        let rows: Vec<_> = rels
+            .values()
+            .flat_map(|r| r.all())
+            .filter(|r| r.relationship_type == rel)
+            .collect();
+        out.push((
+            tables::relationship_history(version, &rel),
+            relationship_batch(defs, &rel, &rows)?,
+        ));
+    }
+    Ok(out)
 }
 
 /// A slot map's entry count, for logs.
