@@ -357,7 +357,10 @@ impl Warehouse {
         let op = "Indexing a staging table";
         futures::future::try_join_all(builds.into_iter().map(|build| async move {
             // In a transaction, so the sort memory set for the build applies to it.
-            let statements = ["SET LOCAL maintenance_work_mem = '256MB'".to_string(), build];
+            let statements = [
+                "SET LOCAL maintenance_work_mem = '256MB'".to_string(),
+                build,
+            ];
             self.transaction(op, &statements).await
         }))
         .await?;

@@ -220,7 +220,13 @@ fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
     }
     assert_same_history(&dir, &version, engine_history(&dir, &calls, &[1]));
     let status = run(&dir, &["status"]);
-    for field in ["cursor", "watermark", "dirty", "total_events", "pending_events"] {
+    for field in [
+        "cursor",
+        "watermark",
+        "dirty",
+        "total_events",
+        "pending_events",
+    ] {
         assert_eq!(status[field], status_after_one_pass[field], "{field}");
     }
     // A bad partition size is a configuration error (exit 2) before anything is touched.

@@ -513,13 +513,7 @@ async fn write_csv(
     let mut header = true;
     while let Some(batch) = batches.try_next().await? {
         let mut buf = Vec::new();
-        {
-            let mut w = deltalake::arrow::csv::WriterBuilder::new()
-                .with_header(header)
-                .with_timestamp_tz_format(crate::output::CSV_TIMESTAMP.into())
-                .build(&mut buf);
-            w.write(&batch).map_err(|e| failed(&e))?;
-        }
+        crate::output::write_csv(&batch, header, &mut buf).map_err(|e| failed(&e))?;
         header = false;
         rows += batch.num_rows() as u64;
         out.write_all(&buf).await.map_err(|e| failed(&e))?;
