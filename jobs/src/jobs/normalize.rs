@@ -9,11 +9,12 @@ use clap::Args;
 use defacto_core::normalize::{normalize_call_kept, Kept, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
 use deltalake::arrow::array::RecordBatch;
+use futures::TryStreamExt;
 
 use crate::catalog::NORMALIZE_CURSOR;
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lake::tables;
 use crate::ledger::{
     events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA, REDACTIONS_SCHEMA,
@@ -46,14 +47,64 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     ))
 }
 
-/// Reads raw records with sequence in `(after, ..]`, in sequence order.
-pub async fn raw_records(ctx: &Context, after: i64) -> Result<Vec<RawRecord>> {
+/// Normalizes the raw records with sequence in `(after, ..]` as they are read, in sequence
+/// order: each time a chunk's worth (`CHUNK`) is waiting, every whole call among them is
+/// normalized into ledger batches (the last call read may go on in the next batch), so raw
+/// records are never all held at once. Returns the batches, the failures, and the highest
+/// sequence read (`after` when there was none).
+async fn normalize_raw(
+    ctx: &Context,
+    after: i64,
+    known: &mut HashSet<String>,
+    kept: &BTreeMap<i64, Kept>,
+    result: &mut IngestResult,
+) -> Result<(Vec<RecordBatch>, Failed, i64)> {
     let sql = format!(
         "SELECT sequence, call, source, raw FROM raw WHERE sequence > {after} ORDER BY sequence"
     );
-    ctx.lake
-        .query_map(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql, read_raw)
-        .await
+    let mut stream = ctx
+        .lake
+        .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
+        .await?;
+    let (mut batches, mut failures) = (Vec::new(), Vec::new());
+    let mut pending: Vec<RawRecord> = Vec::new();
+    let mut head = after;
+    loop {
+        let next = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::Storage(format!("Reading ledger/raw failed: {e}")))?;
+        let done = next.is_none();
+        if let Some(batch) = next {
+            pending.extend(read_raw(&batch)?);
+        }
+        let ready = ready_to_normalize(&pending, done, CHUNK);
+        if ready > 0 {
+            let rest = pending.split_off(ready);
+            head = head.max(pending[ready - 1].sequence);
+            let (mut b, mut f) = normalize_to_batches(ctx, &pending, known, kept, result)?;
+            batches.append(&mut b);
+            failures.append(&mut f);
+            pending = rest;
+        }
+        if done {
+            return Ok((batches, failures, head));
+        }
+    }
+}
+
+/// How many of the `pending` raw records (in sequence order) to normalize now: all of them
+/// at the end of the input, else once `chunk` are waiting every whole call among them (the
+/// last call read may continue in the next batch), else none.
+fn ready_to_normalize(pending: &[RawRecord], done: bool, chunk: usize) -> usize {
+    match pending.last() {
+        Some(_) if done => pending.len(),
+        Some(last) if pending.len() >= chunk => pending
+            .iter()
+            .rposition(|r| r.call != last.call)
+            .map_or(0, |i| i + 1),
+        _ => 0,
+    }
 }
 
 /// The event ids of the canonical ledger rows, and the highest sequence in the ledger.
@@ -158,15 +209,12 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
         .counter(NORMALIZE_CURSOR)
         .await?
         .max(ledger_head);
-    let records = raw_records(ctx, cursor).await?;
     let mut result = IngestResult::default();
-    if records.is_empty() {
+    let (batches, failures, head) =
+        normalize_raw(ctx, cursor, &mut known, &BTreeMap::new(), &mut result).await?;
+    if head == cursor {
         return Ok(result);
     }
-    let (batches, failures) =
-        normalize_to_batches(ctx, &records, &mut known, &BTreeMap::new(), &mut result)?;
-    let head = records.last().map_or(cursor, |r| r.sequence);
-    drop(records);
     write_batches(ctx, batches, false).await?;
     write_dead_letters(ctx, &failures).await?;
     ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
@@ -176,13 +224,10 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
 /// FULL_RENORMALIZE's ledger part (PIPELINE.md §10.7 steps 1–3) from the raw records; the
 /// events table is replaced in one commit. Returns the failures.
 pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
-    let records = raw_records(ctx, 0).await?;
     let kept = kept_entries(ctx).await?;
     let mut known = HashSet::new();
     let mut result = IngestResult::default();
-    let (batches, failures) = normalize_to_batches(ctx, &records, &mut known, &kept, &mut result)?;
-    let head = records.last().map_or(0, |r| r.sequence);
-    drop(records);
+    let (batches, failures, head) = normalize_raw(ctx, 0, &mut known, &kept, &mut result).await?;
     write_batches(ctx, batches, true).await?;
     write_dead_letters(ctx, &failures).await?;
     ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
@@ -283,4 +328,37 @@ pub async fn write_dead_letters(
     failures: &[(Option<i64>, EventFailure)],
 ) -> Result<()> {
     ctx.dead_letters(failures).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(calls: &[i64]) -> Vec<RawRecord> {
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, call)| RawRecord {
+                sequence: i as i64 + 1,
+                call: *call,
+                source: "app".into(),
+                raw: "{}".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_calls_are_normalized_once_a_chunk_is_waiting() {
+        let pending = records(&[1, 1, 2, 2, 2]);
+        // Fewer than a chunk: wait for more.
+        assert_eq!(ready_to_normalize(&pending, false, 6), 0);
+        // A chunk: every call but the last, which may go on in the next batch.
+        assert_eq!(ready_to_normalize(&pending, false, 5), 2);
+        assert_eq!(ready_to_normalize(&pending, false, 3), 2);
+        // One call longer than a chunk waits for its end.
+        assert_eq!(ready_to_normalize(&records(&[7, 7, 7]), false, 2), 0);
+        // The end of the input: everything.
+        assert_eq!(ready_to_normalize(&pending, true, 100), 5);
+        assert_eq!(ready_to_normalize(&[], true, 100), 0);
+    }
 }
