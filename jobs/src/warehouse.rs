@@ -98,6 +98,16 @@ impl Warehouse {
         )
     }
 
+    /// How many tables to load at once: on Postgres, the small tables load while a large one
+    /// copies and indexes (each used to cost ~0.25 s of mostly waiting, in turn); SQLite has
+    /// one writer.
+    pub fn parallel_loads(&self) -> usize {
+        match self.dialect {
+            Dialect::Postgres => 3,
+            Dialect::Sqlite => 1,
+        }
+    }
+
     /// Where the tables live: the Postgres schema, or the SQLite table prefix.
     pub fn location(&self) -> &str {
         &self.schema
@@ -162,13 +172,27 @@ impl Warehouse {
         Ok(found.is_some())
     }
 
-    fn create_table_sql(&self, table: &str, schema: &SchemaRef, key: Option<&[String]>) -> String {
+    /// `CREATE TABLE` of `table`. On Postgres, key columns of text compare bytewise
+    /// (`COLLATE "C"`): ids are opaque, and a byte order sorts without the locale's rules — the
+    /// primary key of 1.1 M history rows built in 0.84 s instead of 1.68 s under `C.UTF-8`.
+    fn create_table_sql(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        key: Option<&[String]>,
+        key_columns: &[String],
+    ) -> String {
         let mut cols: Vec<String> = schema
             .fields()
             .iter()
             .map(|f| {
                 let null = if f.is_nullable() { "" } else { " NOT NULL" };
-                format!("{} {}{null}", quote(f.name()), self.sql_type(f.data_type()))
+                let ty = self.sql_type(f.data_type());
+                let bytewise = self.dialect == Dialect::Postgres
+                    && ty == "TEXT"
+                    && key_columns.iter().any(|k| k == f.name());
+                let collate = if bytewise { " COLLATE \"C\"" } else { "" };
+                format!("{} {ty}{collate}{null}", quote(f.name()))
             })
             .collect();
         if let Some(key) = key {
@@ -204,18 +228,19 @@ impl Warehouse {
     }
 
     /// Creates `table` (dropping a leftover of an interrupted load) and fills it with `batches`.
+    /// `key` is its primary key if it gets one now, `key_columns` those of the final table.
     async fn stage(
         &self,
         table: &str,
         schema: &SchemaRef,
-        key: Option<&[String]>,
+        (key, key_columns): (Option<&[String]>, &[String]),
         batches: Batches<'_>,
     ) -> Result<(u64, u64)> {
         exec(&format!("DROP TABLE IF EXISTS {}", self.t(table)))
             .execute(&self.pool)
             .await
             .map_err(|e| db("Preparing a staging table", e))?;
-        exec(&self.create_table_sql(table, schema, key))
+        exec(&self.create_table_sql(table, schema, key, key_columns))
             .execute(&self.pool)
             .await
             .map_err(|e| db("Creating a staging table", e))?;
@@ -234,7 +259,9 @@ impl Warehouse {
             Dialect::Postgres => None,
             Dialect::Sqlite => Some(spec.key.as_slice()),
         };
-        let loaded = self.stage(&stage, &spec.schema, key, batches).await?;
+        let loaded = self
+            .stage(&stage, &spec.schema, (key, &spec.key), batches)
+            .await?;
         let mut swap = vec![
             format!("DROP VIEW IF EXISTS {}", self.t(&spec.view)),
             format!("DROP TABLE IF EXISTS {}", self.t(&spec.name)),
@@ -289,7 +316,9 @@ impl Warehouse {
     ) -> Result<(u64, u64)> {
         let stage = format!("{}__load", spec.name);
         let ids_stage = format!("{}__ids", spec.name);
-        let loaded = self.stage(&stage, &spec.schema, None, batches).await?;
+        let loaded = self
+            .stage(&stage, &spec.schema, (None, &spec.key), batches)
+            .await?;
         let id_schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
             deltalake::arrow::datatypes::Field::new("id", DataType::Utf8, false),
         ]));
@@ -299,7 +328,7 @@ impl Warehouse {
         )
         .map_err(|e| db("Staging changed ids", e))?;
         let one = futures::stream::iter([Ok(id_batch)]).boxed();
-        self.stage(&ids_stage, &id_schema, None, one).await?;
+        self.stage(&ids_stage, &id_schema, (None, &[]), one).await?;
         let columns: Vec<String> = spec
             .schema
             .fields()
@@ -341,40 +370,26 @@ impl Warehouse {
         tx.commit().await.map_err(|e| db(op, e))
     }
 
-    /// Postgres: builds the key's index and the lookup indexes of a filled staging table at
-    /// once, one connection each (a plain `CREATE INDEX` takes a lock that lets others build
-    /// alongside), then makes the key's index the primary key (no scan: the key columns are
-    /// NOT NULL) and gathers the planner's statistics.
+    /// Postgres: the key and the lookup indexes of a filled staging table, and the planner's
+    /// statistics, in one transaction (so the sort memory set for the builds applies to them).
+    /// One after the other: measured on 2 cores, three builds at once on three connections took
+    /// as long in all as in turn (the key's build already uses parallel workers) and each
+    /// twice as long.
     async fn index_stage(&self, spec: &TableSpec, stage: &str) -> Result<()> {
         let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
-        let pkey = quote(&format!("{stage}_pkey"));
-        let mut builds = vec![format!(
-            "CREATE UNIQUE INDEX {pkey} ON {} ({})",
-            self.t(stage),
-            keys.join(", ")
-        )];
-        builds.extend(self.index_sql(spec, stage, "__load"));
-        let op = "Indexing a staging table";
-        futures::future::try_join_all(builds.into_iter().map(|build| async move {
-            // In a transaction, so the sort memory set for the build applies to it.
-            let statements = [
-                "SET LOCAL maintenance_work_mem = '256MB'".to_string(),
-                build,
-            ];
-            self.transaction(op, &statements).await
-        }))
-        .await?;
-        self.transaction(
-            op,
-            &[
-                format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}",
-                    self.t(stage)
-                ),
-                format!("ANALYZE {}", self.t(stage)),
-            ],
-        )
-        .await
+        let mut statements = vec![
+            "SET LOCAL maintenance_work_mem = '256MB'".to_string(),
+            format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})",
+                self.t(stage),
+                quote(&format!("{stage}_pkey")),
+                keys.join(", ")
+            ),
+        ];
+        statements.extend(self.index_sql(spec, stage, "__load"));
+        statements.push(format!("ANALYZE {}", self.t(stage)));
+        self.transaction("Indexing a staging table", &statements)
+            .await
     }
 
     /// Postgres: the batches through `COPY … FROM STDIN (FORMAT binary)`, over

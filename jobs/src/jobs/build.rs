@@ -812,15 +812,7 @@ pub async fn write_changes(
                 read_relationship_rows(&b)?,
             ));
         }
-        for (key, change) in changes {
-            build::apply_relationship_change(&mut rels, defs, key, change);
-        }
-        let rows: Vec<_> = rels
-            .values()
-            .flat_map(|r| r.all())
-            .filter(|r| r.relationship_type == rel)
-            .collect();
-        let batch = relationship_batch(defs, &rel, &rows)?;
+        let batch = relationships_after(defs, &rel, rels, changes)?;
         let predicate = format!("source_id IN ({})", sql_list(&ids));
         ctx.lake
             .replace_where(&table, &predicate, vec![batch])
@@ -846,21 +838,31 @@ fn full_history_batches(
         out.push((tables::history(version, name), entity_batch(entity, &rows)?));
     }
     for rel in relationship_types(defs) {
-        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
-        for (key, change) in changes {
-            build::apply_relationship_change(&mut rels, defs, key, change);
-        }
-        let rows: Vec<_> = rels
-            .values()
-            .flat_map(|r| r.all())
-            .filter(|r| r.relationship_type == rel)
-            .collect();
         out.push((
             tables::relationship_history(version, &rel),
-            relationship_batch(defs, &rel, &rows)?,
+            relationships_after(defs, &rel, BTreeMap::new(), changes)?,
         ));
     }
     Ok(out)
+}
+
+/// The rows of relationship type `rel` once `changes` are applied to `rels` (their source
+/// entities' relationship histories before), as one batch.
+fn relationships_after(
+    defs: &Definitions,
+    rel: &str,
+    mut rels: BTreeMap<EntityKey, RelationshipHistory>,
+    changes: &BTreeMap<EntityKey, HistoryChange>,
+) -> Result<RecordBatch> {
+    for (key, change) in changes {
+        build::apply_relationship_change(&mut rels, defs, key, change);
+    }
+    let rows: Vec<_> = rels
+        .values()
+        .flat_map(|r| r.all())
+        .filter(|r| r.relationship_type == rel)
+        .collect();
+    relationship_batch(defs, rel, &rows)
 }
 
 /// A slot map's entry count, for logs.

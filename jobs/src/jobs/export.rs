@@ -303,48 +303,62 @@ async fn to_warehouse(
 ) -> Result<Vec<TableExport>> {
     wh.ensure_schema().await?;
     let target = format!("warehouse:{}", wh.location());
-    let mut out = Vec::new();
-    for source in sources {
-        let spec = TableSpec {
-            name: source.name(true),
-            schema: source.schema.clone(),
-            id_column: source.id_column.clone(),
-            key: source.key.clone(),
-            view: source.base.clone(),
-        };
-        // A table that no build has written yet is exported empty, as version -1.
-        let now = ctx.lake.version(&source.lake_table).await?.unwrap_or(-1);
-        let last = match full || !wh.exists(&spec.name).await? {
-            true => None,
-            false => ctx.catalog.export_version(&target, &spec.name).await?,
-        };
-        let (mode, rows, bytes) = match last {
-            Some(last) if last == now => ("unchanged", 0, 0),
-            Some(last) if last >= 0 => match changed_rows(&ctx.lake, source, last).await? {
-                Some((ids, batches)) if ids.is_empty() => {
-                    drop(batches);
-                    ("unchanged", 0, 0)
-                }
-                Some((ids, batches)) => {
-                    let (rows, bytes) = wh.load_changed(&spec, &ids, batches).await?;
-                    ("incremental", rows, bytes)
-                }
-                None => full_load(ctx, wh, &spec, source).await?,
-            },
-            _ => full_load(ctx, wh, &spec, source).await?,
-        };
-        ctx.catalog
-            .set_export_version(&target, &spec.name, now)
-            .await?;
-        out.push(TableExport {
-            location: wh.t(&spec.name),
-            table: spec.name,
-            mode,
-            rows,
-            bytes,
-        });
-    }
-    Ok(out)
+    futures::stream::iter(
+        sources
+            .iter()
+            .map(|source| warehouse_table(ctx, wh, source, full, &target)),
+    )
+    .buffered(wh.parallel_loads())
+    .try_collect()
+    .await
+}
+
+/// Loads one history table into the warehouse: unchanged, the changed entities' rows, or all.
+async fn warehouse_table(
+    ctx: &Context,
+    wh: &Warehouse,
+    source: &Source,
+    full: bool,
+    target: &str,
+) -> Result<TableExport> {
+    let spec = TableSpec {
+        name: source.name(true),
+        schema: source.schema.clone(),
+        id_column: source.id_column.clone(),
+        key: source.key.clone(),
+        view: source.base.clone(),
+    };
+    // A table that no build has written yet is exported empty, as version -1.
+    let now = ctx.lake.version(&source.lake_table).await?.unwrap_or(-1);
+    let last = match full || !wh.exists(&spec.name).await? {
+        true => None,
+        false => ctx.catalog.export_version(target, &spec.name).await?,
+    };
+    let (mode, rows, bytes) = match last {
+        Some(last) if last == now => ("unchanged", 0, 0),
+        Some(last) if last >= 0 => match changed_rows(&ctx.lake, source, last).await? {
+            Some((ids, batches)) if ids.is_empty() => {
+                drop(batches);
+                ("unchanged", 0, 0)
+            }
+            Some((ids, batches)) => {
+                let (rows, bytes) = wh.load_changed(&spec, &ids, batches).await?;
+                ("incremental", rows, bytes)
+            }
+            None => full_load(ctx, wh, &spec, source).await?,
+        },
+        _ => full_load(ctx, wh, &spec, source).await?,
+    };
+    ctx.catalog
+        .set_export_version(target, &spec.name, now)
+        .await?;
+    Ok(TableExport {
+        location: wh.t(&spec.name),
+        table: spec.name,
+        mode,
+        rows,
+        bytes,
+    })
 }
 
 async fn full_load(
