@@ -126,7 +126,7 @@ pub fn cluster<S: IdentityStore>(identity: &S, id: &str) -> Vec<String> {
 /// The most partitions `partition_masks` tells apart.
 pub const MAX_PARTITIONS: usize = 64;
 
-/// For a FULL build split into partitions of the owned entities (`partition(id)`, below
+/// For a FULL build split into partitions of the entities (`partition(id)`, below
 /// `MAX_PARTITIONS`), which partitions need each ledger row: bit `p` of a sequence's mask is
 /// set when an entity of partition `p` replays it — the entity it is assigned to, and every
 /// entity that one was merged into. Replaying partition `p` with only its rows (and `owns`
@@ -135,14 +135,10 @@ pub const MAX_PARTITIONS: usize = 64;
 pub fn partition_masks<S: IdentityStore>(
     assignments: &BTreeMap<EntityKey, BTreeSet<i64>>,
     identity: &S,
-    owns: &(dyn Fn(&str) -> bool + Sync),
     partition: impl Fn(&str) -> usize,
 ) -> std::collections::HashMap<i64, u64> {
     let mut masks: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
     for ((ty, id), seqs) in assignments {
-        if !owns(id) {
-            continue;
-        }
         let p = partition(id);
         assert!(p < MAX_PARTITIONS, "partition {p} of {MAX_PARTITIONS}");
         let bit = 1u64 << p;

@@ -594,7 +594,7 @@ fn a_full_build_in_partitions_folds_into_one_pass() {
         "the \"lots\" upgrades fail"
     );
     for parts in [1usize, 2, 3, 5] {
-        let masks = partition_masks(e.assignments(), e.resolver().store(), &all, |id| {
+        let masks = partition_masks(e.assignments(), e.resolver().store(), |id| {
             shard_of(id, parts as u32) as usize
         });
         let mut folded: Option<defacto_core::build::BuildOutput> = None;

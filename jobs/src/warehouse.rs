@@ -179,8 +179,8 @@ impl Warehouse {
         &self,
         table: &str,
         schema: &SchemaRef,
-        key: Option<&[String]>,
-        key_columns: &[String],
+        key: &[String],
+        primary_key: bool,
     ) -> String {
         let mut cols: Vec<String> = schema
             .fields()
@@ -190,12 +190,12 @@ impl Warehouse {
                 let ty = self.sql_type(f.data_type());
                 let bytewise = self.dialect == Dialect::Postgres
                     && ty == "TEXT"
-                    && key_columns.iter().any(|k| k == f.name());
+                    && key.iter().any(|k| k == f.name());
                 let collate = if bytewise { " COLLATE \"C\"" } else { "" };
                 format!("{} {ty}{collate}{null}", quote(f.name()))
             })
             .collect();
-        if let Some(key) = key {
+        if primary_key {
             let key: Vec<String> = key.iter().map(|k| quote(k)).collect();
             cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
         }
@@ -228,19 +228,20 @@ impl Warehouse {
     }
 
     /// Creates `table` (dropping a leftover of an interrupted load) and fills it with `batches`.
-    /// `key` is its primary key if it gets one now, `key_columns` those of the final table.
+    /// `key` is the final table's key; the staging table gets it as its primary key when
+    /// `primary_key`.
     async fn stage(
         &self,
         table: &str,
         schema: &SchemaRef,
-        (key, key_columns): (Option<&[String]>, &[String]),
+        (key, primary_key): (&[String], bool),
         batches: Batches<'_>,
     ) -> Result<(u64, u64)> {
         exec(&format!("DROP TABLE IF EXISTS {}", self.t(table)))
             .execute(&self.pool)
             .await
             .map_err(|e| db("Preparing a staging table", e))?;
-        exec(&self.create_table_sql(table, schema, key, key_columns))
+        exec(&self.create_table_sql(table, schema, key, primary_key))
             .execute(&self.pool)
             .await
             .map_err(|e| db("Creating a staging table", e))?;
@@ -254,13 +255,10 @@ impl Warehouse {
     /// Returns the rows and bytes loaded.
     pub async fn load_full(&self, spec: &TableSpec, batches: Batches<'_>) -> Result<(u64, u64)> {
         let stage = format!("{}__load", spec.name);
-        let key = match self.dialect {
-            // Postgres builds the key's index on the staging table, before the swap.
-            Dialect::Postgres => None,
-            Dialect::Sqlite => Some(spec.key.as_slice()),
-        };
+        // Postgres builds the key's index on the filled staging table, before the swap.
+        let primary_key = self.dialect == Dialect::Sqlite;
         let loaded = self
-            .stage(&stage, &spec.schema, (key, &spec.key), batches)
+            .stage(&stage, &spec.schema, (&spec.key, primary_key), batches)
             .await?;
         let mut swap = vec![
             format!("DROP VIEW IF EXISTS {}", self.t(&spec.view)),
@@ -268,8 +266,8 @@ impl Warehouse {
         ];
         match self.dialect {
             Dialect::Postgres => {
-                // Indexes are built before the swap (readers keep the old table meanwhile),
-                // each on its own connection, and renamed inside it.
+                // Indexes are built before the swap (readers keep the old table meanwhile) and
+                // renamed inside it.
                 self.index_stage(spec, &stage).await?;
                 swap.push(format!(
                     "ALTER TABLE {} RENAME TO {}",
@@ -317,7 +315,7 @@ impl Warehouse {
         let stage = format!("{}__load", spec.name);
         let ids_stage = format!("{}__ids", spec.name);
         let loaded = self
-            .stage(&stage, &spec.schema, (None, &spec.key), batches)
+            .stage(&stage, &spec.schema, (&spec.key, false), batches)
             .await?;
         let id_schema = Arc::new(deltalake::arrow::datatypes::Schema::new(vec![
             deltalake::arrow::datatypes::Field::new("id", DataType::Utf8, false),
@@ -328,7 +326,8 @@ impl Warehouse {
         )
         .map_err(|e| db("Staging changed ids", e))?;
         let one = futures::stream::iter([Ok(id_batch)]).boxed();
-        self.stage(&ids_stage, &id_schema, (None, &[]), one).await?;
+        self.stage(&ids_stage, &id_schema, (&[], false), one)
+            .await?;
         let columns: Vec<String> = spec
             .schema
             .fields()

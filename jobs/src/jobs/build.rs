@@ -297,7 +297,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
                 ctx.lake.overwrite(&table, batches).await?;
             }
         }
-        None => write_history(ctx, &defs, &row.version, &identity, &out, shard.is_some()).await?,
+        None => write_changes(ctx, &defs, &row.version, &identity, &out.changes).await?,
     }
     timing.write_history += writing.elapsed();
     crash_point("after-history");
@@ -385,8 +385,8 @@ struct Timing {
 }
 
 /// Ledger rows per partition of an unsharded FULL build, unless `DEFACTO_BUILD_PARTITION_EVENTS`
-/// says otherwise: about what one partition's decoded events and histories take in memory is
-/// bounded by.
+/// says otherwise: one partition's decoded events and histories are what the build holds as
+/// Rust values at a time.
 const PARTITION_EVENTS: i64 = 262_144;
 
 /// Ledger rows per partition of a FULL build: `DEFACTO_BUILD_PARTITION_EVENTS`, or
@@ -414,7 +414,8 @@ struct FullBuild {
     timing: Timing,
 }
 
-/// An unsharded FULL build, a partition of the entities at a time (`partition_count`). The
+/// An unsharded FULL build, a partition of the entities at a time (`partition_size` ledger
+/// rows each, about; at most `build::MAX_PARTITIONS`). The
 /// ledger is scanned once and kept as Arrow batches, each row marked with the partitions that
 /// replay it (`build::partition_masks`: its entity's and those its entity was merged into).
 /// Each partition's rows are then decoded (batches in parallel), replayed, and its histories
@@ -436,8 +437,7 @@ async fn full_in_partitions(
         .div_euclid(partition_size)
         .clamp(1, build::MAX_PARTITIONS as i64) as usize;
     let part_of = move |id: &str| shard_of(id, parts as u32) as usize;
-    let everyone = |_: &str| true;
-    let masks = build::partition_masks(&assignments, identity, &everyone, part_of);
+    let masks = build::partition_masks(&assignments, identity, part_of);
     let sql = format!(
         "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE sequence <= {}",
         plan.resolve_cursor
@@ -727,42 +727,17 @@ pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTree
     assignments_where(ctx, "TRUE").await
 }
 
-/// Writes a build's history changes: a FULL build replaces every table of the version (its
-/// shard's rows only, when sharded); an incremental one replaces the rows of the entities it
-/// changed, old and new rows in one commit per table.
-pub async fn write_history(
-    ctx: &Context,
-    defs: &Definitions,
-    version: &str,
-    identity: &MemoryIdentity,
-    out: &BuildOutput,
-    sharded: bool,
-) -> Result<()> {
-    write_changes(
-        ctx,
-        defs,
-        version,
-        identity,
-        &out.changes,
-        out.full && !sharded,
-    )
-    .await
-}
-
+/// Writes history changes by entity: the rows of every entity in `changes` are replaced (old
+/// and new rows in one commit per table). An incremental build, a sharded FULL build (its
+/// shard's entities) and `tick` write this way; an unsharded FULL build replaces whole tables
+/// (`full_in_partitions`).
 pub async fn write_changes(
     ctx: &Context,
     defs: &Definitions,
     version: &str,
     identity: &MemoryIdentity,
     changes: &BTreeMap<EntityKey, HistoryChange>,
-    replace_all: bool,
 ) -> Result<()> {
-    if replace_all {
-        for (table, batch) in full_history_batches(defs, version, changes)? {
-            ctx.lake.overwrite(&table, vec![batch]).await?;
-        }
-        return Ok(());
-    }
     let entity_type_of = |id: &str| identity.entity_type(id);
     for (name, entity) in &defs.entities {
         let table = tables::history(version, name);
@@ -821,8 +796,8 @@ pub async fn write_changes(
     Ok(())
 }
 
-/// The history rows of a FULL build's changes: one batch per history table of the version,
-/// every table (empty ones too), as replacing them all takes.
+/// The history rows of a FULL build's changes (of one partition): one batch per history table
+/// of the version, every table (empty ones too), as replacing them all takes.
 fn full_history_batches(
     defs: &Definitions,
     version: &str,

@@ -71,7 +71,7 @@ async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
         workers: args.workers.max(1),
     };
     let (changes, result, _failures) = build::tick(&inputs, &mut slots, ctx.as_of);
-    write_changes(ctx, &defs, &row.version, &identity, &changes, false).await?;
+    write_changes(ctx, &defs, &row.version, &identity, &changes).await?;
     let touched = changes
         .keys()
         .map(|k| (k.clone(), slots.get(k).cloned()))
