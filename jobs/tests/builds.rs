@@ -14,8 +14,7 @@ fn ingest(dir: &Dir, records: &[String]) -> Json {
         "call-{}.jsonl",
         std::process::id() as u128 * 1_000_000 + rand_suffix()
     );
-    dir.write(&name, &(records.join("\n") + "\n"));
-    run(dir, &["ingest", "--source", "app", &name]);
+    harness::ingest_app(dir, &name, records);
     run(dir, &["normalize"])
 }
 
@@ -252,15 +251,15 @@ fn a_held_global_lease_stops_normalize_and_resolve_but_not_ingest() {
             .await
             .unwrap();
     });
-    dir.write(
+    harness::ingest_app(
+        &dir,
         "more.jsonl",
-        &(app(
+        &[app(
             "login",
             "01-05T10:00",
             json!({"email": "alice@x.com", "n": 2}),
-        ) + "\n"),
+        )],
     );
-    run(&dir, &["ingest", "--source", "app", "more.jsonl"]);
     for job in ["normalize", "resolve"] {
         let out = TestCommand::new(&dir).args([job]).run();
         out.assert_code(1);

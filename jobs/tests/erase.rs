@@ -16,8 +16,7 @@ fn text(dir: &Dir, args: &[&str]) -> String {
 }
 
 fn ingest(dir: &Dir, name: &str, records: &[String]) {
-    dir.write(name, &(records.join("\n") + "\n"));
-    run(dir, &["ingest", "--source", "app", name]);
+    harness::ingest_app(dir, name, records);
     run(dir, &["normalize"]);
 }
 
@@ -269,15 +268,15 @@ fn erase_cascades_postgres() {
 #[test]
 fn erase_reaches_raw_input_that_never_normalized() {
     let dir = i1(Backend::Sqlite);
-    dir.write(
+    harness::ingest_app(
+        &dir,
         "bad.jsonl",
-        &(app(
+        &[app(
             "log_in",
             "01-04T10:00",
             json!({"email": "ALICE@X.COM", "n": 2}),
-        ) + "\n"),
+        )],
     );
-    run(&dir, &["ingest", "--source", "app", "bad.jsonl"]);
     run(&dir, &["normalize"]);
     let r = run(&dir, &["erase", A]);
     assert_eq!(r["raw_records_deleted"].as_u64(), Some(1), "{r}");

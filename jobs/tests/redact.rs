@@ -277,15 +277,15 @@ fn an_interrupted_redact_completes_when_run_again() {
 fn pending_events_and_the_other_commands() {
     let dir = s1(|_| {});
     // n = 2: a login like S1's but for its time would be a duplicate (PIPELINE.md §2.6).
-    dir.write(
+    harness::ingest_app(
+        &dir,
         "login.jsonl",
-        &(app(
+        &[app(
             "login",
             "01-05T10:00",
             json!({"email": "alice@x.com", "n": 2}),
-        ) + "\n"),
+        )],
     );
-    run(&dir, &["ingest", "--source", "app", "login.jsonl"]);
     run(&dir, &["normalize"]);
     let pending = |dir: &Dir| run(dir, &["status"])["pending_events"].as_i64();
     assert_eq!(pending(&dir), Some(1));

@@ -226,6 +226,14 @@ pub fn run(dir: &Dir, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
+/// Writes `records` (JSON lines) to the file `name` in the folder and ingests it as one call
+/// of the `app` source; returns the ingest result.
+#[allow(dead_code)]
+pub fn ingest_app(dir: &Dir, name: &str, records: &[String]) -> serde_json::Value {
+    dir.write(name, &(records.join("\n") + "\n"));
+    run(dir, &["ingest", "--source", "app", name])
+}
+
 /// A raw record of the `cust` fixture's `app` source: its type, `ts` as `2024-<ts>:00Z`, and
 /// the fields of `extra`.
 #[allow(dead_code)]
