@@ -5,6 +5,7 @@
 pub mod assertion;
 pub mod build;
 pub mod canonical;
+pub mod dedup;
 pub mod definitions;
 pub mod engine;
 pub mod expr;

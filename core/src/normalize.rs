@@ -543,10 +543,31 @@ pub fn normalize_call_kept<'r, 'k>(
     known: impl Fn(&str) -> bool,
     kept: impl Fn(i64) -> Option<&'k Kept>,
 ) -> CallOutcome {
+    let (normalized, failures) = normalize_records(normalizer, records, kept);
+    let dedup = dedup_call(
+        normalized.into_iter().enumerate().collect(),
+        |(_, e)| (e.event_id.as_str(), e.timestamp),
+        known,
+    );
+    CallOutcome {
+        accepted: dedup.accepted,
+        failures,
+        duplicate_ids: dedup.duplicate_ids,
+    }
+}
+
+/// Normalizes records — (sequence, source, raw event) — without deduplicating them: the
+/// events with their sequences, and the failures, both in input order. A record with a `Kept`
+/// entry keeps its event id, hints and redacted values (§12.2).
+pub fn normalize_records<'r, 'k>(
+    normalizer: &Normalizer<'_>,
+    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
+    kept: impl Fn(i64) -> Option<&'k Kept>,
+) -> (Vec<(i64, NormalizedEvent)>, Vec<(i64, EventFailure)>) {
     let mut normalized = Vec::new();
     let mut failures = Vec::new();
     // Each raw event is dropped as soon as it is normalized.
-    for (i, (sequence, source, raw)) in records.into_iter().enumerate() {
+    for (sequence, source, raw) in records {
         match normalizer.normalize(source, &raw) {
             Ok(mut e) => {
                 if let Some(k) = kept(sequence) {
@@ -557,21 +578,12 @@ pub fn normalize_call_kept<'r, 'k>(
                             .insert(field.clone(), crate::value::typed::from_json(v));
                     }
                 }
-                normalized.push((i, (sequence, e)))
+                normalized.push((sequence, e))
             }
             Err(f) => failures.push((sequence, f)),
         }
     }
-    let dedup = dedup_call(
-        normalized,
-        |(_, e)| (e.event_id.as_str(), e.timestamp),
-        known,
-    );
-    CallOutcome {
-        accepted: dedup.accepted,
-        failures,
-        duplicate_ids: dedup.duplicate_ids,
-    }
+    (normalized, failures)
 }
 
 /// The outcome of deduplicating one call's normalized events (§2.9).

@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p defacto-jobs --bench pipeline` (N from `DEFACTO_BENCH_EVENTS`, default
 //! 1 000 000). With `DEFACTO_BENCH_KEEP=1` the working folder (definitions, generated events,
-//! lake and catalog) is kept and its path printed, to profile single jobs on it.
+//! lake and catalog) is kept and its path printed, to profile single jobs on it;
+//! `DEFACTO_BENCH_EXPORTS=0` stops after the pipeline figures.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -159,7 +160,10 @@ fn main() {
         100.0 * (inc_norm + inc).as_secs_f64() / total.as_secs_f64()
     );
 
-    exports(dir, as_of);
+    // The pipeline figures alone (a 10 M run, say): DEFACTO_BENCH_EXPORTS=0.
+    if std::env::var("DEFACTO_BENCH_EXPORTS").as_deref() != Ok("0") {
+        exports(dir, as_of);
+    }
     if std::env::var_os("DEFACTO_BENCH_KEEP").is_some() {
         println!("working folder kept: {}", work.keep().display());
     }

@@ -361,6 +361,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// The sequence `allocate_sequences` would hand out next (for a holder of the sequence
+    /// lock, which no one else allocates under).
+    pub async fn next_sequence(&self) -> Result<i64> {
+        Ok(self.counter(NEXT_SEQUENCE).await?.max(1))
+    }
+
     /// Takes `n` consecutive ledger sequences; returns the first. Sequences start at 1 and a
     /// range is never handed out twice, even when its commit later fails (a gap).
     pub async fn allocate_sequences(&self, n: i64) -> Result<i64> {

@@ -7,13 +7,22 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::datafusion::execution::memory_pool::FairSpillPool;
+use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::Action;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
+
+/// Memory a query may use for sorting and aggregating before it spills to disk.
+const QUERY_MEMORY: usize = 512 << 20;
 
 /// The lake root and the tables under it.
 #[derive(Debug, Clone)]
@@ -171,7 +180,13 @@ impl Lake {
             "datafusion.execution.parquet.schema_force_view_types",
             false,
         );
-        let ctx = SessionContext::new_with_config(config);
+        // Sorts and aggregates past this much memory spill to temporary files instead of
+        // growing with the ledger (ordering a large `ledger/raw` scan, say).
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY)))
+            .build_arc()
+            .map_err(|e| storage("Preparing a query", e))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         for (name, table, schema) in tables {
             self.register(&ctx, name, table, schema, None).await?;
         }
@@ -349,6 +364,134 @@ impl Lake {
             .try_collect()
             .await
             .map_err(|e| storage("Reading query results", e))
+    }
+}
+
+/// The Parquet files the lake's writers produce: about this size each, and row groups of at
+/// most this many rows (what a writer buffers before a row group goes out).
+const TARGET_FILE_BYTES: u64 = 128 << 20;
+const ROW_GROUP_ROWS: usize = 131_072;
+
+/// Writes one table's new files as batches arrive and commits them all at once (`append` or
+/// `replace`): a job can write more than fits in memory while readers still see all of it or
+/// none of it. Dropped without a commit, it leaves only unreferenced files, which `abort`
+/// deletes (and a vacuum would).
+pub struct TableWriter {
+    lake: Lake,
+    table: String,
+    writer: RecordBatchWriter,
+    rows: u64,
+}
+
+impl Lake {
+    /// A writer for `table`, created empty with `schema` when it does not exist yet.
+    pub async fn writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
+        let t = match self.open(table).await? {
+            Some(t) => t,
+            None => {
+                self.append(table, vec![RecordBatch::new_empty(schema.clone())])
+                    .await?;
+                self.handle(table).await?
+            }
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+            .set_max_row_group_size(ROW_GROUP_ROWS)
+            .build();
+        let writer = RecordBatchWriter::for_table(&t)
+            .map_err(|e| storage(&format!("Writing table {table}"), e))?
+            .with_target_file_size(TARGET_FILE_BYTES)
+            .with_writer_properties(properties);
+        Ok(TableWriter {
+            lake: self.clone(),
+            table: table.to_string(),
+            writer,
+            rows: 0,
+        })
+    }
+}
+
+impl TableWriter {
+    /// Streams a batch into the table's open file (nothing is visible before the commit).
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| storage(&format!("Writing table {}", self.table), e))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds every file written to the table in one commit.
+    pub async fn append(self) -> Result<()> {
+        self.commit(false).await
+    }
+
+    /// Replaces the whole table by the files written, in one commit.
+    pub async fn replace(self) -> Result<()> {
+        self.commit(true).await
+    }
+
+    async fn commit(mut self, replace: bool) -> Result<()> {
+        let op = format!("Writing table {}", self.table);
+        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
+        if adds.is_empty() && !replace {
+            return Ok(());
+        }
+        let t = self.lake.handle(&self.table).await?;
+        let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        if replace {
+            let removes: Vec<Action> = snapshot
+                .snapshot()
+                .file_views(&t.log_store(), None)
+                .map_ok(|f| Action::Remove(f.remove_action(true)))
+                .try_collect()
+                .await
+                .map_err(|e| storage(&op, e))?;
+            actions.extend(removes);
+        }
+        let mode = if replace {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Append
+        };
+        CommitBuilder::default()
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                t.log_store(),
+                DeltaOperation::Write {
+                    mode,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(|e| storage(&op, e))?;
+        Ok(())
+    }
+
+    /// Deletes the files written, committing nothing.
+    pub async fn abort(mut self) -> Result<()> {
+        let op = format!("Abandoning a write to {}", self.table);
+        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
+        let t = self.lake.handle(&self.table).await?;
+        let store = t.object_store();
+        for add in adds {
+            store
+                .delete(&deltalake::Path::from(add.path.as_str()))
+                .await
+                .map_err(|e| storage(&op, e))?;
+        }
+        Ok(())
     }
 }
 

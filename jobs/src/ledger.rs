@@ -299,14 +299,6 @@ pub struct StoredEvent {
 
 /// Ledger rows without their hints (what builds replay).
 pub fn read_ledger_events(batch: &RecordBatch) -> Result<Vec<LedgerEvent>> {
-    read_ledger_rows(batch, |_| true)
-}
-
-/// The rows `keep` selects (by row number) of a batch of ledger rows, without their hints.
-pub fn read_ledger_rows(
-    batch: &RecordBatch,
-    keep: impl Fn(usize) -> bool,
-) -> Result<Vec<LedgerEvent>> {
     let c = Columns::new(batch);
     let (seq, id, ty, ns, src, data) = (
         c.i64("sequence")?,
@@ -317,7 +309,6 @@ pub fn read_ledger_rows(
         c.str("data")?,
     );
     (0..batch.num_rows())
-        .filter(|i| keep(*i))
         .map(|i| {
             Ok(LedgerEvent {
                 sequence: seq.value(i),

@@ -14,21 +14,24 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Number, Value as Json};
 
 use crate::error::{Error, Result};
-use crate::jobs::ingest::Record;
+use crate::jobs::ingest::{Record, Records};
 
-pub fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+/// The records of a Parquet file, read one row group at a time.
+pub fn parquet_records(path: &Path) -> Result<Records> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| Error::Ingest(format!("{shown}: cannot read: {e}")))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| Error::Ingest(format!("{shown}: not a readable Parquet file: {e}")))?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch =
-            batch.map_err(|e| Error::Ingest(format!("{shown}: cannot read a row group: {e}")))?;
-        out.extend(batch_to_records(&batch, &shown)?);
-    }
-    Ok(out)
+    Ok(Box::new(reader.flat_map(move |batch| {
+        let rows = batch
+            .map_err(|e| Error::Ingest(format!("{shown}: cannot read a row group: {e}")))
+            .and_then(|b| batch_to_records(&b, &shown));
+        match rows {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }
+    })))
 }
 
 fn batch_to_records(batch: &RecordBatch, shown: &str) -> Result<Vec<Record>> {
@@ -44,7 +47,7 @@ fn batch_to_records(batch: &RecordBatch, shown: &str) -> Result<Vec<Record>> {
                 })?,
             );
         }
-        rows.push(Record::Ok(Json::Object(obj)));
+        rows.push(Record::Ok(Json::Object(obj).to_string()));
     }
     Ok(rows)
 }

@@ -16,7 +16,10 @@ use defacto_core::identity::{shard_of, IdentityStore, MemoryIdentity, Merge};
 use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::{instant_from_nanos, timestamp_text, Instant};
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{RecordBatch, UInt32Array};
+use deltalake::arrow::compute::{concat_batches, take_record_batch};
+use deltalake::arrow::ipc::reader::FileReader;
+use deltalake::arrow::ipc::writer::FileWriter;
 use futures::TryStreamExt;
 use rayon::prelude::*;
 
@@ -29,9 +32,9 @@ use crate::history_table::{
     read_relationship_rows, relationship_batch, relationship_schema, relationship_types, sql_list,
 };
 use crate::jobs::resolve::resolve_with_identity;
-use crate::lake::tables;
+use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    read_assignments, read_ledger_events, read_ledger_rows, Columns, ASSIGNMENTS_SCHEMA,
+    read_assignments, read_ledger_events, Columns, ASSIGNMENTS_SCHEMA,
     EVENTS_SCHEMA,
 };
 
@@ -293,8 +296,8 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     crash_point("before-history");
     match full_tables {
         Some(tables) => {
-            for (table, batches) in tables {
-                ctx.lake.overwrite(&table, batches).await?;
+            for writer in tables.into_values() {
+                writer.replace().await?;
             }
         }
         None => write_changes(ctx, &defs, &row.version, &identity, &out.changes).await?,
@@ -407,10 +410,108 @@ fn partition_size() -> Result<i64> {
     }
 }
 
-/// A partitioned FULL build's output, with its history tables as Arrow batches.
+/// The ledger rows of a partitioned FULL build, sorted into one local Arrow IPC file per
+/// partition as they are scanned (a row goes to every partition its mask names), so that a
+/// build holds one partition's rows at a time, not the ledger. Files live in a temporary
+/// folder (`TMPDIR`) removed when the spill is dropped.
+struct PartitionSpill {
+    dir: tempfile::TempDir,
+    /// Per partition: its open file, and rows waiting to be written as one batch.
+    files: Vec<Option<FileWriter<std::io::BufWriter<std::fs::File>>>>,
+    waiting: Vec<(Vec<RecordBatch>, usize)>,
+}
+
+/// Rows gathered per partition before they are written as one IPC batch.
+const SPILL_BATCH_ROWS: usize = 16_384;
+
+impl PartitionSpill {
+    fn new(parts: usize) -> Result<PartitionSpill> {
+        let dir = tempfile::Builder::new()
+            .prefix("defacto-build-")
+            .tempdir()
+            .map_err(|e| Error::Storage(format!("Creating a temporary folder failed: {e}")))?;
+        Ok(PartitionSpill {
+            dir,
+            files: (0..parts).map(|_| None).collect(),
+            waiting: (0..parts).map(|_| (Vec::new(), 0)).collect(),
+        })
+    }
+
+    fn path(&self, p: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("partition-{p}.arrow"))
+    }
+
+    /// Sends each row of `batch` to the partitions its mark names.
+    fn add(&mut self, batch: &RecordBatch, marks: &[u64]) -> Result<()> {
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.files.len()];
+        for (i, mark) in marks.iter().enumerate() {
+            let mut m = *mark;
+            while m != 0 {
+                rows[m.trailing_zeros() as usize].push(i as u32);
+                m &= m - 1;
+            }
+        }
+        for (p, rows) in rows.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let n = rows.len();
+            let taken = take_record_batch(batch, &UInt32Array::from(rows)).map_err(spill_error)?;
+            let (waiting, count) = &mut self.waiting[p];
+            waiting.push(taken);
+            *count += n;
+            if *count >= SPILL_BATCH_ROWS {
+                self.flush(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, p: usize) -> Result<()> {
+        let (waiting, _) = std::mem::take(&mut self.waiting[p]);
+        let Some(schema) = waiting.first().map(|b| b.schema()) else {
+            return Ok(());
+        };
+        let batch = concat_batches(&schema, &waiting).map_err(spill_error)?;
+        if self.files[p].is_none() {
+            let file = std::fs::File::create(self.path(p))?;
+            let writer = FileWriter::try_new(std::io::BufWriter::new(file), &schema)
+                .map_err(spill_error)?;
+            self.files[p] = Some(writer);
+        }
+        self.files[p]
+            .as_mut()
+            .expect("opened")
+            .write(&batch)
+            .map_err(spill_error)
+    }
+
+    /// The rows of partition `p` (it is finished first; nothing more may be added to it).
+    fn read(&mut self, p: usize) -> Result<Vec<RecordBatch>> {
+        self.flush(p)?;
+        let Some(mut writer) = self.files[p].take() else {
+            return Ok(Vec::new());
+        };
+        writer.finish().map_err(spill_error)?;
+        drop(writer);
+        let file = std::fs::File::open(self.path(p))?;
+        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(spill_error)?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(spill_error)?;
+        std::fs::remove_file(self.path(p))?;
+        Ok(batches)
+    }
+}
+
+fn spill_error(e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("Spilling ledger rows to a temporary file failed: {e}"))
+}
+
+/// A partitioned FULL build's output, with its history tables written but not committed.
 struct FullBuild {
     out: BuildOutput,
-    tables: BTreeMap<String, Vec<RecordBatch>>,
+    tables: BTreeMap<String, TableWriter>,
     timing: Timing,
 }
 
@@ -446,7 +547,7 @@ async fn full_in_partitions(
         .lake
         .query(&[("events", tables::EVENTS, EVENTS_SCHEMA.clone())], &sql)
         .await?;
-    let mut ledger: Vec<(RecordBatch, Vec<u64>)> = Vec::new();
+    let mut spill = PartitionSpill::new(parts)?;
     let (mut events, mut latest) = (0u64, None::<i64>);
     while let Some(batch) = stream
         .try_next()
@@ -457,12 +558,12 @@ async fn full_in_partitions(
         let (seq, ns) = (c.i64("sequence")?, c.i64("timestamp_ns")?);
         events += batch.num_rows() as u64;
         latest = latest.max(ns.values().iter().copied().max());
-        let marks = seq
+        let marks: Vec<u64> = seq
             .values()
             .iter()
             .map(|s| masks.get(s).copied().unwrap_or(0))
             .collect();
-        ledger.push((batch, marks));
+        spill.add(&batch, &marks)?;
     }
     drop(masks);
     let mut timing = Timing {
@@ -470,12 +571,13 @@ async fn full_in_partitions(
         ..Timing::default()
     };
     let mut folded: Option<BuildOutput> = None;
-    let mut tables: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    let mut tables: BTreeMap<String, TableWriter> = BTreeMap::new();
     for p in 0..parts {
         let decoding = Clock::now();
-        let decoded = ledger
+        let decoded = spill
+            .read(p)?
             .par_iter()
-            .map(|(batch, marks)| read_ledger_rows(batch, |i| marks[i] >> p & 1 == 1))
+            .map(read_ledger_events)
             .collect::<Result<Vec<_>>>()?;
         let mut events: Vec<LedgerEvent> = decoded.into_iter().flatten().collect();
         events.sort_unstable_by_key(|e| e.sequence);
@@ -494,8 +596,18 @@ async fn full_in_partitions(
         drop(events);
         let converting = Clock::now();
         timing.replay += converting - replaying;
+        // Each partition's rows go out to the tables' files at once; the tables are replaced
+        // (committed) together after the replay.
         for (table, batch) in full_history_batches(defs, version, &out.changes)? {
-            tables.entry(table).or_default().push(batch);
+            if !tables.contains_key(&table) {
+                let writer = ctx.lake.writer(&table, &batch.schema()).await?;
+                tables.insert(table.clone(), writer);
+            }
+            tables
+                .get_mut(&table)
+                .expect("just inserted")
+                .write(batch)
+                .await?;
         }
         out.changes.clear();
         timing.history_batches += converting.elapsed();

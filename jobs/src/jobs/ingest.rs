@@ -4,20 +4,20 @@
 //! malformed record inside an otherwise good file goes to the dead letters and the rest of
 //! the call proceeds.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use defacto_core::results::EventFailure;
-use defacto_core::value::{timestamp_text, Instant};
+use defacto_core::value::timestamp_text;
 use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::cli::Global;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::lake::tables;
-use crate::ledger::{raw_batch, RawRecord};
+use crate::lake::{tables, TableWriter};
+use crate::ledger::{raw_batch, RawRecord, RAW_SCHEMA};
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
@@ -41,11 +41,15 @@ pub struct IngestCallResult {
     pub failures: Vec<EventFailure>,
 }
 
-/// One record as read: its JSON, or why it could not be read.
+/// One record as read: the JSON text of an object, or why it could not be read.
 pub enum Record {
-    Ok(Json),
+    Ok(String),
     Malformed { raw: Json, error: String },
 }
+
+/// The records of one input, read as they are consumed. An `Err` item means the input cannot
+/// be read at all: the whole call is rejected.
+pub type Records = Box<dyn Iterator<Item = Result<Record>>>;
 
 pub async fn run(global: &Global, args: &IngestArgs) -> Result<i32> {
     let ctx = Context::open(global, "ingest", None).await?;
@@ -62,145 +66,266 @@ pub async fn run(global: &Global, args: &IngestArgs) -> Result<i32> {
                     .join(", ")
             )));
         }
-        let mut records = Vec::new();
-        for file in &args.files {
-            records.extend(read_file(file)?);
-        }
-        append(&ctx, &args.source, records).await
+        // Every input opens (and names its format) before anything is written.
+        let inputs = args
+            .files
+            .iter()
+            .map(|f| read_file(f))
+            .collect::<Result<Vec<_>>>()?;
+        append(&ctx, &args.source, inputs.into_iter().flatten()).await
     };
     ctx.conclude(outcome.await).await?;
     Ok(0)
 }
 
-/// Appends one call's records under the sequence lock; malformed ones become dead letters.
-pub async fn append(ctx: &Context, source: &str, records: Vec<Record>) -> Result<IngestCallResult> {
+/// Records per `ledger/raw` batch, and how often a long call renews its lock.
+const CHUNK: usize = 65_536;
+
+/// Appends one call's records to `ledger/raw` as they are read, in one commit under one
+/// contiguous range of sequences; malformed records become dead letters. When an input turns
+/// out to be unreadable part way, nothing is committed and the files written are deleted.
+pub async fn append(
+    ctx: &Context,
+    source: &str,
+    records: impl Iterator<Item = Result<Record>>,
+) -> Result<IngestCallResult> {
+    // The sequence lock (PIPELINE.md §1) is held from the first record to the commit: this
+    // call's range starts where the counter stands and is taken, exactly as long as the
+    // records turned out to be, just before the commit.
+    ctx.wait_for_lease(SEQUENCE_LOCK).await?;
+    let mut writer = None;
+    let outcome = write_raw(ctx, source, records, &mut writer).await;
+    let outcome = match (outcome, writer) {
+        (Ok(result), _) => Ok(result),
+        (Err(e), Some(w)) => {
+            // Best effort: what was written is unreferenced either way.
+            let _ = w.abort().await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    };
+    ctx.release_lease(SEQUENCE_LOCK).await?;
+    let mut result = outcome?;
+    let failures: Vec<(Option<i64>, EventFailure)> =
+        result.failures.iter().map(|f| (None, f.clone())).collect();
+    ctx.dead_letters(&failures).await?;
+    result.malformed = failures.len() as u64;
+    Ok(result)
+}
+
+/// Streams the good records into `ledger/raw` and commits them (under the sequence lock).
+/// `writer` is left holding an uncommitted writer when this fails.
+async fn write_raw(
+    ctx: &Context,
+    source: &str,
+    records: impl Iterator<Item = Result<Record>>,
+    writer: &mut Option<TableWriter>,
+) -> Result<IngestCallResult> {
     let mut result = IngestCallResult {
         source: source.to_string(),
         ..Default::default()
     };
-    let mut good = Vec::new();
-    let mut failures = Vec::new();
-    for r in records {
-        match r {
-            Record::Ok(json) => good.push(json),
-            Record::Malformed { raw, error } => {
-                failures.push(EventFailure::normalization(&raw, source, None, None, error))
+    let at = chrono::Utc::now();
+    let first = ctx.catalog.next_sequence().await?;
+    let batch_id = format!("{first}-{}", timestamp_text(&at));
+    let mut next = first;
+    let mut pending: Vec<RawRecord> = Vec::with_capacity(CHUNK);
+    for record in records {
+        match record? {
+            Record::Ok(raw) => {
+                pending.push(RawRecord {
+                    sequence: next,
+                    call: first,
+                    source: source.to_string(),
+                    raw,
+                });
+                next += 1;
             }
+            Record::Malformed { raw, error } => result
+                .failures
+                .push(EventFailure::normalization(&raw, source, None, None, error)),
+        }
+        if pending.len() == CHUNK {
+            let batch = raw_batch(&pending, &batch_id, at)?;
+            pending.clear();
+            opened(ctx, writer).await?.write(batch).await?;
+            ctx.renew_leases().await?;
         }
     }
-    let at = chrono::Utc::now();
-    if !good.is_empty() {
-        let (first, last) = commit_raw(ctx, source, &good, at).await?;
-        result.first_sequence = Some(first);
-        result.last_sequence = Some(last);
-        result.records = good.len() as u64;
+    if !pending.is_empty() {
+        let batch = raw_batch(&pending, &batch_id, at)?;
+        opened(ctx, writer).await?.write(batch).await?;
     }
-    let failures_with_seq: Vec<(Option<i64>, EventFailure)> =
-        failures.iter().map(|f| (None, f.clone())).collect();
-    ctx.dead_letters(&failures_with_seq).await?;
-    result.malformed = failures.len() as u64;
-    result.failures = failures;
+    let count = next - first;
+    if count == 0 {
+        return Ok(result);
+    }
+    let allocated = ctx.catalog.allocate_sequences(count).await?;
+    if allocated != first {
+        return Err(Error::Storage(format!(
+            "ledger sequences moved while this call held the sequence lock (expected {first}, \
+             got {allocated}); nothing was committed"
+        )));
+    }
+    writer.take().expect("records were written").append().await?;
+    result.first_sequence = Some(first);
+    result.last_sequence = Some(next - 1);
+    result.records = count as u64;
     Ok(result)
+}
+
+async fn opened<'w>(ctx: &Context, writer: &'w mut Option<TableWriter>) -> Result<&'w mut TableWriter> {
+    if writer.is_none() {
+        *writer = Some(ctx.lake.writer(tables::RAW, &RAW_SCHEMA).await?);
+    }
+    Ok(writer.as_mut().expect("just opened"))
 }
 
 /// The sequence lock (PIPELINE.md §1): taken, waited for, around allocation and the commit,
 /// so that commits to `ledger/raw` become visible in sequence order.
 pub const SEQUENCE_LOCK: &str = "sequence";
 
-async fn commit_raw(ctx: &Context, source: &str, good: &[Json], at: Instant) -> Result<(i64, i64)> {
-    ctx.wait_for_lease(SEQUENCE_LOCK).await?;
-    let outcome = async {
-        let first = ctx.catalog.allocate_sequences(good.len() as i64).await?;
-        let rows: Vec<RawRecord> = good
-            .iter()
-            .enumerate()
-            .map(|(i, json)| RawRecord {
-                sequence: first + i as i64,
-                call: first,
-                source: source.to_string(),
-                raw: json.to_string(),
-            })
-            .collect();
-        let batch_id = format!("{first}-{}", timestamp_text(&at));
-        let batches = rows
-            .chunks(65_536)
-            .map(|chunk| raw_batch(chunk, &batch_id, at))
-            .collect::<Result<Vec<_>>>()?;
-        ctx.lake.append(tables::RAW, batches).await?;
-        Ok((first, first + good.len() as i64 - 1))
-    }
-    .await;
-    ctx.release_lease(SEQUENCE_LOCK).await?;
-    outcome
-}
-
-/// Reads one file (or standard input for `-`) into records, by its extension.
-pub fn read_file(path: &Path) -> Result<Vec<Record>> {
+/// Opens one file (or standard input for `-`) as records, by its extension.
+pub fn read_file(path: &Path) -> Result<Records> {
     let shown = path.display().to_string();
     if shown == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Error::Ingest(format!("cannot read standard input: {e}")))?;
-        return if text.trim_start().starts_with('[') {
-            read_json_array(&text, "<stdin>")
-        } else {
-            Ok(read_json_lines(&text))
-        };
+        let stdin = std::io::BufReader::new(std::io::stdin());
+        return json_input(Box::new(stdin), "<stdin>".into());
     }
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| Error::Ingest(format!("{shown}: cannot read: {e}")))
+    };
     match ext.as_str() {
-        "jsonl" | "ndjson" => Ok(read_json_lines(&read_text(path)?)),
-        "json" => {
-            let text = read_text(path)?;
-            if text.trim_start().starts_with('[') {
-                read_json_array(&text, &shown)
-            } else {
-                Ok(read_json_lines(&text))
-            }
-        }
-        "csv" => read_csv(path),
-        "parquet" => crate::parquet_input::read_parquet(path),
+        "jsonl" | "ndjson" => Ok(Box::new(JsonLines::new(Box::new(open()?), shown))),
+        "json" => json_input(Box::new(open()?), shown),
+        "csv" => csv_records(open()?, shown),
+        "parquet" => crate::parquet_input::parquet_records(path),
         _ => Err(Error::Ingest(format!(
             "{shown}: unknown file format '{ext}' (use .jsonl, .json, .csv or .parquet)"
         ))),
     }
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Ingest(format!("{}: cannot read: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+/// JSON text that is either one array of records (read whole) or JSON lines (streamed),
+/// told apart by its first character.
+fn json_input(mut reader: Box<dyn BufRead>, shown: String) -> Result<Records> {
+    let first = loop {
+        let buf = reader
+            .fill_buf()
+            .map_err(|e| Error::Ingest(format!("{shown}: cannot read: {e}")))?;
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => break Some(buf[i]),
+            None if buf.is_empty() => break None,
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first != Some(b'[') {
+        return Ok(Box::new(JsonLines::new(reader, shown)));
+    }
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Ingest(format!("{shown}: cannot read: {e}")))?;
+    let text = utf8(&bytes, &shown, 0, 1)?;
+    Ok(Box::new(read_json_array(text, &shown)?.into_iter().map(Ok)))
+}
+
+/// Text of `bytes`, or an error naming the line (counted from `line`) and byte (from
+/// `offset`) where it stops being UTF-8.
+fn utf8<'b>(bytes: &'b [u8], shown: &str, offset: usize, line: usize) -> Result<&'b str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = line + bytes[..at].iter().filter(|b| **b == b'\n').count();
         Error::Ingest(format!(
-            "{}: line {line}: the file is not valid UTF-8 (byte {at})",
-            path.display()
+            "{shown}: line {line}: the file is not valid UTF-8 (byte {})",
+            offset + at
         ))
     })
 }
 
-/// JSON lines: one object per non-empty line; a line that is not a JSON object is a
-/// malformed record (a dead letter), the others proceed.
-pub fn read_json_lines(text: &str) -> Vec<Record> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| match serde_json::from_str::<Json>(line) {
-            Ok(v @ Json::Object(_)) => Record::Ok(v),
-            Ok(other) => Record::Malformed {
-                raw: other,
-                error: format!("line {}: a record must be a JSON object", i + 1),
-            },
-            Err(e) => Record::Malformed {
-                raw: Json::String(line.to_string()),
-                error: format!("line {}: malformed JSON: {e}", i + 1),
-            },
-        })
-        .collect()
+/// JSON lines, read one line at a time: one object per non-empty line; a line that is not a
+/// JSON object is a malformed record (a dead letter), the others proceed.
+struct JsonLines {
+    reader: Box<dyn BufRead>,
+    shown: String,
+    line: usize,
+    offset: usize,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl JsonLines {
+    fn new(reader: Box<dyn BufRead>, shown: String) -> Self {
+        JsonLines {
+            reader,
+            shown,
+            line: 0,
+            offset: 0,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        while !self.done {
+            self.buf.clear();
+            let n = match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(Error::Ingest(format!("{}: cannot read: {e}", self.shown))));
+                }
+            };
+            self.line += 1;
+            let offset = self.offset;
+            self.offset += n;
+            let text = match utf8(&self.buf, &self.shown, offset, self.line) {
+                Ok(t) => t.trim(),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            if !text.is_empty() {
+                return Some(Ok(json_line(text, self.line)));
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
+/// One line of JSON lines as a record. An object is kept exactly as written; anything else is
+/// malformed.
+pub fn json_line(text: &str, line: usize) -> Record {
+    if text.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return Record::Ok(text.to_string());
+    }
+    match serde_json::from_str::<Json>(text) {
+        Ok(v @ Json::Object(_)) => Record::Ok(v.to_string()),
+        Ok(other) => Record::Malformed {
+            raw: other,
+            error: format!("line {line}: a record must be a JSON object"),
+        },
+        Err(e) => Record::Malformed {
+            raw: Json::String(text.to_string()),
+            error: format!("line {line}: malformed JSON: {e}"),
+        },
+    }
 }
 
 fn read_json_array(text: &str, shown: &str) -> Result<Vec<Record>> {
@@ -220,7 +345,7 @@ fn read_json_array(text: &str, shown: &str) -> Result<Vec<Record>> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
-            Json::Object(_) => Record::Ok(v),
+            Json::Object(_) => Record::Ok(v.to_string()),
             other => Record::Malformed {
                 raw: other,
                 error: format!("element {i}: a record must be a JSON object"),
@@ -229,49 +354,68 @@ fn read_json_array(text: &str, shown: &str) -> Result<Vec<Record>> {
         .collect())
 }
 
-/// CSV with a header row: every cell is a String, an empty cell is null (PIPELINE.md §1).
-fn read_csv(path: &Path) -> Result<Vec<Record>> {
-    let shown = path.display().to_string();
-    let text = read_text(path)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
+/// CSV with a header row, read row by row: every cell is a String, an empty cell is null
+/// (PIPELINE.md §1). A row with the wrong number of cells is malformed; text that is not
+/// UTF-8 rejects the file.
+fn csv_records(input: impl Read + 'static, shown: String) -> Result<Records> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
     let headers = reader
         .headers()
-        .map_err(|e| Error::Ingest(format!("{shown}: line 1: cannot read the header row: {e}")))?
+        .map_err(|e| csv_error(&shown, 1, e, "cannot read the header row"))?
         .clone();
-    let mut out = Vec::new();
-    for (i, row) in reader.records().enumerate() {
-        let line = i + 2;
-        match row {
-            Ok(row) if row.len() != headers.len() => out.push(Record::Malformed {
-                raw: Json::Array(row.iter().map(|c| Json::String(c.to_string())).collect()),
-                error: format!(
-                    "line {line}: {} cells for {} columns",
-                    row.len(),
-                    headers.len()
-                ),
+    let mut failed = false;
+    Ok(Box::new(
+        reader
+            .into_records()
+            .enumerate()
+            .map_while(move |(i, row)| {
+                if failed {
+                    return None;
+                }
+                let line = i + 2;
+                Some(match row {
+                    Ok(row) if row.len() != headers.len() => Ok(Record::Malformed {
+                        raw: Json::Array(row.iter().map(|c| Json::String(c.to_string())).collect()),
+                        error: format!(
+                            "line {line}: {} cells for {} columns",
+                            row.len(),
+                            headers.len()
+                        ),
+                    }),
+                    Ok(row) => {
+                        let obj: serde_json::Map<String, Json> = headers
+                            .iter()
+                            .zip(row.iter())
+                            .map(|(h, c)| {
+                                let v = if c.is_empty() {
+                                    Json::Null
+                                } else {
+                                    Json::String(c.to_string())
+                                };
+                                (h.to_string(), v)
+                            })
+                            .collect();
+                        Ok(Record::Ok(Json::Object(obj).to_string()))
+                    }
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::Io(_)) => {
+                        failed = true;
+                        Err(csv_error(&shown, line, e, "cannot read"))
+                    }
+                    Err(e) => Ok(Record::Malformed {
+                        raw: Json::Null,
+                        error: format!("line {line}: {e}"),
+                    }),
+                })
             }),
-            Ok(row) => {
-                let obj = headers
-                    .iter()
-                    .zip(row.iter())
-                    .map(|(h, c)| {
-                        let v = if c.is_empty() {
-                            Json::Null
-                        } else {
-                            Json::String(c.to_string())
-                        };
-                        (h.to_string(), v)
-                    })
-                    .collect();
-                out.push(Record::Ok(Json::Object(obj)));
-            }
-            Err(e) => out.push(Record::Malformed {
-                raw: Json::Null,
-                error: format!("line {line}: {e}"),
-            }),
-        }
+    ))
+}
+
+fn csv_error(shown: &str, line: usize, e: csv::Error, what: &str) -> Error {
+    let line = e.position().map_or(line, |p| p.line() as usize);
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => Error::Ingest(format!(
+            "{shown}: line {line}: the file is not valid UTF-8 ({e})"
+        )),
+        _ => Error::Ingest(format!("{shown}: line {line}: {what}: {e}")),
     }
-    Ok(out)
 }

@@ -3,19 +3,21 @@
 //! dead letters, and the cursor moves to the highest sequence processed (PIPELINE.md §1, §2).
 //! `--from-raw` renormalizes every raw record and replaces `ledger/events` in one commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use clap::Args;
-use defacto_core::normalize::{normalize_call_kept, Kept, NormalizedEvent, Normalizer};
+use defacto_core::dedup::{event_key, StreamDedup};
+use defacto_core::normalize::{normalize_records, Kept, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
 use deltalake::arrow::array::RecordBatch;
 use futures::TryStreamExt;
+use rayon::prelude::*;
 
 use crate::catalog::NORMALIZE_CURSOR;
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
-use crate::lake::tables;
+use crate::lake::{tables, TableWriter};
 use crate::ledger::{
     events_batch, read_raw, Columns, RawRecord, EVENTS_SCHEMA, RAW_SCHEMA, REDACTIONS_SCHEMA,
 };
@@ -47,18 +49,80 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     ))
 }
 
-/// Normalizes the raw records with sequence in `(after, ..]` as they are read, in sequence
-/// order: each time a chunk's worth (`CHUNK`) is waiting, every whole call among them is
-/// normalized into ledger batches (the last call read may go on in the next batch), so raw
-/// records are never all held at once. Returns the batches, the failures, and the highest
-/// sequence read (`after` when there was none).
-async fn normalize_raw(
+/// Normalizes the raw records above `after` into `ledger/events` as they are read (PIPELINE.md
+/// §2), in chunks of `CHUNK` records normalized in parallel and deduplicated as a stream, and
+/// commits them in one commit: appended, or replacing the table (`replace`, with no ledger rows
+/// to deduplicate against). Then the dead letters and the cursor. A call is never held whole:
+/// in the rare case that a later copy of an id in one call has an earlier timestamp than the
+/// copy already written, the files written are deleted and the run repeats with the winners
+/// known (`defacto_core::dedup`).
+async fn normalize_stream(
     ctx: &Context,
     after: i64,
-    known: &mut HashSet<String>,
+    kept: &BTreeMap<i64, Kept>,
+    replace: bool,
+) -> Result<IngestResult> {
+    let mut fixed = HashMap::new();
+    loop {
+        let ledger = if replace {
+            Vec::new()
+        } else {
+            known_events(ctx).await?.0
+        };
+        let mut dedup = StreamDedup::new(ledger, fixed.clone());
+        let mut result = IngestResult::default();
+        let mut writer = None;
+        let outcome = normalize_into(ctx, after, &mut dedup, kept, &mut result, &mut writer).await;
+        let (failures, head) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(w) = writer {
+                    let _ = w.abort().await;
+                }
+                return Err(e);
+            }
+        };
+        if !dedup.displaced().is_empty() {
+            if let Some(w) = writer {
+                w.abort().await?;
+            }
+            fixed.extend(dedup.displaced().iter().map(|(k, v)| (*k, *v)));
+            continue;
+        }
+        if head == after && !replace {
+            return Ok(result);
+        }
+        result.duplicate_ids = dedup.take_duplicates(true);
+        result.duplicates_skipped = result.duplicate_ids.len() as u64;
+        match (writer, replace) {
+            (Some(w), false) => w.append().await?,
+            (Some(w), true) => w.replace().await?,
+            (None, true) => {
+                ctx.lake
+                    .writer(tables::EVENTS, &EVENTS_SCHEMA)
+                    .await?
+                    .replace()
+                    .await?
+            }
+            (None, false) => {}
+        }
+        write_dead_letters(ctx, &failures).await?;
+        ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
+        return Ok(result);
+    }
+}
+
+/// The streaming part of `normalize_stream`: reads raw records in sequence order, normalizes
+/// and deduplicates them chunk by chunk and writes the accepted events. Returns the failures
+/// and the highest sequence read (`after` when there was none).
+async fn normalize_into(
+    ctx: &Context,
+    after: i64,
+    dedup: &mut StreamDedup,
     kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
-) -> Result<(Vec<RecordBatch>, Failed, i64)> {
+    writer: &mut Option<TableWriter>,
+) -> Result<(Failed, i64)> {
     let sql = format!(
         "SELECT sequence, call, source, raw FROM raw WHERE sequence > {after} ORDER BY sequence"
     );
@@ -66,7 +130,7 @@ async fn normalize_raw(
         .lake
         .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
         .await?;
-    let (mut batches, mut failures) = (Vec::new(), Vec::new());
+    let mut failures = Vec::new();
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut head = after;
     loop {
@@ -78,130 +142,128 @@ async fn normalize_raw(
         if let Some(batch) = next {
             pending.extend(read_raw(&batch)?);
         }
-        let ready = ready_to_normalize(&pending, done, CHUNK);
-        if ready > 0 {
-            let rest = pending.split_off(ready);
-            head = head.max(pending[ready - 1].sequence);
-            let (mut b, mut f) = normalize_to_batches(ctx, &pending, known, kept, result)?;
-            batches.append(&mut b);
-            failures.append(&mut f);
-            pending = rest;
+        if pending.len() >= CHUNK || (done && !pending.is_empty()) {
+            head = head.max(pending[pending.len() - 1].sequence);
+            let (batch, mut failed) = normalize_chunk(ctx, &pending, dedup, kept, result)?;
+            pending.clear();
+            failures.append(&mut failed);
+            if let Some(batch) = batch {
+                if writer.is_none() {
+                    *writer = Some(ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA).await?);
+                }
+                writer.as_mut().expect("opened").write(batch).await?;
+                ctx.renew_leases().await?;
+            }
         }
         if done {
-            return Ok((batches, failures, head));
+            return Ok((failures, head));
         }
     }
 }
 
-/// How many of the `pending` raw records (in sequence order) to normalize now: all of them
-/// at the end of the input, else once `chunk` are waiting every whole call among them (the
-/// last call read may continue in the next batch), else none.
-fn ready_to_normalize(pending: &[RawRecord], done: bool, chunk: usize) -> usize {
-    match pending.last() {
-        Some(_) if done => pending.len(),
-        Some(last) if pending.len() >= chunk => pending
-            .iter()
-            .rposition(|r| r.call != last.call)
-            .map_or(0, |i| i + 1),
-        _ => 0,
-    }
-}
-
-/// The event ids of the canonical ledger rows, and the highest sequence in the ledger.
-async fn known_events(ctx: &Context) -> Result<(HashSet<String>, i64)> {
-    let batches = ctx
+/// The event ids (as dedup keys) and sequences of the canonical ledger rows, and the highest
+/// sequence in the ledger.
+async fn known_events(ctx: &Context) -> Result<(Vec<(u128, i64)>, i64)> {
+    let ids = ctx
         .lake
-        .query_all(
+        .query_map(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
             "SELECT event_id, sequence FROM events",
+            |b| {
+                let c = Columns::new(b);
+                let (id, seq) = (c.str("event_id")?, c.i64("sequence")?);
+                Ok((0..b.num_rows())
+                    .map(|i| (event_key(id.value(i)), seq.value(i)))
+                    .collect())
+            },
         )
         .await?;
-    let mut ids = HashSet::new();
-    let mut max = 0;
-    for b in &batches {
-        let c = Columns::new(b);
-        let (id, seq) = (c.str("event_id")?, c.i64("sequence")?);
-        for i in 0..b.num_rows() {
-            ids.insert(id.value(i).to_string());
-            max = max.max(seq.value(i));
-        }
-    }
+    let max = ids.iter().map(|(_, s)| *s).max().unwrap_or(0);
     Ok((ids, max))
 }
 
 /// Failures with the sequence of their raw record (none for an unreadable record).
 pub type Failed = Vec<(Option<i64>, EventFailure)>;
 
-/// Accepted events by sequence, and failures with the sequence of their raw record.
-pub type Normalized = (Vec<(i64, NormalizedEvent)>, Failed);
+/// Raw records normalized per rayon task.
+const TASK: usize = 4_096;
 
-/// Normalizes raw records call by call, deduplicating against `known` (which grows).
-pub fn normalize_calls(
+/// Normalizes a chunk of raw records (in sequence order; calls may continue across chunks)
+/// in parallel, deduplicates the events in order, and returns the accepted ones as a ledger
+/// batch (none when none were accepted) with the failures, in sequence order.
+fn normalize_chunk(
     ctx: &Context,
     records: &[RawRecord],
-    known: &mut HashSet<String>,
+    dedup: &mut StreamDedup,
     kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
-) -> Normalized {
+) -> Result<(Option<RecordBatch>, Failed)> {
     let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
+    let parts: Vec<(Vec<(i64, NormalizedEvent)>, Failed)> = records
+        .par_chunks(TASK)
+        .map(|part| normalize_part(&normalizer, part, kept))
+        .collect();
     let mut accepted = Vec::new();
     let mut failures = Vec::new();
-    let mut start = 0;
-    while start < records.len() {
-        let call = records[start].call;
-        let end = start
-            + records[start..]
-                .iter()
-                .take_while(|r| r.call == call)
-                .count();
-        // Raw text is parsed one record at a time, as normalization consumes it.
-        let mut unreadable = Vec::new();
-        let parsed = records[start..end].iter().filter_map(|r| {
-            match serde_json::from_str::<serde_json::Value>(&r.raw) {
-                Ok(raw) => Some((r.sequence, r.source.as_str(), raw)),
-                Err(e) => {
-                    unreadable.push((
-                        Some(r.sequence),
-                        EventFailure::normalization(
-                            &serde_json::Value::String(r.raw.clone()),
-                            &r.source,
-                            None,
-                            None,
-                            format!("the raw record is not JSON: {e}"),
-                        ),
-                    ));
-                    None
-                }
+    let mut at = 0;
+    for (events, mut failed) in parts {
+        failures.append(&mut failed);
+        for (sequence, e) in events {
+            // Records are in sequence order: the event's call is found by walking forward.
+            while records[at].sequence < sequence {
+                at += 1;
             }
-        });
-        let call = normalize_call_kept(
-            &normalizer,
-            parsed,
-            |id| known.contains(id),
-            |s| kept.get(&s),
-        );
-        failures.append(&mut unreadable);
-        failures.extend(call.failures.into_iter().map(|(s, f)| (Some(s), f)));
-        result.duplicates_skipped += call.duplicate_ids.len() as u64;
-        result.duplicate_ids.extend(call.duplicate_ids);
-        for (seq, e) in call.accepted {
-            known.insert(e.event_id.clone());
-            accepted.push((seq, e));
+            if dedup.offer(records[at].call, sequence, &e.event_id, &e.timestamp) {
+                accepted.push((sequence, e));
+            }
         }
-        start = end;
     }
-    accepted.sort_by_key(|(s, _)| *s);
     failures.sort_by_key(|(s, _)| *s);
     result.events_ingested += accepted.len() as u64;
     result
         .failures
         .extend(failures.iter().map(|(_, f)| f.clone()));
     result.events_failed = result.failures.len() as u64;
-    (accepted, failures)
+    if accepted.is_empty() {
+        return Ok((None, failures));
+    }
+    let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
+    Ok((Some(events_batch(&rows)?), failures))
+}
+
+/// Parses and normalizes raw records without deduplicating them.
+fn normalize_part(
+    normalizer: &Normalizer<'_>,
+    records: &[RawRecord],
+    kept: &BTreeMap<i64, Kept>,
+) -> (Vec<(i64, NormalizedEvent)>, Failed) {
+    // Raw text is parsed one record at a time, as normalization consumes it.
+    let mut unreadable = Vec::new();
+    let parsed = records.iter().filter_map(|r| {
+        match serde_json::from_str::<serde_json::Value>(&r.raw) {
+            Ok(raw) => Some((r.sequence, r.source.as_str(), raw)),
+            Err(e) => {
+                unreadable.push((
+                    Some(r.sequence),
+                    EventFailure::normalization(
+                        &serde_json::Value::String(r.raw.clone()),
+                        &r.source,
+                        None,
+                        None,
+                        format!("the raw record is not JSON: {e}"),
+                    ),
+                ));
+                None
+            }
+        }
+    });
+    let (events, failed) = normalize_records(normalizer, parsed, |s| kept.get(&s));
+    unreadable.extend(failed.into_iter().map(|(s, f)| (Some(s), f)));
+    (events, unreadable)
 }
 
 pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
-    let (mut known, ledger_head) = known_events(ctx).await?;
+    let (_, ledger_head) = known_events(ctx).await?;
     // A run that committed its events but died before moving the cursor left the cursor
     // behind the ledger: sequences already in ledger/events are never appended again.
     let cursor = ctx
@@ -209,29 +271,14 @@ pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
         .counter(NORMALIZE_CURSOR)
         .await?
         .max(ledger_head);
-    let mut result = IngestResult::default();
-    let (batches, failures, head) =
-        normalize_raw(ctx, cursor, &mut known, &BTreeMap::new(), &mut result).await?;
-    if head == cursor {
-        return Ok(result);
-    }
-    write_batches(ctx, batches, false).await?;
-    write_dead_letters(ctx, &failures).await?;
-    ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
-    Ok(result)
+    normalize_stream(ctx, cursor, &BTreeMap::new(), false).await
 }
 
 /// FULL_RENORMALIZE's ledger part (PIPELINE.md §10.7 steps 1–3) from the raw records; the
-/// events table is replaced in one commit. Returns the failures.
+/// events table is replaced in one commit.
 pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
     let kept = kept_entries(ctx).await?;
-    let mut known = HashSet::new();
-    let mut result = IngestResult::default();
-    let (batches, failures, head) = normalize_raw(ctx, 0, &mut known, &kept, &mut result).await?;
-    write_batches(ctx, batches, true).await?;
-    write_dead_letters(ctx, &failures).await?;
-    ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
-    Ok(result)
+    normalize_stream(ctx, 0, &kept, true).await
 }
 
 /// The `Kept` entries of redacted rows (`ledger/redactions`), by sequence.
@@ -261,40 +308,8 @@ pub async fn kept_entries(ctx: &Context) -> Result<BTreeMap<i64, Kept>> {
     Ok(rows.into_iter().collect())
 }
 
-/// Rows per ledger batch, and about the number of raw records normalized before their events
-/// are turned into one (the normalized events themselves, maps of typed values, take several
-/// times the room of their Arrow rows).
+/// Raw records normalized per chunk, and rows per ledger batch.
 const CHUNK: usize = 65_536;
-
-/// Normalizes `records` (sorted by sequence) call by call, in chunks of whole calls of about
-/// `CHUNK` records, each chunk's accepted events turned into a ledger batch at once.
-pub fn normalize_to_batches(
-    ctx: &Context,
-    records: &[RawRecord],
-    known: &mut HashSet<String>,
-    kept: &BTreeMap<i64, Kept>,
-    result: &mut IngestResult,
-) -> Result<(Vec<RecordBatch>, Failed)> {
-    let mut batches = Vec::new();
-    let mut failures = Vec::new();
-    let mut start = 0;
-    while start < records.len() {
-        let mut end = (start + CHUNK).min(records.len());
-        // A call is normalized whole (duplicates within it are found together).
-        while end < records.len() && records[end].call == records[end - 1].call {
-            end += 1;
-        }
-        let (accepted, mut failed) =
-            normalize_calls(ctx, &records[start..end], known, kept, result);
-        failures.append(&mut failed);
-        let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
-        if !rows.is_empty() {
-            batches.push(events_batch(&rows)?);
-        }
-        start = end;
-    }
-    Ok((batches, failures))
-}
 
 /// Appends events to `ledger/events` in one commit.
 pub async fn write_events(ctx: &Context, accepted: &[(i64, NormalizedEvent)]) -> Result<()> {
@@ -303,24 +318,7 @@ pub async fn write_events(ctx: &Context, accepted: &[(i64, NormalizedEvent)]) ->
         .chunks(CHUNK)
         .map(events_batch)
         .collect::<Result<Vec<_>>>()?;
-    write_batches(ctx, batches, false).await
-}
-
-/// Appends ledger batches to `ledger/events` in one commit, or replaces the whole table with
-/// them (`--from-raw`).
-async fn write_batches(ctx: &Context, batches: Vec<RecordBatch>, replace: bool) -> Result<()> {
-    if replace {
-        let batches = if batches.is_empty() {
-            vec![events_batch(&[])?]
-        } else {
-            batches
-        };
-        ctx.lake.overwrite(tables::EVENTS, batches).await
-    } else if batches.is_empty() {
-        Ok(())
-    } else {
-        ctx.lake.append(tables::EVENTS, batches).await
-    }
+    ctx.lake.append(tables::EVENTS, batches).await
 }
 
 pub async fn write_dead_letters(
@@ -328,37 +326,4 @@ pub async fn write_dead_letters(
     failures: &[(Option<i64>, EventFailure)],
 ) -> Result<()> {
     ctx.dead_letters(failures).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn records(calls: &[i64]) -> Vec<RawRecord> {
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, call)| RawRecord {
-                sequence: i as i64 + 1,
-                call: *call,
-                source: "app".into(),
-                raw: "{}".into(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn whole_calls_are_normalized_once_a_chunk_is_waiting() {
-        let pending = records(&[1, 1, 2, 2, 2]);
-        // Fewer than a chunk: wait for more.
-        assert_eq!(ready_to_normalize(&pending, false, 6), 0);
-        // A chunk: every call but the last, which may go on in the next batch.
-        assert_eq!(ready_to_normalize(&pending, false, 5), 2);
-        assert_eq!(ready_to_normalize(&pending, false, 3), 2);
-        // One call longer than a chunk waits for its end.
-        assert_eq!(ready_to_normalize(&records(&[7, 7, 7]), false, 2), 0);
-        // The end of the input: everything.
-        assert_eq!(ready_to_normalize(&pending, true, 100), 5);
-        assert_eq!(ready_to_normalize(&[], true, 100), 0);
-    }
 }
