@@ -22,7 +22,7 @@ use futures::TryStreamExt;
 use crate::error::{Error, Result};
 
 /// Memory a query may use for sorting and aggregating before it spills to disk.
-const QUERY_MEMORY: usize = 512 << 20;
+const QUERY_MEMORY: usize = 256 << 20;
 
 /// The lake root and the tables under it.
 #[derive(Debug, Clone)]
@@ -173,6 +173,22 @@ impl Lake {
     /// A DataFusion session with the named tables registered (under the given names); a table
     /// that does not exist yet is registered as an empty table of its schema.
     pub async fn session(&self, tables: &[(&str, &str, SchemaRef)]) -> Result<SessionContext> {
+        // The jobs' own scans: their sorts spill to temporary files past `QUERY_MEMORY`
+        // instead of growing with the ledger (ordering a large `ledger/raw`, say).
+        self.session_within(tables, Some(QUERY_MEMORY)).await
+    }
+
+    /// A session for users' SQL (`query`), whose joins DataFusion cannot spill: no memory
+    /// limit of its own.
+    pub async fn open_session(&self) -> Result<SessionContext> {
+        self.session_within(&[], None).await
+    }
+
+    async fn session_within(
+        &self,
+        tables: &[(&str, &str, SchemaRef)],
+        memory: Option<usize>,
+    ) -> Result<SessionContext> {
         // Strings are read as plain Utf8 (DataFusion's default is string views): the jobs
         // hand rows to writers and loaders in the tables' declared types, and converting every
         // string column of every batch back costs a copy of all the text.
@@ -180,10 +196,11 @@ impl Lake {
             "datafusion.execution.parquet.schema_force_view_types",
             false,
         );
-        // Sorts and aggregates past this much memory spill to temporary files instead of
-        // growing with the ledger (ordering a large `ledger/raw` scan, say).
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY)))
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = memory {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let runtime = runtime
             .build_arc()
             .map_err(|e| storage("Preparing a query", e))?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -396,7 +413,7 @@ impl Lake {
         };
         let properties = WriterProperties::builder()
             .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-            .set_max_row_group_size(ROW_GROUP_ROWS)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let writer = RecordBatchWriter::for_table(&t)
             .map_err(|e| storage(&format!("Writing table {table}"), e))?
@@ -481,6 +498,7 @@ impl TableWriter {
 
     /// Deletes the files written, committing nothing.
     pub async fn abort(mut self) -> Result<()> {
+        use deltalake::logstore::object_store::ObjectStoreExt;
         let op = format!("Abandoning a write to {}", self.table);
         let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
         let t = self.lake.handle(&self.table).await?;

@@ -319,6 +319,47 @@ fn ingest_reports_files_it_cannot_read(backend: Backend) {
         .run();
     missing.assert_code(1);
     assert!(missing.stderr.contains("nope.jsonl"), "{}", missing.stderr);
+
+    // Inputs are streamed: a call whose second file stops being readable part way is
+    // rejected whole after its first file's records went out to ledger/raw's files; nothing
+    // is committed, those files are deleted, and no sequence is taken.
+    let app = dir.path().join("data/app.jsonl");
+    let first = run(&dir, &["ingest", "--source", "app", app.to_str().unwrap()]);
+    let raw_files = || {
+        std::fs::read_dir(dir.path().join(".defacto/lake/ledger/raw"))
+            .unwrap()
+            .filter(|f| f.as_ref().unwrap().path().extension() == Some("parquet".as_ref()))
+            .count()
+    };
+    let files_before = raw_files();
+    let mixed = dir.path().join("mixed.jsonl");
+    let mut text = std::fs::read(&app).unwrap();
+    text.extend_from_slice(b"{\"type\": \"caf\xe9\"}\n");
+    std::fs::write(&mixed, text).unwrap();
+    let out = TestCommand::new(&dir)
+        .args(["ingest", "--source", "app", app.to_str().unwrap(), mixed.to_str().unwrap()])
+        .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("mixed.jsonl: line") && out.stderr.contains("not valid UTF-8"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(raw_files(), files_before, "the rejected call's files are deleted");
+    let again = run(&dir, &["ingest", "--source", "app", app.to_str().unwrap()]);
+    assert_eq!(
+        again["first_sequence"].as_i64().unwrap(),
+        first["last_sequence"].as_i64().unwrap() + 1,
+        "the rejected call took no sequences"
+    );
+    let normalized = run(&dir, &["normalize"]);
+    assert_eq!(
+        ["events_ingested", "duplicates_skipped", "events_failed"]
+            .iter()
+            .map(|k| normalized[*k].as_u64().unwrap())
+            .sum::<u64>(),
+        first["records"].as_u64().unwrap() + again["records"].as_u64().unwrap()
+    );
 }
 
 on_both!(csv_and_json_array_inputs);

@@ -49,25 +49,30 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
     ))
 }
 
-/// Normalizes the raw records above `after` into `ledger/events` as they are read (PIPELINE.md
-/// §2), in chunks of `CHUNK` records normalized in parallel and deduplicated as a stream, and
-/// commits them in one commit: appended, or replacing the table (`replace`, with no ledger rows
-/// to deduplicate against). Then the dead letters and the cursor. A call is never held whole:
+/// Normalizes the raw records above the cursor (all of them when `replace`) into
+/// `ledger/events` as they are read (PIPELINE.md §2), in chunks of `CHUNK` records normalized
+/// in parallel and deduplicated as a stream, and commits them in one commit: appended, or
+/// replacing the table (`replace`, with no ledger rows to deduplicate against). Then the dead
+/// letters and the cursor. A call is never held whole:
 /// in the rare case that a later copy of an id in one call has an earlier timestamp than the
 /// copy already written, the files written are deleted and the run repeats with the winners
 /// known (`defacto_core::dedup`).
 async fn normalize_stream(
     ctx: &Context,
-    after: i64,
     kept: &BTreeMap<i64, Kept>,
     replace: bool,
 ) -> Result<IngestResult> {
     let mut fixed = HashMap::new();
     loop {
-        let ledger = if replace {
-            Vec::new()
+        let (ledger, after) = if replace {
+            (Vec::new(), 0)
         } else {
-            known_events(ctx).await?.0
+            let (ids, head) = known_events(ctx).await?;
+            // A run that committed its events but died before moving the cursor left the
+            // cursor behind the ledger: sequences already in ledger/events are never
+            // appended again.
+            let cursor = ctx.catalog.counter(NORMALIZE_CURSOR).await?.max(head);
+            (ids, cursor)
         };
         let mut dedup = StreamDedup::new(ledger, fixed.clone());
         let mut result = IngestResult::default();
@@ -85,6 +90,12 @@ async fn normalize_stream(
         if !dedup.displaced().is_empty() {
             if let Some(w) = writer {
                 w.abort().await?;
+            }
+            // With the winners fixed, a second run displaces nothing (defacto_core::dedup).
+            if !fixed.is_empty() {
+                return Err(Error::Storage(
+                    "deduplication did not settle on a second run".into(),
+                ));
             }
             fixed.extend(dedup.displaced().iter().map(|(k, v)| (*k, *v)));
             continue;
@@ -262,23 +273,16 @@ fn normalize_part(
     (events, unreadable)
 }
 
+/// Normalizes the raw records above the cursor, appending to `ledger/events`.
 pub async fn normalize_pending(ctx: &Context) -> Result<IngestResult> {
-    let (_, ledger_head) = known_events(ctx).await?;
-    // A run that committed its events but died before moving the cursor left the cursor
-    // behind the ledger: sequences already in ledger/events are never appended again.
-    let cursor = ctx
-        .catalog
-        .counter(NORMALIZE_CURSOR)
-        .await?
-        .max(ledger_head);
-    normalize_stream(ctx, cursor, &BTreeMap::new(), false).await
+    normalize_stream(ctx, &BTreeMap::new(), false).await
 }
 
 /// FULL_RENORMALIZE's ledger part (PIPELINE.md §10.7 steps 1–3) from the raw records; the
 /// events table is replaced in one commit.
 pub async fn renormalize(ctx: &Context) -> Result<IngestResult> {
     let kept = kept_entries(ctx).await?;
-    normalize_stream(ctx, 0, &kept, true).await
+    normalize_stream(ctx, &kept, true).await
 }
 
 /// The `Kept` entries of redacted rows (`ledger/redactions`), by sequence.

@@ -32,7 +32,7 @@ pub(crate) async fn state_session(
     defs: &Definitions,
     version: &str,
 ) -> Result<(SessionContext, Vec<String>)> {
-    let session = lake.session(&[]).await?;
+    let session = lake.open_session().await?;
     let mut names = Vec::new();
     let mut bases = Vec::new();
     for e in defs.entities.values() {

@@ -12,15 +12,16 @@ use defacto_core::identity::{IdentityStore, MemoryIdentity, SystemMerge};
 use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
+use futures::TryStreamExt;
 
 use crate::catalog::{ResolveState, IDENTITY_MERGE};
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::jobs::normalize::renormalize;
-use crate::lake::tables;
+use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    assignments_batch, events_batch, read_events, StoredEvent, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
+    assignments_batch, events_batch, read_events, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
 };
 
 #[derive(Debug, Args)]
@@ -40,26 +41,36 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Every normalized event with sequence in `(after, ..]`, in canonical order. Unless
-/// `all_data`, only explicit merges' system events carry their data: resolving reads hints,
-/// and the data of every other event would only cost the sort, parsing and memory.
-pub async fn events_after(ctx: &Context, after: i64, all_data: bool) -> Result<Vec<StoredEvent>> {
-    let data = if all_data {
-        "data".to_string()
-    } else {
-        format!("CASE WHEN event_type = '{MERGE_EVENT_TYPE}' THEN data ELSE '{{}}' END AS data")
-    };
-    let sql = format!(
-        "SELECT sequence, event_id, event_type, timestamp_ns, source, resolution_hints, {data}
+/// The query of every normalized event with sequence in `(after, ..]`, in canonical order.
+/// Only explicit merges' system events carry their data: resolving reads hints, and the data
+/// of every other event would only cost the sort, parsing and memory.
+fn events_sql(after: i64) -> String {
+    format!(
+        "SELECT sequence, event_id, event_type, timestamp_ns, source, resolution_hints,
+           CASE WHEN event_type = '{MERGE_EVENT_TYPE}' THEN data ELSE '{{}}' END AS data
          FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence"
-    );
-    ctx.lake
-        .query_map(
-            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
-            &sql,
-            read_events,
-        )
-        .await
+    )
+}
+
+/// Assignments gathered before they are written as one batch.
+const ASSIGNMENT_BATCH: usize = 65_536;
+
+/// Writes the gathered assignments to ledger/assignments' open files (not yet committed).
+async fn write_assignments(
+    ctx: &Context,
+    writer: &mut Option<TableWriter>,
+    assignments: &mut Vec<(i64, String, String)>,
+) -> Result<()> {
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    if writer.is_none() {
+        *writer = Some(ctx.lake.writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA).await?);
+    }
+    let batch = assignments_batch(assignments)?;
+    assignments.clear();
+    writer.as_mut().expect("opened").write(batch).await?;
+    ctx.renew_leases().await
 }
 
 /// The resolve step for a version with `hashes` (the shared parts of the FULL-family modes
@@ -105,51 +116,67 @@ pub async fn resolve_with_identity(
 
     let store = ctx.catalog.load_identity().await?;
     let mut resolver = ctx.resolver(store);
-    let events = events_after(ctx, state.cursor, false).await?;
+    // Events are resolved as the sorted scan hands them over, and their assignments go out
+    // to ledger/assignments' files as they accumulate (committed once, below).
+    let mut stream = ctx
+        .lake
+        .query(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            &events_sql(state.cursor),
+        )
+        .await?;
+    let mut writer = None;
     let mut assignments = Vec::new();
     let mut merges = Vec::new();
     let mut head = state.cursor;
     let mut merges_detected = 0;
     let from_start = state.cursor == 0;
-    for e in &events {
-        head = head.max(e.event.sequence);
-        if e.event.event_type == MERGE_EVENT_TYPE {
-            // An explicit merge: executed by `merge` itself; a pass from the start replays it
-            // at its place in canonical order (PIPELINE.md §11.3).
-            if from_start {
-                if let Some(system) = system_merge(&e.event) {
-                    if let Some(m) = resolver.replay_merge(&system) {
-                        let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
-                        merges.push((ty, m));
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        let events = read_events(&batch)?;
+        result.events_resolved += events.len() as u64;
+        for e in &events {
+            head = head.max(e.event.sequence);
+            if e.event.event_type == MERGE_EVENT_TYPE {
+                // An explicit merge: executed by `merge` itself; a pass from the start replays
+                // it at its place in canonical order (PIPELINE.md §11.3).
+                if from_start {
+                    if let Some(system) = system_merge(&e.event) {
+                        if let Some(m) = resolver.replay_merge(&system) {
+                            let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
+                            merges.push((ty, m));
+                        }
+                        let into = resolver
+                            .store()
+                            .merged_into(&system.into_entity_id)
+                            .unwrap_or(system.into_entity_id.clone());
+                        let ty = resolver.store().entity_type(&into).unwrap_or_default();
+                        assignments.push((e.event.sequence, ty, into));
                     }
-                    let into = resolver
-                        .store()
-                        .merged_into(&system.into_entity_id)
-                        .unwrap_or(system.into_entity_id.clone());
-                    let ty = resolver.store().entity_type(&into).unwrap_or_default();
-                    assignments.push((e.event.sequence, ty, into));
                 }
+                continue;
             }
-            continue;
+            let resolution = resolver.resolve(&e.hints, e.event.timestamp);
+            for (entity_type, id) in resolution.entities {
+                assignments.push((e.event.sequence, entity_type, id));
+            }
+            for m in resolution.merges {
+                let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
+                merges.push((ty, m));
+                merges_detected += 1;
+            }
         }
-        let resolution = resolver.resolve(&e.hints, e.event.timestamp);
-        for (entity_type, id) in resolution.entities {
-            assignments.push((e.event.sequence, entity_type, id));
-        }
-        for m in resolution.merges {
-            let ty = resolver.store().entity_type(&m.into).unwrap_or_default();
-            merges.push((ty, m));
-            merges_detected += 1;
+        if assignments.len() >= ASSIGNMENT_BATCH {
+            write_assignments(ctx, &mut writer, &mut assignments).await?;
         }
     }
-    result.events_resolved = events.len() as u64;
+    write_assignments(ctx, &mut writer, &mut assignments).await?;
     result.merges_detected = merges_detected;
-    if !assignments.is_empty() {
-        let batches = assignments
-            .chunks(65_536)
-            .map(assignments_batch)
-            .collect::<Result<Vec<_>>>()?;
-        ctx.lake.append(tables::ASSIGNMENTS, batches).await?;
+    if let Some(w) = writer {
+        w.append().await?;
     }
     let changes = resolver.store_mut().take_changes();
     ctx.catalog.save_identity(&changes).await?;
@@ -187,53 +214,57 @@ fn record(state: &mut ResolveState, hashes: &Hashes, salt_fingerprint: &str) {
 /// merge_log and unapplied rebuild requests dropped, every ledger row's hints recomputed
 /// from its data with the current identity definitions ([FIX P26]), every build dirty.
 async fn reset_identity(ctx: &Context) -> Result<()> {
-    let events = events_after(ctx, 0, true).await?;
     // A redacted row keeps the hints it had when first redacted (PIPELINE.md §12.2): its data
     // holds only the redaction marker.
     let kept = crate::jobs::normalize::kept_entries(ctx).await?;
-    let recomputed: Vec<(i64, defacto_core::normalize::NormalizedEvent)> = events
-        .into_iter()
-        .map(|e| {
-            let def = ctx
-                .defs
-                .sources
-                .get(&e.event.source)
-                .and_then(|s| s.events.get(&e.event.event_type));
-            let hints = match kept.get(&e.event.sequence) {
-                Some(k) => k.hints.clone(),
-                None => def.map_or_else(Default::default, |d| {
-                    extract_hints(&ctx.defs, d, &e.event.data, ctx.as_of)
-                }),
-            };
-            (
-                e.event.sequence,
-                defacto_core::normalize::NormalizedEvent {
-                    event_id: e.event.event_id,
-                    event_type: e.event.event_type,
-                    timestamp: e.event.timestamp,
-                    source: e.event.source,
-                    data: e.event.data,
-                    hints,
-                },
-            )
-        })
-        .collect();
-    let mut sorted = recomputed;
-    sorted.sort_by_key(|(s, _)| *s);
-    let rows: Vec<(i64, &defacto_core::normalize::NormalizedEvent)> =
-        sorted.iter().map(|(s, e)| (*s, e)).collect();
-    let mut batches = rows
-        .chunks(65_536)
-        .map(events_batch)
-        .collect::<Result<Vec<_>>>()?;
-    if batches.is_empty() {
-        batches.push(events_batch(&[])?);
+    let mut stream = ctx
+        .lake
+        .query(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            "SELECT * FROM events ORDER BY sequence",
+        )
+        .await?;
+    let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA).await?;
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        let recomputed: Vec<(i64, defacto_core::normalize::NormalizedEvent)> = read_events(&batch)?
+            .into_iter()
+            .map(|e| {
+                let def = ctx
+                    .defs
+                    .sources
+                    .get(&e.event.source)
+                    .and_then(|s| s.events.get(&e.event.event_type));
+                let hints = match kept.get(&e.event.sequence) {
+                    Some(k) => k.hints.clone(),
+                    None => def.map_or_else(Default::default, |d| {
+                        extract_hints(&ctx.defs, d, &e.event.data, ctx.as_of)
+                    }),
+                };
+                (
+                    e.event.sequence,
+                    defacto_core::normalize::NormalizedEvent {
+                        event_id: e.event.event_id,
+                        event_type: e.event.event_type,
+                        timestamp: e.event.timestamp,
+                        source: e.event.source,
+                        data: e.event.data,
+                        hints,
+                    },
+                )
+            })
+            .collect();
+        let rows: Vec<(i64, &defacto_core::normalize::NormalizedEvent)> =
+            recomputed.iter().map(|(s, e)| (*s, e)).collect();
+        writer.write(events_batch(&rows)?).await?;
     }
-    ctx.lake.overwrite(tables::EVENTS, batches).await?;
+    writer.replace().await?;
     ctx.lake
         .overwrite(tables::ASSIGNMENTS, vec![assignments_batch(&[])?])
         .await?;
-    let _ = &*ASSIGNMENTS_SCHEMA;
     ctx.catalog.reset_identity().await?;
     ctx.catalog.dirty_all().await?;
     Ok(())
