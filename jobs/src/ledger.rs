@@ -299,6 +299,14 @@ pub struct StoredEvent {
 
 /// Ledger rows without their hints (what builds replay).
 pub fn read_ledger_events(batch: &RecordBatch) -> Result<Vec<LedgerEvent>> {
+    read_ledger_rows(batch, |_| true)
+}
+
+/// The rows of a batch of ledger rows whose sequence `keep` selects, without their hints.
+pub fn read_ledger_rows(
+    batch: &RecordBatch,
+    keep: impl Fn(i64) -> bool,
+) -> Result<Vec<LedgerEvent>> {
     let c = Columns::new(batch);
     let (seq, id, ty, ns, src, data) = (
         c.i64("sequence")?,
@@ -309,6 +317,7 @@ pub fn read_ledger_events(batch: &RecordBatch) -> Result<Vec<LedgerEvent>> {
         c.str("data")?,
     );
     (0..batch.num_rows())
+        .filter(|i| keep(seq.value(*i)))
         .map(|i| {
             Ok(LedgerEvent {
                 sequence: seq.value(i),

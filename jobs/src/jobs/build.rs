@@ -3,7 +3,7 @@
 //! history to `state/<version>/…` and the working state to the catalog; the version becomes
 //! active when its build completes (blue/green).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant as Clock};
 
 use clap::Args;
@@ -29,12 +29,12 @@ use crate::context::{build_lease, Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
 use crate::history_table::{
     entity_batch, entity_schema, group_relationships, group_rows, read_entity_rows,
-    read_relationship_rows, relationship_batch, relationship_schema, relationship_types, sql_list,
+    read_relationship_rows, relationship_batch, relationship_schema, relationship_types,
 };
 use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    read_assignments, read_ledger_events, Columns, ASSIGNMENTS_SCHEMA,
+    read_assignments, read_ledger_events, read_ledger_rows, Columns, ASSIGNMENTS_SCHEMA,
     EVENTS_SCHEMA,
 };
 
@@ -703,23 +703,14 @@ impl Loaded {
         let mut assignments = new_assignments;
         let mut ledger = new_events;
         if !ids.is_empty() {
-            let list: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let theirs =
-                assignments_where(ctx, &format!("entity_id IN ({})", sql_list(&list))).await?;
+            let theirs = assignments_of(ctx, &ids).await?;
             let seqs: BTreeSet<i64> = theirs
                 .values()
                 .flatten()
                 .copied()
                 .filter(|s| *s <= plan.cursor)
                 .collect();
-            if !seqs.is_empty() {
-                let list = seqs
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                ledger.extend(ledger_where(ctx, &format!("sequence IN ({list})")).await?);
-            }
+            ledger.extend(ledger_rows(ctx, &seqs).await?);
             for (key, s) in theirs {
                 assignments.entry(key).or_default().extend(s);
             }
@@ -834,6 +825,59 @@ pub async fn ledger_up_to(ctx: &Context, cursor: i64) -> Result<Vec<LedgerEvent>
     Ok(out)
 }
 
+/// The ledger rows with the given sequences. They are picked out of a scan of their range as
+/// each batch arrives: an SQL `IN` list of thousands of values is walked one stack frame per
+/// value by the Delta scan's predicate conversion.
+pub(crate) async fn ledger_rows(ctx: &Context, seqs: &BTreeSet<i64>) -> Result<Vec<LedgerEvent>> {
+    let (Some(first), Some(last)) = (seqs.first(), seqs.last()) else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events
+         WHERE sequence >= {first} AND sequence <= {last}"
+    );
+    ctx.lake
+        .query_map(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            &sql,
+            |b| read_ledger_rows(b, |s| seqs.contains(&s)),
+        )
+        .await
+}
+
+/// The assignments of the given entity ids, as entity → sequences (picked out of a scan, as
+/// `ledger_rows` does).
+pub(crate) async fn assignments_of(
+    ctx: &Context,
+    ids: &BTreeSet<String>,
+) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+    let tables = [(
+        "assignments",
+        tables::ASSIGNMENTS,
+        ASSIGNMENTS_SCHEMA.clone(),
+    )];
+    let rows = ctx
+        .lake
+        .query_map(
+            &tables,
+            "SELECT sequence, entity_type, entity_id FROM assignments",
+            |b| {
+                let c = Columns::new(b);
+                let (seq, ty, id) = (c.i64("sequence")?, c.str("entity_type")?, c.str("entity_id")?);
+                Ok((0..b.num_rows())
+                    .filter(|i| ids.contains(id.value(*i)))
+                    .map(|i| (seq.value(i), ty.value(i).to_string(), id.value(i).to_string()))
+                    .collect::<Vec<_>>())
+            },
+        )
+        .await?;
+    let mut out: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
+    for (seq, ty, id) in rows {
+        out.entry((ty, id)).or_default().insert(seq);
+    }
+    Ok(out)
+}
+
 /// `ledger/assignments` as entity → sequences.
 pub async fn load_assignments(ctx: &Context) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
     assignments_where(ctx, "TRUE").await
@@ -857,52 +901,41 @@ pub async fn write_changes(
         if keys.is_empty() {
             continue;
         }
-        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
-        let sql = format!(
-            "SELECT * FROM h WHERE \"{name}_id\" IN ({})",
-            sql_list(&ids)
-        );
-        for b in ctx
-            .lake
-            .query_all(&[("h", &table, entity_schema(entity))], &sql)
-            .await?
-        {
-            histories.extend(group_rows(name, read_entity_rows(entity, &b)?));
-        }
-        for key in &keys {
-            build::apply_history_change(&mut histories, key, &changes[*key]);
-        }
-        let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
-        let batch = entity_batch(entity, &rows)?;
-        let predicate = format!("{name}_id IN ({})", sql_list(&ids));
+        let ids: HashSet<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let column = format!("{name}_id");
         ctx.lake
-            .replace_where(&table, &predicate, vec![batch])
+            .replace_keys(&table, &entity_schema(entity), &column, &ids, |old| {
+                let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+                for b in &old {
+                    histories.extend(group_rows(name, read_entity_rows(entity, b)?));
+                }
+                for key in &keys {
+                    build::apply_history_change(&mut histories, key, &changes[*key]);
+                }
+                let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+                Ok(vec![entity_batch(entity, &rows)?])
+            })
             .await?;
     }
     // Relationship rows belong to their source entity.
-    let ids: Vec<&str> = changes.keys().map(|k| k.1.as_str()).collect();
+    let ids: HashSet<&str> = changes.keys().map(|k| k.1.as_str()).collect();
     if ids.is_empty() {
         return Ok(());
     }
     for rel in relationship_types(defs) {
         let table = tables::relationship_history(version, &rel);
-        let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
-        let sql = format!("SELECT * FROM r WHERE source_id IN ({})", sql_list(&ids));
-        for b in ctx
-            .lake
-            .query_all(&[("r", &table, relationship_schema(defs, &rel))], &sql)
-            .await?
-        {
-            rels.extend(group_relationships(
-                &entity_type_of,
-                read_relationship_rows(&b)?,
-            ));
-        }
-        let batch = relationships_after(defs, &rel, rels, changes)?;
-        let predicate = format!("source_id IN ({})", sql_list(&ids));
+        let schema = relationship_schema(defs, &rel);
         ctx.lake
-            .replace_where(&table, &predicate, vec![batch])
+            .replace_keys(&table, &schema, "source_id", &ids, |old| {
+                let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+                for b in &old {
+                    rels.extend(group_relationships(
+                        &entity_type_of,
+                        read_relationship_rows(b)?,
+                    ));
+                }
+                Ok(vec![relationships_after(defs, &rel, rels, changes)?])
+            })
             .await?;
     }
     Ok(())

@@ -11,7 +11,7 @@ use crate::cli::Global;
 use crate::context::Context;
 use crate::error::Result;
 use crate::history_table::sql_list;
-use crate::jobs::build::{assignments_where, ledger_where};
+use crate::jobs::build::{assignments_of, ledger_rows};
 use crate::lake::tables;
 use crate::ledger::{Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA};
 use crate::output;
@@ -216,19 +216,13 @@ pub async fn entity_events(ctx: &Context, entity_id: &str) -> Result<Vec<LedgerE
         i += 1;
     }
     // Only this entity's rows: its assignments, then its events by sequence.
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let seqs: Vec<String> = assignments_where(ctx, &format!("entity_id IN ({})", sql_list(&refs)))
+    let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
+    let seqs: std::collections::BTreeSet<i64> = assignments_of(ctx, &ids)
         .await?
         .into_values()
         .flatten()
-        .collect::<std::collections::BTreeSet<i64>>()
-        .iter()
-        .map(i64::to_string)
         .collect();
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut events = ledger_where(ctx, &format!("sequence IN ({})", seqs.join(", "))).await?;
+    let mut events = ledger_rows(ctx, &seqs).await?;
     events.sort_by_key(LedgerEvent::order_key);
     Ok(events)
 }

@@ -114,7 +114,9 @@ pub async fn resolve_with_identity(
     state.writing = true;
     ctx.catalog.put_resolve_state(&state).await?;
 
+    let loading = Clock::now();
     let store = ctx.catalog.load_identity().await?;
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "identity loaded");
     let mut resolver = ctx.resolver(store);
     // Events are resolved as the sorted scan hands them over, and their assignments go out
     // to ledger/assignments' files as they accumulate (committed once, below).
@@ -175,9 +177,11 @@ pub async fn resolve_with_identity(
     }
     write_assignments(ctx, &mut writer, &mut assignments).await?;
     result.merges_detected = merges_detected;
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "events resolved");
     if let Some(w) = writer {
         w.append().await?;
     }
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "assignments committed");
     let changes = resolver.store_mut().take_changes();
     ctx.catalog.save_identity(&changes).await?;
     ctx.catalog
@@ -186,6 +190,7 @@ pub async fn resolve_with_identity(
     state.cursor = head;
     state.writing = false;
     ctx.catalog.put_resolve_state(&state).await?;
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "identity saved");
     result.events_failed = result.failures.len() as u64;
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok((result, resolver.into_store()))
