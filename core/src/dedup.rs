@@ -168,8 +168,12 @@ mod tests {
     /// One stream of events: (call, id number, timestamp seconds); sequences follow input
     /// order. Returns the accepted sequences and duplicate ids of the streaming dedup (with a
     /// second run when the first reports displaced winners) and of `dedup_call` per call.
-    fn both(ledger: &[u8], events: &[(i64, u8, i64)]) -> ((Vec<i64>, Vec<String>), (Vec<i64>, Vec<String>)) {
-        let ledger_keys: Vec<(u128, i64)> = ledger.iter().map(|n| (event_key(&id(*n)), 0)).collect();
+    fn both(
+        ledger: &[u8],
+        events: &[(i64, u8, i64)],
+    ) -> ((Vec<i64>, Vec<String>), (Vec<i64>, Vec<String>)) {
+        let ledger_keys: Vec<(u128, i64)> =
+            ledger.iter().map(|n| (event_key(&id(*n)), 0)).collect();
         let run = |fixed: HashMap<u128, i64>| {
             let mut d = StreamDedup::new(ledger_keys.clone(), fixed);
             let mut accepted = Vec::new();
@@ -185,7 +189,10 @@ mod tests {
         let (mut accepted, mut dups, displaced) = run(HashMap::new());
         if !displaced.is_empty() {
             let second = run(displaced);
-            assert!(second.2.is_empty(), "a run with fixed winners displaces nothing");
+            assert!(
+                second.2.is_empty(),
+                "a run with fixed winners displaces nothing"
+            );
             (accepted, dups) = (second.0, second.1);
         }
         accepted.sort();

@@ -337,7 +337,13 @@ fn ingest_reports_files_it_cannot_read(backend: Backend) {
     text.extend_from_slice(b"{\"type\": \"caf\xe9\"}\n");
     std::fs::write(&mixed, text).unwrap();
     let out = TestCommand::new(&dir)
-        .args(["ingest", "--source", "app", app.to_str().unwrap(), mixed.to_str().unwrap()])
+        .args([
+            "ingest",
+            "--source",
+            "app",
+            app.to_str().unwrap(),
+            mixed.to_str().unwrap(),
+        ])
         .run();
     out.assert_code(1);
     assert!(
@@ -345,7 +351,11 @@ fn ingest_reports_files_it_cannot_read(backend: Backend) {
         "{}",
         out.stderr
     );
-    assert_eq!(raw_files(), files_before, "the rejected call's files are deleted");
+    assert_eq!(
+        raw_files(),
+        files_before,
+        "the rejected call's files are deleted"
+    );
     let again = run(&dir, &["ingest", "--source", "app", app.to_str().unwrap()]);
     assert_eq!(
         again["first_sequence"].as_i64().unwrap(),
@@ -861,6 +871,62 @@ fn ten_incremental_ingests_equal_one_full_build(backend: Backend) {
     run(&dir, &["maintain", "--retention-hours", "0"]);
     assert_eq!(lake_history(&dir, &version), incremental);
     assert_eq!(run(&dir, &["build", "--as-of", AS_OF])["mode"], "SKIP");
+}
+
+// An increment whose late arrivals rebuild thousands of entities: their rows are picked out of
+// scans and their history files rewritten (an SQL IN list of that many ids overflowed the
+// stack in the Delta scan's predicate conversion), and the result equals a full build.
+#[test]
+fn thousands_of_late_arrivals_rebuild_in_one_increment() {
+    let dir = showcase(Backend::Sqlite);
+    let users = 3_000;
+    let line = |i: usize, kind: &str, secs: i64| {
+        let ts = chrono::DateTime::from_timestamp(1_704_067_200 + secs, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ");
+        let user = 100_000 + i;
+        match kind {
+            "signup" => format!(
+                r#"{{"event":"signed_up","occurred_at":"{ts}","message_id":"s{i}","userId":{user},"traits":{{"email":"user{i}@late.example"}},"context":{{"channel":"ads"}}}}"#
+            ),
+            _ => format!(
+                r#"{{"event":"profile_updated","occurred_at":"{ts}","message_id":"p{i}","userId":{user},"traits":{{"email":"user{i}@late.example","company":"co{i}"}}}}"#
+            ),
+        }
+    };
+    let write = |name: &str, kind: &str, offset: i64| {
+        let path = dir.path().join(name);
+        let text: String = (0..users)
+            .map(|i| line(i, kind, i as i64 * 20 + offset) + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let signups = write("signups.jsonl", "signup", 0);
+    run(
+        &dir,
+        &["ingest", "--source", "app", signups.to_str().unwrap()],
+    );
+    run(&dir, &["normalize"]);
+    run(&dir, &["build", "--as-of", AS_OF]);
+    // Every update falls between two signups: before the watermark, so every customer is
+    // rebuilt.
+    let updates = write("updates.jsonl", "update", 10);
+    run(
+        &dir,
+        &["ingest", "--source", "app", updates.to_str().unwrap()],
+    );
+    run(&dir, &["normalize"]);
+    let build = run(&dir, &["build", "--as-of", AS_OF]);
+    assert_eq!(build["mode"], "INCREMENTAL", "{build}");
+    assert!(
+        build["late_arrivals"].as_u64().unwrap() >= users as u64 - 1,
+        "{build}"
+    );
+    let version = active_version(&dir);
+    let incremental = lake_history(&dir, &version);
+    run(&dir, &["build", "--full", "--as-of", AS_OF]);
+    assert_eq!(lake_history(&dir, &version), incremental);
 }
 
 // CONTRACTS G13 (storage): a `datetime`-coerced field is a DateTime when events are replayed

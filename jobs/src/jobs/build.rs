@@ -475,8 +475,8 @@ impl PartitionSpill {
         let batch = concat_batches(&schema, &waiting).map_err(spill_error)?;
         if self.files[p].is_none() {
             let file = std::fs::File::create(self.path(p))?;
-            let writer = FileWriter::try_new(std::io::BufWriter::new(file), &schema)
-                .map_err(spill_error)?;
+            let writer =
+                FileWriter::try_new(std::io::BufWriter::new(file), &schema).map_err(spill_error)?;
             self.files[p] = Some(writer);
         }
         self.files[p]
@@ -495,7 +495,8 @@ impl PartitionSpill {
         writer.finish().map_err(spill_error)?;
         drop(writer);
         let file = std::fs::File::open(self.path(p))?;
-        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(spill_error)?;
+        let reader =
+            FileReader::try_new(std::io::BufReader::new(file), None).map_err(spill_error)?;
         let batches = reader
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(spill_error)?;
@@ -505,7 +506,9 @@ impl PartitionSpill {
 }
 
 fn spill_error(e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!("Spilling ledger rows to a temporary file failed: {e}"))
+    Error::Storage(format!(
+        "Spilling ledger rows to a temporary file failed: {e}"
+    ))
 }
 
 /// A partitioned FULL build's output, with its history tables written but not committed.
@@ -863,10 +866,20 @@ pub(crate) async fn assignments_of(
             "SELECT sequence, entity_type, entity_id FROM assignments",
             |b| {
                 let c = Columns::new(b);
-                let (seq, ty, id) = (c.i64("sequence")?, c.str("entity_type")?, c.str("entity_id")?);
+                let (seq, ty, id) = (
+                    c.i64("sequence")?,
+                    c.str("entity_type")?,
+                    c.str("entity_id")?,
+                );
                 Ok((0..b.num_rows())
                     .filter(|i| ids.contains(id.value(*i)))
-                    .map(|i| (seq.value(i), ty.value(i).to_string(), id.value(i).to_string()))
+                    .map(|i| {
+                        (
+                            seq.value(i),
+                            ty.value(i).to_string(),
+                            id.value(i).to_string(),
+                        )
+                    })
                     .collect::<Vec<_>>())
             },
         )

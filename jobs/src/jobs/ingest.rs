@@ -167,14 +167,21 @@ async fn write_raw(
              got {allocated}); nothing was committed"
         )));
     }
-    writer.take().expect("records were written").append().await?;
+    writer
+        .take()
+        .expect("records were written")
+        .append()
+        .await?;
     result.first_sequence = Some(first);
     result.last_sequence = Some(next - 1);
     result.records = count as u64;
     Ok(result)
 }
 
-async fn opened<'w>(ctx: &Context, writer: &'w mut Option<TableWriter>) -> Result<&'w mut TableWriter> {
+async fn opened<'w>(
+    ctx: &Context,
+    writer: &'w mut Option<TableWriter>,
+) -> Result<&'w mut TableWriter> {
     if writer.is_none() {
         *writer = Some(ctx.lake.writer(tables::RAW, &RAW_SCHEMA).await?);
     }
@@ -287,7 +294,10 @@ impl Iterator for JsonLines {
                 Ok(n) => n,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(Error::Ingest(format!("{}: cannot read: {e}", self.shown))));
+                    return Some(Err(Error::Ingest(format!(
+                        "{}: cannot read: {e}",
+                        self.shown
+                    ))));
                 }
             };
             self.line += 1;
@@ -364,50 +374,52 @@ fn csv_records(input: impl Read + 'static, shown: String) -> Result<Records> {
         .map_err(|e| csv_error(&shown, 1, e, "cannot read the header row"))?
         .clone();
     let mut failed = false;
-    Ok(Box::new(
-        reader
-            .into_records()
-            .enumerate()
-            .map_while(move |(i, row)| {
-                if failed {
-                    return None;
+    Ok(Box::new(reader.into_records().enumerate().map_while(
+        move |(i, row)| {
+            if failed {
+                return None;
+            }
+            let line = i + 2;
+            Some(match row {
+                Ok(row) if row.len() != headers.len() => Ok(Record::Malformed {
+                    raw: Json::Array(row.iter().map(|c| Json::String(c.to_string())).collect()),
+                    error: format!(
+                        "line {line}: {} cells for {} columns",
+                        row.len(),
+                        headers.len()
+                    ),
+                }),
+                Ok(row) => {
+                    let obj: serde_json::Map<String, Json> = headers
+                        .iter()
+                        .zip(row.iter())
+                        .map(|(h, c)| {
+                            let v = if c.is_empty() {
+                                Json::Null
+                            } else {
+                                Json::String(c.to_string())
+                            };
+                            (h.to_string(), v)
+                        })
+                        .collect();
+                    Ok(Record::Ok(Json::Object(obj).to_string()))
                 }
-                let line = i + 2;
-                Some(match row {
-                    Ok(row) if row.len() != headers.len() => Ok(Record::Malformed {
-                        raw: Json::Array(row.iter().map(|c| Json::String(c.to_string())).collect()),
-                        error: format!(
-                            "line {line}: {} cells for {} columns",
-                            row.len(),
-                            headers.len()
-                        ),
-                    }),
-                    Ok(row) => {
-                        let obj: serde_json::Map<String, Json> = headers
-                            .iter()
-                            .zip(row.iter())
-                            .map(|(h, c)| {
-                                let v = if c.is_empty() {
-                                    Json::Null
-                                } else {
-                                    Json::String(c.to_string())
-                                };
-                                (h.to_string(), v)
-                            })
-                            .collect();
-                        Ok(Record::Ok(Json::Object(obj).to_string()))
-                    }
-                    Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::Io(_)) => {
-                        failed = true;
-                        Err(csv_error(&shown, line, e, "cannot read"))
-                    }
-                    Err(e) => Ok(Record::Malformed {
-                        raw: Json::Null,
-                        error: format!("line {line}: {e}"),
-                    }),
-                })
-            }),
-    ))
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::Io(_)
+                    ) =>
+                {
+                    failed = true;
+                    Err(csv_error(&shown, line, e, "cannot read"))
+                }
+                Err(e) => Ok(Record::Malformed {
+                    raw: Json::Null,
+                    error: format!("line {line}: {e}"),
+                }),
+            })
+        },
+    )))
 }
 
 fn csv_error(shown: &str, line: usize, e: csv::Error, what: &str) -> Error {

@@ -250,24 +250,25 @@ fn normalize_part(
 ) -> (Vec<(i64, NormalizedEvent)>, Failed) {
     // Raw text is parsed one record at a time, as normalization consumes it.
     let mut unreadable = Vec::new();
-    let parsed = records.iter().filter_map(|r| {
-        match serde_json::from_str::<serde_json::Value>(&r.raw) {
-            Ok(raw) => Some((r.sequence, r.source.as_str(), raw)),
-            Err(e) => {
-                unreadable.push((
-                    Some(r.sequence),
-                    EventFailure::normalization(
-                        &serde_json::Value::String(r.raw.clone()),
-                        &r.source,
-                        None,
-                        None,
-                        format!("the raw record is not JSON: {e}"),
-                    ),
-                ));
-                None
-            }
-        }
-    });
+    let parsed =
+        records.iter().filter_map(
+            |r| match serde_json::from_str::<serde_json::Value>(&r.raw) {
+                Ok(raw) => Some((r.sequence, r.source.as_str(), raw)),
+                Err(e) => {
+                    unreadable.push((
+                        Some(r.sequence),
+                        EventFailure::normalization(
+                            &serde_json::Value::String(r.raw.clone()),
+                            &r.source,
+                            None,
+                            None,
+                            format!("the raw record is not JSON: {e}"),
+                        ),
+                    ));
+                    None
+                }
+            },
+        );
     let (events, failed) = normalize_records(normalizer, parsed, |s| kept.get(&s));
     unreadable.extend(failed.into_iter().map(|(s, f)| (Some(s), f)));
     (events, unreadable)

@@ -65,7 +65,11 @@ async fn write_assignments(
         return Ok(());
     }
     if writer.is_none() {
-        *writer = Some(ctx.lake.writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA).await?);
+        *writer = Some(
+            ctx.lake
+                .writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA)
+                .await?,
+        );
     }
     let batch = assignments_batch(assignments)?;
     assignments.clear();
@@ -181,7 +185,10 @@ pub async fn resolve_with_identity(
     if let Some(w) = writer {
         w.append().await?;
     }
-    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "assignments committed");
+    tracing::debug!(
+        ms = loading.elapsed().as_millis() as u64,
+        "assignments committed"
+    );
     let changes = resolver.store_mut().take_changes();
     ctx.catalog.save_identity(&changes).await?;
     ctx.catalog
