@@ -165,13 +165,16 @@ mod tests {
         assert_eq!(event_key("custom-1"), event_key("custom-1"));
     }
 
+    /// Accepted sequences and duplicate ids.
+    type Outcome = (Vec<i64>, Vec<String>);
+
     /// One stream of events: (call, id number, timestamp seconds); sequences follow input
     /// order. Returns the accepted sequences and duplicate ids of the streaming dedup (with a
     /// second run when the first reports displaced winners) and of `dedup_call` per call.
     fn both(
         ledger: &[u8],
         events: &[(i64, u8, i64)],
-    ) -> ((Vec<i64>, Vec<String>), (Vec<i64>, Vec<String>)) {
+    ) -> (Outcome, Outcome) {
         let ledger_keys: Vec<(u128, i64)> =
             ledger.iter().map(|n| (event_key(&id(*n)), 0)).collect();
         let run = |fixed: HashMap<u128, i64>| {

@@ -556,6 +556,9 @@ pub fn normalize_call_kept<'r, 'k>(
     }
 }
 
+/// Normalized events and failures, each with the sequence of its raw record.
+pub type Normalized = (Vec<(i64, NormalizedEvent)>, Vec<(i64, EventFailure)>);
+
 /// Normalizes records — (sequence, source, raw event) — without deduplicating them: the
 /// events with their sequences, and the failures, both in input order. A record with a `Kept`
 /// entry keeps its event id, hints and redacted values (§12.2).
@@ -563,7 +566,7 @@ pub fn normalize_records<'r, 'k>(
     normalizer: &Normalizer<'_>,
     records: impl IntoIterator<Item = (i64, &'r str, Json)>,
     kept: impl Fn(i64) -> Option<&'k Kept>,
-) -> (Vec<(i64, NormalizedEvent)>, Vec<(i64, EventFailure)>) {
+) -> Normalized {
     let mut normalized = Vec::new();
     let mut failures = Vec::new();
     // Each raw event is dropped as soon as it is normalized.
