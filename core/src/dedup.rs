@@ -171,10 +171,7 @@ mod tests {
     /// One stream of events: (call, id number, timestamp seconds); sequences follow input
     /// order. Returns the accepted sequences and duplicate ids of the streaming dedup (with a
     /// second run when the first reports displaced winners) and of `dedup_call` per call.
-    fn both(
-        ledger: &[u8],
-        events: &[(i64, u8, i64)],
-    ) -> (Outcome, Outcome) {
+    fn both(ledger: &[u8], events: &[(i64, u8, i64)]) -> (Outcome, Outcome) {
         let ledger_keys: Vec<(u128, i64)> =
             ledger.iter().map(|n| (event_key(&id(*n)), 0)).collect();
         let run = |fixed: HashMap<u128, i64>| {
