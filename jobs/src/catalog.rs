@@ -701,36 +701,83 @@ impl Catalog {
     /// Loads the whole identity store (mappings, entities, merge_log) into memory.
     pub async fn load_identity(&self) -> Result<MemoryIdentity> {
         let mut m = MemoryIdentity::new();
-        let entities = q(&self.sql("SELECT entity_id, entity_type FROM {t:entities}"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db("Loading identity", e))?;
-        for r in &entities {
-            m.load_entity(&r.get::<String, _>(0), &r.get::<String, _>(1));
-        }
-        let rows =
-            q(&self.sql("SELECT entity_type, hint_type, hint_value, entity_id FROM {t:identity}"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db("Loading identity", e))?;
-        for r in &rows {
-            let key = Key::new(
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<String, _>(2),
-            );
-            m.load_mapping(key, &r.get::<String, _>(3));
-        }
-        let merges =
-            q(&self.sql("SELECT from_entity_id, into_entity_id, timestamp FROM {t:merge_log}"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db("Loading identity", e))?;
-        for r in &merges {
-            let ts = parse_instant(&r.get::<String, _>(2))?;
-            m.load_merge(&r.get::<String, _>(0), &r.get::<String, _>(1), ts);
+        self.each_row("entities", &["entity_id"], &["entity_type"], |r| {
+            m.load_entity(&r[0], &r[1]);
+            Ok(())
+        })
+        .await?;
+        self.each_row(
+            "identity",
+            &["entity_type", "hint_type", "hint_value"],
+            &["entity_id"],
+            |mut r| {
+                let id = r.pop().unwrap_or_default();
+                let mut r = r.into_iter();
+                let mut next = || r.next().unwrap_or_default();
+                m.load_mapping(Key::new(next(), next(), next()), &id);
+                Ok(())
+            },
+        )
+        .await?;
+        let mut merges = Vec::new();
+        self.each_row(
+            "merge_log",
+            &["from_entity_id"],
+            &["into_entity_id", "timestamp"],
+            |r| {
+                merges.push((parse_instant(&r[2])?, r));
+                Ok(())
+            },
+        )
+        .await?;
+        for (ts, r) in merges {
+            m.load_merge(&r[0], &r[1], ts);
         }
         Ok(m)
+    }
+
+    /// Every row of a catalog table of text columns (`key`, the primary key, then `rest`),
+    /// in pages of `PAGE_ROWS` rows each fetched as one JSON value: drivers pay per row, and
+    /// identity (loaded whole by every resolve pass) has a row per hint and per entity.
+    async fn each_row(
+        &self,
+        table: &str,
+        key: &[&str],
+        rest: &[&str],
+        mut each: impl FnMut(Vec<String>) -> Result<()>,
+    ) -> Result<()> {
+        const PAGE_ROWS: usize = 500_000;
+        let columns = [key, rest].concat().join(", ");
+        let order = key.join(", ");
+        let op = format!("Loading {table}");
+        for page in 0.. {
+            let rows = format!(
+                "SELECT {columns} FROM {{t:{table}}} ORDER BY {order} LIMIT {PAGE_ROWS} OFFSET {}",
+                page * PAGE_ROWS
+            );
+            let sql = match self.dialect {
+                Dialect::Sqlite => format!(
+                    "SELECT COALESCE(json_group_array(json_array({columns})), '[]') FROM ({rows})"
+                ),
+                Dialect::Postgres => format!(
+                    "SELECT COALESCE(json_agg(json_build_array({columns}))::text, '[]') FROM ({rows}) AS page"
+                ),
+            };
+            let text: String = q(&self.sql(&sql))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db(&op, e))?
+                .get(0);
+            let rows: Vec<Vec<String>> = serde_json::from_str(&text).map_err(|e| db(&op, e))?;
+            let n = rows.len();
+            for r in rows {
+                each(r)?;
+            }
+            if n < PAGE_ROWS {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the changes of a resolve pass in one transaction.
