@@ -2,31 +2,21 @@
 //! Object-store settings come from the standard `AWS_*` environment variables, which the
 //! `object_store` S3 client reads itself; nothing S3-specific is configured here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::arrow::array::{BooleanArray, RecordBatch};
-use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::datafusion::execution::memory_pool::FairSpillPool;
 use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::Action;
-use deltalake::logstore::parquet_reader::ParquetObjectReader;
-use deltalake::parquet::arrow::async_reader::{
-    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
-};
-use deltalake::parquet::arrow::ProjectionMask;
-use deltalake::parquet::errors::ParquetError;
-use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
+pub use crate::table_writer::TableWriter;
 
 /// Memory a query may use for sorting and aggregating before it spills to disk.
 const QUERY_MEMORY: usize = 256 << 20;
@@ -99,7 +89,7 @@ impl Lake {
         format!("{}/{table}", self.root)
     }
 
-    async fn handle(&self, table: &str) -> Result<DeltaTable> {
+    pub(crate) async fn handle(&self, table: &str) -> Result<DeltaTable> {
         let url = deltalake::ensure_table_uri(self.location(table))
             .map_err(|e| storage(&format!("Opening table {table}"), e))?;
         DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
@@ -388,235 +378,6 @@ impl Lake {
             .try_collect()
             .await
             .map_err(|e| storage("Reading query results", e))
-    }
-}
-
-/// The Parquet files the lake's writers produce: about this size each, and row groups of at
-/// most this many rows (what a writer buffers before a row group goes out).
-const TARGET_FILE_BYTES: u64 = 128 << 20;
-const ROW_GROUP_ROWS: usize = 131_072;
-
-/// The files a `TableWriter`'s commit removes besides adding its own.
-enum Removes {
-    Nothing,
-    Everything,
-    These(Vec<deltalake::kernel::Remove>),
-}
-
-/// Writes one table's new files as batches arrive and commits them all at once (`append` or
-/// `replace`): a job can write more than fits in memory while readers still see all of it or
-/// none of it. Dropped without a commit, it leaves only unreferenced files, which `abort`
-/// deletes (and a vacuum would).
-pub struct TableWriter {
-    lake: Lake,
-    table: String,
-    writer: RecordBatchWriter,
-    rows: u64,
-}
-
-impl Lake {
-    /// A writer for `table`, created empty with `schema` when it does not exist yet.
-    pub async fn writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
-        let t = match self.open(table).await? {
-            Some(t) => t,
-            None => {
-                self.append(table, vec![RecordBatch::new_empty(schema.clone())])
-                    .await?;
-                self.handle(table).await?
-            }
-        };
-        let properties = WriterProperties::builder()
-            .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
-        let writer = RecordBatchWriter::for_table(&t)
-            .map_err(|e| storage(&format!("Writing table {table}"), e))?
-            .with_target_file_size(TARGET_FILE_BYTES)
-            .with_writer_properties(properties);
-        Ok(TableWriter {
-            lake: self.clone(),
-            table: table.to_string(),
-            writer,
-            rows: 0,
-        })
-    }
-}
-
-impl Lake {
-    /// Replaces the rows of `table` whose text `column` holds one of `keys`, in one commit:
-    /// every file holding such a row is rewritten without them, and `rows(old)` — the keys'
-    /// new rows, given their old ones — is added. Files holding none are read only for their
-    /// key column and stay. (Delta's `replace_where` takes the keys as an SQL `IN` list, which
-    /// the Delta scan's predicate conversion walks one stack frame per key: a few thousand
-    /// keys overflow the stack.)
-    pub async fn replace_keys(
-        &self,
-        table: &str,
-        schema: &SchemaRef,
-        column: &str,
-        keys: &HashSet<&str>,
-        rows: impl FnOnce(Vec<RecordBatch>) -> Result<Vec<RecordBatch>>,
-    ) -> Result<()> {
-        let op = format!("Rewriting rows of {table}");
-        let mut writer = self.writer(table, schema).await?;
-        let t = self.handle(table).await?;
-        let store = t.object_store();
-        let files: Vec<_> = t
-            .snapshot()
-            .map_err(|e| storage(&op, e))?
-            .snapshot()
-            .file_views(&t.log_store(), None)
-            .try_collect()
-            .await
-            .map_err(|e| storage(&op, e))?;
-        let mut old = Vec::new();
-        let mut removes = Vec::new();
-        for file in files {
-            let path = deltalake::Path::from(file.path().as_ref());
-            let size = file.size() as u64;
-            let mut holds = false;
-            let mut ids = read_parquet(&store, &path, size, Some(column))
-                .await
-                .map_err(|e| storage(&op, e))?;
-            while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
-                if key_mask(&batch, column, keys)?.true_count() > 0 {
-                    holds = true;
-                    break;
-                }
-            }
-            if !holds {
-                continue;
-            }
-            let mut batches = read_parquet(&store, &path, size, None)
-                .await
-                .map_err(|e| storage(&op, e))?;
-            while let Some(batch) = batches.try_next().await.map_err(|e| storage(&op, e))? {
-                let batch = conform(&batch, schema)?;
-                let mask = key_mask(&batch, column, keys)?;
-                let rest = deltalake::arrow::compute::not(&mask).map_err(|e| storage(&op, e))?;
-                old.push(filter_record_batch(&batch, &mask).map_err(|e| storage(&op, e))?);
-                writer
-                    .write(filter_record_batch(&batch, &rest).map_err(|e| storage(&op, e))?)
-                    .await?;
-            }
-            removes.push(file.remove_action(true));
-        }
-        for batch in rows(old)? {
-            writer.write(batch).await?;
-        }
-        writer.commit(Removes::These(removes)).await
-    }
-}
-
-/// The batches of one Parquet file of a table (only `column` when given), as a stream.
-async fn read_parquet(
-    store: &Arc<dyn deltalake::ObjectStore>,
-    path: &deltalake::Path,
-    size: u64,
-    column: Option<&str>,
-) -> std::result::Result<ParquetRecordBatchStream<ParquetObjectReader>, ParquetError> {
-    let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-    if let Some(column) = column {
-        let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
-        builder = builder.with_projection(mask);
-    }
-    builder.build()
-}
-
-/// Which rows of `batch` have their text `column` in `keys`.
-fn key_mask(batch: &RecordBatch, column: &str, keys: &HashSet<&str>) -> Result<BooleanArray> {
-    let values = crate::ledger::Columns::new(batch).str(column)?;
-    Ok((0..batch.num_rows())
-        .map(|i| Some(values.get(i).is_some_and(|v| keys.contains(v))))
-        .collect())
-}
-
-impl TableWriter {
-    /// Streams a batch into the table's open file (nothing is visible before the commit).
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .await
-            .map_err(|e| storage(&format!("Writing table {}", self.table), e))
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Adds every file written to the table in one commit.
-    pub async fn append(self) -> Result<()> {
-        self.commit(Removes::Nothing).await
-    }
-
-    /// Replaces the whole table by the files written, in one commit.
-    pub async fn replace(self) -> Result<()> {
-        self.commit(Removes::Everything).await
-    }
-
-    async fn commit(mut self, removes: Removes) -> Result<()> {
-        let op = format!("Writing table {}", self.table);
-        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
-        let t = self.lake.handle(&self.table).await?;
-        let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
-        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        let mode = match removes {
-            Removes::Nothing => SaveMode::Append,
-            Removes::Everything => {
-                let all: Vec<Action> = snapshot
-                    .snapshot()
-                    .file_views(&t.log_store(), None)
-                    .map_ok(|f| Action::Remove(f.remove_action(true)))
-                    .try_collect()
-                    .await
-                    .map_err(|e| storage(&op, e))?;
-                actions.extend(all);
-                SaveMode::Overwrite
-            }
-            Removes::These(these) => {
-                actions.extend(these.into_iter().map(Action::Remove));
-                SaveMode::Overwrite
-            }
-        };
-        if actions.is_empty() {
-            return Ok(());
-        }
-        CommitBuilder::default()
-            .with_actions(actions)
-            .build(
-                Some(snapshot),
-                t.log_store(),
-                DeltaOperation::Write {
-                    mode,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
-            .await
-            .map_err(|e| storage(&op, e))?;
-        Ok(())
-    }
-
-    /// Deletes the files written, committing nothing.
-    pub async fn abort(mut self) -> Result<()> {
-        use deltalake::logstore::object_store::ObjectStoreExt;
-        let op = format!("Abandoning a write to {}", self.table);
-        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
-        let t = self.lake.handle(&self.table).await?;
-        let store = t.object_store();
-        for add in adds {
-            store
-                .delete(&deltalake::Path::from(add.path.as_str()))
-                .await
-                .map_err(|e| storage(&op, e))?;
-        }
-        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod output;
 pub mod parquet_input;
 pub mod parquet_output;
+pub mod table_writer;
 pub mod warehouse;
 
 pub use error::{Error, Result};

@@ -603,7 +603,7 @@ async fn full_in_partitions(
         // (committed) together after the replay.
         for (table, batch) in full_history_batches(defs, version, &out.changes)? {
             if !tables.contains_key(&table) {
-                let writer = ctx.lake.writer(&table, &batch.schema()).await?;
+                let writer = ctx.lake.history_writer(&table, &batch.schema()).await?;
                 tables.insert(table.clone(), writer);
             }
             tables
@@ -908,6 +908,13 @@ pub async fn write_changes(
     changes: &BTreeMap<EntityKey, HistoryChange>,
 ) -> Result<()> {
     let entity_type_of = |id: &str| identity.entity_type(id);
+    // An entity replayed whole (`replaced`) has every row rewritten; one that only took
+    // snapshots needs its current row, which the snapshots close and follow.
+    let appended: HashSet<&str> = changes
+        .iter()
+        .filter(|(_, c)| c.replaced.is_none())
+        .map(|(k, _)| k.1.as_str())
+        .collect();
     for (name, entity) in &defs.entities {
         let table = tables::history(version, name);
         let keys: Vec<&EntityKey> = changes.keys().filter(|k| &k.0 == name).collect();
@@ -916,21 +923,46 @@ pub async fn write_changes(
         }
         let ids: HashSet<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let column = format!("{name}_id");
+        let new_rows = |old: Vec<RecordBatch>, unseen: &HashSet<String>| {
+            let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+            for b in &old {
+                histories.extend(group_rows(name, read_entity_rows(entity, b)?));
+            }
+            for key in &keys {
+                let change = &changes[*key];
+                // Closed rows not read are left as they are: right when the entity's
+                // current row was read and no snapshot comes before it.
+                if unseen.contains(&key.1) {
+                    let current = histories
+                        .get(*key)
+                        .and_then(|h| h.rows.last())
+                        .filter(|r| r.valid_to.is_none())
+                        .map(|r| r.valid_from);
+                    let follows = current.is_some_and(|from| {
+                        change.snapshots.iter().all(|s| s.valid_from >= from)
+                    });
+                    if !follows {
+                        return Ok(None);
+                    }
+                }
+                build::apply_history_change(&mut histories, key, change);
+            }
+            let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+            Ok(Some(vec![entity_batch(entity, &rows)?]))
+        };
         ctx.lake
-            .replace_keys(&table, &entity_schema(entity), &column, &ids, |old| {
-                let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
-                for b in &old {
-                    histories.extend(group_rows(name, read_entity_rows(entity, b)?));
-                }
-                for key in &keys {
-                    build::apply_history_change(&mut histories, key, &changes[*key]);
-                }
-                let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
-                Ok(vec![entity_batch(entity, &rows)?])
-            })
+            .replace_keys(
+                &table,
+                &entity_schema(entity),
+                &column,
+                &ids,
+                &appended,
+                new_rows,
+            )
             .await?;
     }
-    // Relationship rows belong to their source entity.
+    // Relationship rows belong to their source entity. A snapshot only opens relationship
+    // rows, after the last one of its kind: the open rows are all it needs.
     let ids: HashSet<&str> = changes.keys().map(|k| k.1.as_str()).collect();
     if ids.is_empty() {
         return Ok(());
@@ -938,17 +970,18 @@ pub async fn write_changes(
     for rel in relationship_types(defs) {
         let table = tables::relationship_history(version, &rel);
         let schema = relationship_schema(defs, &rel);
+        let new_rows = |old: Vec<RecordBatch>, _: &HashSet<String>| {
+            let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+            for b in &old {
+                rels.extend(group_relationships(
+                    &entity_type_of,
+                    read_relationship_rows(b)?,
+                ));
+            }
+            Ok(Some(vec![relationships_after(defs, &rel, rels, changes)?]))
+        };
         ctx.lake
-            .replace_keys(&table, &schema, "source_id", &ids, |old| {
-                let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
-                for b in &old {
-                    rels.extend(group_relationships(
-                        &entity_type_of,
-                        read_relationship_rows(b)?,
-                    ));
-                }
-                Ok(vec![relationships_after(defs, &rel, rels, changes)?])
-            })
+            .replace_keys(&table, &schema, "source_id", &ids, &appended, new_rows)
             .await?;
     }
     Ok(())

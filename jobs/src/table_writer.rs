@@ -1,0 +1,375 @@
+//! Writing Delta tables larger than memory: `TableWriter` streams batches into new Parquet
+//! files and commits them all at once, and `Lake::replace_keys` rewrites the rows of some
+//! keys (an incremental build's entities) touching only the files that hold them.
+//!
+//! History tables keep their current rows (`valid_to` null) in files of their own, tagged
+//! `defacto.rows = current`; files of closed rows are tagged `closed`. An increment that only
+//! appends to entities' histories (closes their current row, adds new ones) rewrites current
+//! files and adds closed ones: the closed history, most of a table, stays as it is. A file
+//! without a tag (written before, or compacted by `maintain`) may hold either and is treated
+//! as holding both, which is always correct, only slower.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{BooleanArray, RecordBatch};
+use deltalake::arrow::compute::{filter_record_batch, is_null, not};
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::logstore::parquet_reader::ParquetObjectReader;
+use deltalake::parquet::arrow::async_reader::{
+    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::TryStreamExt;
+
+use crate::error::{Error, Result};
+use crate::lake::{conform, Lake};
+
+/// The Parquet files the lake's writers produce: about this size each, and row groups of at
+/// most this many rows (what a writer buffers before a row group goes out).
+const TARGET_FILE_BYTES: u64 = 128 << 20;
+const ROW_GROUP_ROWS: usize = 131_072;
+
+/// The Delta file tag saying which rows of a history table a file holds.
+const ROWS_TAG: &str = "defacto.rows";
+/// The column whose null marks a history table's current rows.
+const VALID_TO: &str = "valid_to";
+
+fn storage(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{op} failed: {e}"))
+}
+
+/// The files a `TableWriter`'s commit removes besides adding its own.
+enum Removes {
+    Nothing,
+    Everything,
+    These(Vec<Remove>),
+}
+
+/// Writes one table's new files as batches arrive and commits them all at once (`append`,
+/// `replace`): a job can write more than fits in memory while readers still see all of it or
+/// none of it. Dropped without a commit, it leaves only unreferenced files, which `abort`
+/// deletes (and a vacuum would).
+pub struct TableWriter {
+    lake: Lake,
+    table: String,
+    /// Every row; for a history table, the closed rows.
+    writer: RecordBatchWriter,
+    /// A history table's current rows.
+    current: Option<RecordBatchWriter>,
+    rows: u64,
+}
+
+impl Lake {
+    /// A writer for `table`, created empty with `schema` when it does not exist yet.
+    pub async fn writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
+        self.table_writer(table, schema, false).await
+    }
+
+    /// A writer for a history table (a `valid_to` column): current and closed rows go to
+    /// files of their own.
+    pub async fn history_writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
+        self.table_writer(table, schema, true).await
+    }
+
+    async fn table_writer(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        history: bool,
+    ) -> Result<TableWriter> {
+        let t = match self.open(table).await? {
+            Some(t) => t,
+            None => {
+                self.append(table, vec![RecordBatch::new_empty(schema.clone())])
+                    .await?;
+                self.handle(table).await?
+            }
+        };
+        let new = || -> Result<RecordBatchWriter> {
+            let properties = WriterProperties::builder()
+                .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .build();
+            Ok(RecordBatchWriter::for_table(&t)
+                .map_err(|e| storage(&format!("Writing table {table}"), e))?
+                .with_target_file_size(TARGET_FILE_BYTES)
+                .with_writer_properties(properties))
+        };
+        let history = history && schema.column_with_name(VALID_TO).is_some();
+        Ok(TableWriter {
+            lake: self.clone(),
+            table: table.to_string(),
+            writer: new()?,
+            current: if history { Some(new()?) } else { None },
+            rows: 0,
+        })
+    }
+
+    /// Replaces the rows of history `table` whose text `column` holds one of `keys`, in one
+    /// commit: the files holding such rows are rewritten without them, and `rows(old)` — the
+    /// keys' new rows given their old ones — is added. Files holding none are read only for
+    /// their key column and stay.
+    ///
+    /// For the keys in `appended` the caller needs only the current row (it closes it and
+    /// adds rows after it), so their closed rows are neither read nor rewritten; `rows` is
+    /// told which of them have closed rows it did not see, and returns `None` when it needs
+    /// those after all (a change before the current row), and the rewrite then runs again
+    /// with every key read whole. (Delta's `replace_where` would take the keys as an SQL `IN`
+    /// list, which the Delta scan's predicate conversion walks one stack frame per key: a
+    /// few thousand keys overflow the stack.)
+    pub async fn replace_keys(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        column: &str,
+        keys: &HashSet<&str>,
+        appended: &HashSet<&str>,
+        rows: impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
+    ) -> Result<()> {
+        if self.rewrite_keys(table, schema, column, keys, appended, &rows).await? {
+            return Ok(());
+        }
+        let none = HashSet::new();
+        if self.rewrite_keys(table, schema, column, keys, &none, &rows).await? {
+            return Ok(());
+        }
+        Err(Error::Storage(format!(
+            "Rewriting rows of {table} failed: the new rows could not be made from the old"
+        )))
+    }
+
+    /// One attempt of `replace_keys`; `false` when `rows` asked for every key's closed rows
+    /// (nothing is committed then).
+    async fn rewrite_keys(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        column: &str,
+        keys: &HashSet<&str>,
+        appended: &HashSet<&str>,
+        rows: &impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
+    ) -> Result<bool> {
+        let op = format!("Rewriting rows of {table}");
+        let mut writer = self.history_writer(table, schema).await?;
+        let t = self.handle(table).await?;
+        let store = t.object_store();
+        let files: Vec<_> = t
+            .snapshot()
+            .map_err(|e| storage(&op, e))?
+            .snapshot()
+            .file_views(&t.log_store(), None)
+            .try_collect()
+            .await
+            .map_err(|e| storage(&op, e))?;
+        // The keys whose every row is read; closed files hold none of the others' rows that
+        // the rewrite needs.
+        let whole: HashSet<&str> = keys.difference(appended).copied().collect();
+        let mut unseen_closed: HashSet<String> = HashSet::new();
+        let mut old = Vec::new();
+        let mut removes = Vec::new();
+        for file in files {
+            #[allow(deprecated)]
+            let closed = file
+                .add_action()
+                .tags
+                .and_then(|t| t.get(ROWS_TAG).cloned().flatten())
+                .is_some_and(|v| v == "closed");
+            let wanted = if closed { &whole } else { keys };
+            let path = file.object_store_path();
+            let size = file.size() as u64;
+            let mut holds = false;
+            let mut ids = read_parquet(&store, &path, size, Some(column))
+                .await
+                .map_err(|e| storage(&op, e))?;
+            while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
+                let values = crate::ledger::Columns::new(&batch).str(column)?;
+                for i in 0..batch.num_rows() {
+                    let Some(v) = values.get(i) else { continue };
+                    if wanted.contains(v) {
+                        holds = true;
+                    } else if closed && appended.contains(v) {
+                        unseen_closed.insert(v.to_string());
+                    }
+                }
+            }
+            if !holds {
+                continue;
+            }
+            let mut batches = read_parquet(&store, &path, size, None)
+                .await
+                .map_err(|e| storage(&op, e))?;
+            while let Some(batch) = batches.try_next().await.map_err(|e| storage(&op, e))? {
+                let batch = conform(&batch, schema)?;
+                let mask = key_mask(&batch, column, wanted)?;
+                let rest = not(&mask).map_err(|e| storage(&op, e))?;
+                old.push(filter_record_batch(&batch, &mask).map_err(|e| storage(&op, e))?);
+                writer
+                    .write(filter_record_batch(&batch, &rest).map_err(|e| storage(&op, e))?)
+                    .await?;
+            }
+            removes.push(file.remove_action(true));
+        }
+        let Some(new) = rows(old, &unseen_closed)? else {
+            writer.abort().await?;
+            return Ok(false);
+        };
+        for batch in new {
+            writer.write(batch).await?;
+        }
+        writer.commit(Removes::These(removes)).await?;
+        Ok(true)
+    }
+}
+
+/// The batches of one Parquet file of a table (only `column` when given), as a stream.
+async fn read_parquet(
+    store: &Arc<dyn deltalake::ObjectStore>,
+    path: &deltalake::Path,
+    size: u64,
+    column: Option<&str>,
+) -> std::result::Result<ParquetRecordBatchStream<ParquetObjectReader>, ParquetError> {
+    let reader = ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    if let Some(column) = column {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), [column]);
+        builder = builder.with_projection(mask);
+    }
+    builder.build()
+}
+
+/// Which rows of `batch` have their text `column` in `keys`.
+fn key_mask(batch: &RecordBatch, column: &str, keys: &HashSet<&str>) -> Result<BooleanArray> {
+    let values = crate::ledger::Columns::new(batch).str(column)?;
+    Ok((0..batch.num_rows())
+        .map(|i| Some(values.get(i).is_some_and(|v| keys.contains(v))))
+        .collect())
+}
+
+/// Tags the Add actions of one kind of a history table's files.
+fn tagged(adds: Vec<Add>, rows: &str) -> impl Iterator<Item = Action> + '_ {
+    adds.into_iter().map(move |mut add| {
+        add.tags
+            .get_or_insert_with(HashMap::new)
+            .insert(ROWS_TAG.to_string(), Some(rows.to_string()));
+        Action::Add(add)
+    })
+}
+
+impl TableWriter {
+    /// Streams a batch into the table's open file(s) (nothing is visible before the commit).
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let op = format!("Writing table {}", self.table);
+        self.rows += batch.num_rows() as u64;
+        let Some(current) = self.current.as_mut() else {
+            return self.writer.write(batch).await.map_err(|e| storage(&op, e));
+        };
+        let valid_to = batch
+            .column_by_name(VALID_TO)
+            .ok_or_else(|| storage(&op, "the batch has no valid_to column"))?;
+        let open = is_null(valid_to.as_ref()).map_err(|e| storage(&op, e))?;
+        let closed = not(&open).map_err(|e| storage(&op, e))?;
+        for (mask, writer) in [(&open, current), (&closed, &mut self.writer)] {
+            let part = filter_record_batch(&batch, mask).map_err(|e| storage(&op, e))?;
+            if part.num_rows() > 0 {
+                writer.write(part).await.map_err(|e| storage(&op, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds every file written to the table in one commit.
+    pub async fn append(self) -> Result<()> {
+        self.commit(Removes::Nothing).await
+    }
+
+    /// Replaces the whole table by the files written, in one commit.
+    pub async fn replace(self) -> Result<()> {
+        self.commit(Removes::Everything).await
+    }
+
+    /// The Add actions of every file written, tagged by kind for a history table.
+    async fn flush(&mut self) -> Result<Vec<Action>> {
+        let op = format!("Writing table {}", self.table);
+        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
+        let Some(current) = self.current.as_mut() else {
+            return Ok(adds.into_iter().map(Action::Add).collect());
+        };
+        let open = current.flush().await.map_err(|e| storage(&op, e))?;
+        Ok(tagged(adds, "closed").chain(tagged(open, "current")).collect())
+    }
+
+    async fn commit(mut self, removes: Removes) -> Result<()> {
+        let op = format!("Writing table {}", self.table);
+        let mut actions = self.flush().await?;
+        let t = self.lake.handle(&self.table).await?;
+        let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
+        let mode = match removes {
+            Removes::Nothing => SaveMode::Append,
+            Removes::Everything => {
+                let all: Vec<Action> = snapshot
+                    .snapshot()
+                    .file_views(&t.log_store(), None)
+                    .map_ok(|f| Action::Remove(f.remove_action(true)))
+                    .try_collect()
+                    .await
+                    .map_err(|e| storage(&op, e))?;
+                actions.extend(all);
+                SaveMode::Overwrite
+            }
+            Removes::These(these) => {
+                actions.extend(these.into_iter().map(Action::Remove));
+                SaveMode::Overwrite
+            }
+        };
+        if actions.is_empty() {
+            return Ok(());
+        }
+        CommitBuilder::default()
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                t.log_store(),
+                DeltaOperation::Write {
+                    mode,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(|e| storage(&op, e))?;
+        Ok(())
+    }
+
+    /// Deletes the files written, committing nothing.
+    pub async fn abort(mut self) -> Result<()> {
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let op = format!("Abandoning a write to {}", self.table);
+        let actions = self.flush().await?;
+        let t = self.lake.handle(&self.table).await?;
+        let store = t.object_store();
+        for action in actions {
+            if let Action::Add(add) = action {
+                store
+                    .delete(&deltalake::Path::from(add.path.as_str()))
+                    .await
+                    .map_err(|e| storage(&op, e))?;
+            }
+        }
+        Ok(())
+    }
+}
