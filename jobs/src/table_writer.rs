@@ -133,11 +133,17 @@ impl Lake {
         appended: &HashSet<&str>,
         rows: impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
     ) -> Result<()> {
-        if self.rewrite_keys(table, schema, column, keys, appended, &rows).await? {
+        if self
+            .rewrite_keys(table, schema, column, keys, appended, &rows)
+            .await?
+        {
             return Ok(());
         }
         let none = HashSet::new();
-        if self.rewrite_keys(table, schema, column, keys, &none, &rows).await? {
+        if self
+            .rewrite_keys(table, schema, column, keys, &none, &rows)
+            .await?
+        {
             return Ok(());
         }
         Err(Error::Storage(format!(
@@ -310,7 +316,9 @@ impl TableWriter {
             return Ok(adds.into_iter().map(Action::Add).collect());
         };
         let open = current.flush().await.map_err(|e| storage(&op, e))?;
-        Ok(tagged(adds, "closed").chain(tagged(open, "current")).collect())
+        Ok(tagged(adds, "closed")
+            .chain(tagged(open, "current"))
+            .collect())
     }
 
     async fn commit(mut self, removes: Removes) -> Result<()> {

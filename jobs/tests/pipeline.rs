@@ -5,8 +5,8 @@
 #[macro_use]
 mod harness;
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use defacto_core::definitions::Definitions;
@@ -873,15 +873,11 @@ fn ten_incremental_ingests_equal_one_full_build(backend: Backend) {
     assert_eq!(run(&dir, &["build", "--as-of", AS_OF])["mode"], "SKIP");
 }
 
-// An increment whose late arrivals rebuild thousands of entities: their rows are picked out of
-// scans and their history files rewritten (an SQL IN list of that many ids overflowed the
-// stack in the Delta scan's predicate conversion), and the result equals a full build.
-#[test]
-fn thousands_of_late_arrivals_rebuild_in_one_increment() {
-    let dir = showcase(Backend::Sqlite);
-    let users = 3_000;
-    let line = |i: usize, kind: &str, secs: i64| {
-        let ts = chrono::DateTime::from_timestamp(1_704_067_200 + secs, 0)
+/// Writes `users` synthetic showcase events to `name`: for user i, a signup (`kind` "signup") or
+/// a profile update, at 2024-01-01 + i·20 s + `offset` s.
+fn synthetic_events(dir: &Dir, name: &str, kind: &str, offset: i64, users: usize) -> PathBuf {
+    let line = |i: usize| {
+        let ts = chrono::DateTime::from_timestamp(1_704_067_200 + i as i64 * 20 + offset, 0)
             .unwrap()
             .format("%Y-%m-%dT%H:%M:%SZ");
         let user = 100_000 + i;
@@ -890,34 +886,41 @@ fn thousands_of_late_arrivals_rebuild_in_one_increment() {
                 r#"{{"event":"signed_up","occurred_at":"{ts}","message_id":"s{i}","userId":{user},"traits":{{"email":"user{i}@late.example"}},"context":{{"channel":"ads"}}}}"#
             ),
             _ => format!(
-                r#"{{"event":"profile_updated","occurred_at":"{ts}","message_id":"p{i}","userId":{user},"traits":{{"email":"user{i}@late.example","company":"co{i}"}}}}"#
+                r#"{{"event":"profile_updated","occurred_at":"{ts}","message_id":"p{offset}-{i}","userId":{user},"traits":{{"email":"user{i}@late.example","company":"co{offset}"}}}}"#
             ),
         }
     };
-    let write = |name: &str, kind: &str, offset: i64| {
-        let path = dir.path().join(name);
-        let text: String = (0..users)
-            .map(|i| line(i, kind, i as i64 * 20 + offset) + "\n")
-            .collect();
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let signups = write("signups.jsonl", "signup", 0);
-    run(
+    let path = dir.path().join(name);
+    let text: String = (0..users).map(|i| line(i) + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn ingest_and_build(dir: &Dir, file: &Path, as_of: &str) -> Json {
+    run(dir, &["ingest", "--source", "app", file.to_str().unwrap()]);
+    run(dir, &["normalize"]);
+    run(dir, &["build", "--as-of", as_of])
+}
+
+// An increment whose late arrivals rebuild thousands of entities: their rows are picked out of
+// scans and their history files rewritten (an SQL IN list of that many ids overflowed the
+// stack in the Delta scan's predicate conversion), and the result equals a full build.
+#[test]
+fn thousands_of_late_arrivals_rebuild_in_one_increment() {
+    let dir = showcase(Backend::Sqlite);
+    let users = 3_000;
+    ingest_and_build(
         &dir,
-        &["ingest", "--source", "app", signups.to_str().unwrap()],
+        &synthetic_events(&dir, "signups.jsonl", "signup", 0, users),
+        AS_OF,
     );
-    run(&dir, &["normalize"]);
-    run(&dir, &["build", "--as-of", AS_OF]);
     // Every update falls between two signups: before the watermark, so every customer is
     // rebuilt.
-    let updates = write("updates.jsonl", "update", 10);
-    run(
+    let build = ingest_and_build(
         &dir,
-        &["ingest", "--source", "app", updates.to_str().unwrap()],
+        &synthetic_events(&dir, "up.jsonl", "update", 10, users),
+        AS_OF,
     );
-    run(&dir, &["normalize"]);
-    let build = run(&dir, &["build", "--as-of", AS_OF]);
     assert_eq!(build["mode"], "INCREMENTAL", "{build}");
     assert!(
         build["late_arrivals"].as_u64().unwrap() >= users as u64 - 1,
@@ -926,6 +929,78 @@ fn thousands_of_late_arrivals_rebuild_in_one_increment() {
     let version = active_version(&dir);
     let incremental = lake_history(&dir, &version);
     run(&dir, &["build", "--full", "--as-of", AS_OF]);
+    assert_eq!(lake_history(&dir, &version), incremental);
+}
+
+// An increment that only appends to histories rewrites the files of current rows and adds
+// files of closed ones: no file of closed rows is removed, and the history equals a full
+// build's.
+#[test]
+fn an_appending_increment_leaves_closed_history_files_in_place() {
+    let dir = showcase(Backend::Sqlite);
+    let users = 500;
+    run(
+        &dir,
+        &[
+            "ingest",
+            "--source",
+            "app",
+            synthetic_events(&dir, "s.jsonl", "signup", 0, users)
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    ingest_and_build(
+        &dir,
+        &synthetic_events(&dir, "u1.jsonl", "update", 10, users),
+        AS_OF,
+    );
+    // After every time rule instant the first build reached (it ran to AS_OF).
+    let later = synthetic_events(&dir, "u2.jsonl", "update", 130 * 86_400, users);
+    let build = ingest_and_build(&dir, &later, "2024-06-01T00:00:00Z");
+    assert_eq!(build["mode"], "INCREMENTAL", "{build}");
+    assert_eq!(build["late_arrivals"], 0, "{build}");
+
+    let version = active_version(&dir);
+    let log = dir.path().join(format!(
+        ".defacto/lake/state/{version}/customer_history/_delta_log"
+    ));
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension() == Some("json".as_ref()))
+        .collect();
+    commits.sort();
+    let actions = |commit: &Path| -> Vec<Json> {
+        std::fs::read_to_string(commit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (last, earlier) = commits.split_last().unwrap();
+    let closed: BTreeSet<String> = earlier
+        .iter()
+        .flat_map(|c| actions(c))
+        .filter(|a| a["add"]["tags"]["defacto.rows"] == "closed")
+        .map(|a| a["add"]["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!closed.is_empty(), "the first build wrote closed rows");
+    let removed: Vec<String> = actions(last)
+        .iter()
+        .filter_map(|a| a["remove"]["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(!removed.is_empty(), "the current rows' file is rewritten");
+    assert!(
+        removed.iter().all(|p| !closed.contains(p)),
+        "closed files stay: {removed:?}"
+    );
+
+    let incremental = lake_history(&dir, &version);
+    run(
+        &dir,
+        &["build", "--full", "--as-of", "2024-06-01T00:00:00Z"],
+    );
     assert_eq!(lake_history(&dir, &version), incremental);
 }
 

@@ -938,9 +938,8 @@ pub async fn write_changes(
                         .and_then(|h| h.rows.last())
                         .filter(|r| r.valid_to.is_none())
                         .map(|r| r.valid_from);
-                    let follows = current.is_some_and(|from| {
-                        change.snapshots.iter().all(|s| s.valid_from >= from)
-                    });
+                    let follows = current
+                        .is_some_and(|from| change.snapshots.iter().all(|s| s.valid_from >= from));
                     if !follows {
                         return Ok(None);
                     }
