@@ -315,7 +315,8 @@ pub fn read_relationship_rows(batch: &RecordBatch) -> Result<Vec<RelationshipRow
         .collect()
 }
 
-/// Groups read rows into per-entity histories.
+/// Groups read rows into per-entity histories: all of a table's rows of those entities at once
+/// (grouping batch by batch would keep only the last batch's rows of an entity).
 pub fn group_rows(entity_type: &str, rows: Vec<HistoryRow>) -> BTreeMap<EntityKey, EntityHistory> {
     let mut out: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
     for row in rows {
@@ -346,6 +347,12 @@ pub fn group_relationships(
             .entry((row.relationship_type.clone(), row.target_id.clone()))
             .or_default()
             .push(row);
+    }
+    // Rows come in file order; a relationship's open row is its last by `valid_from`.
+    for r in out.values_mut() {
+        for rows in r.rows.values_mut() {
+            rows.sort_by_key(|row| row.valid_from);
+        }
     }
     out
 }

@@ -932,6 +932,49 @@ fn thousands_of_late_arrivals_rebuild_in_one_increment() {
     assert_eq!(lake_history(&dir, &version), incremental);
 }
 
+// An entity whose old rows are read in several batches keeps every one of them when an
+// increment appends to its history: rows were once grouped batch by batch, which kept only
+// the last batch's rows of an entity. (`maintain` compacts the history into files holding
+// both current and closed rows, which an increment reads whole.)
+#[test]
+fn a_long_history_read_in_several_batches_keeps_every_row() {
+    let dir = showcase(Backend::Sqlite);
+    let event = |n: usize, secs: i64| {
+        let ts = chrono::DateTime::from_timestamp(1_704_067_200 + secs, 0)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ");
+        let head = if n == 0 {
+            r#""event":"signed_up","traits":{"email":"long@history.example"},"context":{"channel":"ads"}"#.to_string()
+        } else {
+            format!(
+                r#""event":"profile_updated","traits":{{"email":"long@history.example","company":"co{n}"}}"#
+            )
+        };
+        format!(r#"{{{head},"occurred_at":"{ts}","message_id":"h{n}","userId":7}}"#) + "\n"
+    };
+    let first = dir.path().join("long.jsonl");
+    std::fs::write(
+        &first,
+        (0..3_000)
+            .map(|n| event(n, n as i64 * 60))
+            .collect::<String>(),
+    )
+    .unwrap();
+    ingest_and_build(&dir, &first, AS_OF);
+    run(&dir, &["maintain", "--retention-hours", "0"]);
+    let later = dir.path().join("later.jsonl");
+    std::fs::write(&later, event(5_000, 130 * 86_400)).unwrap();
+    let as_of = "2024-06-01T00:00:00Z";
+    let build = ingest_and_build(&dir, &later, as_of);
+    assert_eq!(build["mode"], "INCREMENTAL", "{build}");
+    assert_eq!(build["late_arrivals"], 0, "{build}");
+    let version = active_version(&dir);
+    let incremental = lake_history(&dir, &version);
+    assert!(incremental.values().map(Vec::len).sum::<usize>() > 3_000);
+    run(&dir, &["build", "--full", "--as-of", as_of]);
+    assert_eq!(lake_history(&dir, &version), incremental);
+}
+
 // An increment that only appends to histories rewrites the files of current rows and adds
 // files of closed ones: no file of closed rows is removed, and the history equals a full
 // build's.

@@ -924,10 +924,12 @@ pub async fn write_changes(
         let ids: HashSet<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let column = format!("{name}_id");
         let new_rows = |old: Vec<RecordBatch>, unseen: &HashSet<String>| {
-            let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+            // An entity's rows may span batches: grouped once, all together.
+            let mut rows = Vec::new();
             for b in &old {
-                histories.extend(group_rows(name, read_entity_rows(entity, b)?));
+                rows.extend(read_entity_rows(entity, b)?);
             }
+            let mut histories = group_rows(name, rows);
             for key in &keys {
                 let change = &changes[*key];
                 // Closed rows not read are left as they are: right when the entity's
@@ -970,13 +972,11 @@ pub async fn write_changes(
         let table = tables::relationship_history(version, &rel);
         let schema = relationship_schema(defs, &rel);
         let new_rows = |old: Vec<RecordBatch>, _: &HashSet<String>| {
-            let mut rels: BTreeMap<EntityKey, RelationshipHistory> = BTreeMap::new();
+            let mut rows = Vec::new();
             for b in &old {
-                rels.extend(group_relationships(
-                    &entity_type_of,
-                    read_relationship_rows(b)?,
-                ));
+                rows.extend(read_relationship_rows(b)?);
             }
+            let rels = group_relationships(&entity_type_of, rows);
             Ok(Some(vec![relationships_after(defs, &rel, rels, changes)?]))
         };
         ctx.lake
