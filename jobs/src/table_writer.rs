@@ -133,18 +133,13 @@ impl Lake {
         appended: &HashSet<&str>,
         rows: impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
     ) -> Result<()> {
-        if self
-            .rewrite_keys(table, schema, column, keys, appended, &rows)
-            .await?
-        {
-            return Ok(());
-        }
-        let none = HashSet::new();
-        if self
-            .rewrite_keys(table, schema, column, keys, &none, &rows)
-            .await?
-        {
-            return Ok(());
+        for appended in [appended, &HashSet::new()] {
+            if self
+                .rewrite_keys(table, schema, column, keys, appended, &rows)
+                .await?
+            {
+                return Ok(());
+            }
         }
         Err(Error::Storage(format!(
             "Rewriting rows of {table} failed: the new rows could not be made from the old"
