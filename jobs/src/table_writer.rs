@@ -45,6 +45,16 @@ fn storage(op: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{op} failed: {e}"))
 }
 
+/// The rows `Lake::replace_keys` replaces: those of `table` whose text `column` holds one
+/// of `keys`.
+#[derive(Clone, Copy)]
+pub struct KeyedRows<'a> {
+    pub table: &'a str,
+    pub schema: &'a SchemaRef,
+    pub column: &'a str,
+    pub keys: &'a HashSet<&'a str>,
+}
+
 /// The files a `TableWriter`'s commit removes besides adding its own.
 enum Removes {
     Nothing,
@@ -126,23 +136,18 @@ impl Lake {
     /// few thousand keys overflow the stack.)
     pub async fn replace_keys(
         &self,
-        table: &str,
-        schema: &SchemaRef,
-        column: &str,
-        keys: &HashSet<&str>,
+        target: &KeyedRows<'_>,
         appended: &HashSet<&str>,
         rows: impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
     ) -> Result<()> {
         for appended in [appended, &HashSet::new()] {
-            if self
-                .rewrite_keys(table, schema, column, keys, appended, &rows)
-                .await?
-            {
+            if self.rewrite_keys(target, appended, &rows).await? {
                 return Ok(());
             }
         }
         Err(Error::Storage(format!(
-            "Rewriting rows of {table} failed: the new rows could not be made from the old"
+            "Rewriting rows of {} failed: the new rows could not be made from the old",
+            target.table
         )))
     }
 
@@ -150,13 +155,16 @@ impl Lake {
     /// (nothing is committed then).
     async fn rewrite_keys(
         &self,
-        table: &str,
-        schema: &SchemaRef,
-        column: &str,
-        keys: &HashSet<&str>,
+        target: &KeyedRows<'_>,
         appended: &HashSet<&str>,
         rows: &impl Fn(Vec<RecordBatch>, &HashSet<String>) -> Result<Option<Vec<RecordBatch>>>,
     ) -> Result<bool> {
+        let KeyedRows {
+            table,
+            schema,
+            column,
+            keys,
+        } = *target;
         let op = format!("Rewriting rows of {table}");
         let mut writer = self.history_writer(table, schema).await?;
         let t = self.handle(table).await?;

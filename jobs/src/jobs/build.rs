@@ -37,6 +37,7 @@ use crate::ledger::{
     read_assignments, read_ledger_events, read_ledger_rows, Columns, ASSIGNMENTS_SCHEMA,
     EVENTS_SCHEMA,
 };
+use crate::table_writer::KeyedRows;
 
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
@@ -951,16 +952,13 @@ pub async fn write_changes(
             let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
             Ok(Some(vec![entity_batch(entity, &rows)?]))
         };
-        ctx.lake
-            .replace_keys(
-                &table,
-                &entity_schema(entity),
-                &column,
-                &ids,
-                &appended,
-                new_rows,
-            )
-            .await?;
+        let target = KeyedRows {
+            table: &table,
+            schema: &entity_schema(entity),
+            column: &column,
+            keys: &ids,
+        };
+        ctx.lake.replace_keys(&target, &appended, new_rows).await?;
     }
     // Relationship rows belong to their source entity. A snapshot only opens relationship
     // rows, after the last one of its kind: the open rows are all it needs.
@@ -979,9 +977,13 @@ pub async fn write_changes(
             let rels = group_relationships(&entity_type_of, rows);
             Ok(Some(vec![relationships_after(defs, &rel, rels, changes)?]))
         };
-        ctx.lake
-            .replace_keys(&table, &schema, "source_id", &ids, &appended, new_rows)
-            .await?;
+        let target = KeyedRows {
+            table: &table,
+            schema: &schema,
+            column: "source_id",
+            keys: &ids,
+        };
+        ctx.lake.replace_keys(&target, &appended, new_rows).await?;
     }
     Ok(())
 }
