@@ -73,7 +73,6 @@ pub struct TableWriter {
     writer: RecordBatchWriter,
     /// A history table's current rows.
     current: Option<RecordBatchWriter>,
-    rows: u64,
 }
 
 impl Lake {
@@ -118,7 +117,6 @@ impl Lake {
             table: table.to_string(),
             writer: new()?,
             current: if history { Some(new()?) } else { None },
-            rows: 0,
         })
     }
 
@@ -278,7 +276,6 @@ impl TableWriter {
             return Ok(());
         }
         let op = format!("Writing table {}", self.table);
-        self.rows += batch.num_rows() as u64;
         let Some(current) = self.current.as_mut() else {
             return self.writer.write(batch).await.map_err(|e| storage(&op, e));
         };
@@ -294,11 +291,6 @@ impl TableWriter {
             }
         }
         Ok(())
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
     }
 
     /// Adds every file written to the table in one commit.
