@@ -26,6 +26,7 @@ use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
@@ -64,60 +65,58 @@ enum Removes {
 
 /// Writes one table's new files as batches arrive and commits them all at once (`append`,
 /// `replace`): a job can write more than fits in memory while readers still see all of it or
-/// none of it. Dropped without a commit, it leaves only unreferenced files, which `abort`
+/// none of it. Nothing touches storage before the first rows (the table is created then if it
+/// does not exist). Dropped without a commit, it leaves only unreferenced files, which `abort`
 /// deletes (and a vacuum would).
 pub struct TableWriter {
     lake: Lake,
     table: String,
+    schema: SchemaRef,
+    /// Current and closed rows go to files of their own (a history table).
+    history: bool,
+    files: Option<Files>,
+}
+
+/// The open file writers of a `TableWriter`.
+struct Files {
     /// Every row; for a history table, the closed rows.
-    writer: RecordBatchWriter,
+    all: RecordBatchWriter,
     /// A history table's current rows.
     current: Option<RecordBatchWriter>,
 }
 
 impl Lake {
-    /// A writer for `table`, created empty with `schema` when it does not exist yet.
-    pub async fn writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
-        self.table_writer(table, schema, false).await
+    /// A writer for `table` (of `schema`).
+    pub fn writer(&self, table: &str, schema: &SchemaRef) -> TableWriter {
+        self.table_writer(table, schema, false)
     }
 
     /// A writer for a history table (a `valid_to` column): current and closed rows go to
     /// files of their own.
-    pub async fn history_writer(&self, table: &str, schema: &SchemaRef) -> Result<TableWriter> {
-        self.table_writer(table, schema, true).await
+    pub fn history_writer(&self, table: &str, schema: &SchemaRef) -> TableWriter {
+        self.table_writer(table, schema, true)
     }
 
-    async fn table_writer(
-        &self,
-        table: &str,
-        schema: &SchemaRef,
-        history: bool,
-    ) -> Result<TableWriter> {
-        let t = match self.open(table).await? {
-            Some(t) => t,
+    fn table_writer(&self, table: &str, schema: &SchemaRef, history: bool) -> TableWriter {
+        TableWriter {
+            lake: self.clone(),
+            table: table.to_string(),
+            schema: schema.clone(),
+            history: history && schema.column_with_name(VALID_TO).is_some(),
+            files: None,
+        }
+    }
+
+    /// The table, created empty with `schema` when it does not exist yet.
+    async fn open_or_create(&self, table: &str, schema: &SchemaRef) -> Result<DeltaTable> {
+        match self.open(table).await? {
+            Some(t) => Ok(t),
             None => {
                 self.append(table, vec![RecordBatch::new_empty(schema.clone())])
                     .await?;
-                self.handle(table).await?
+                self.handle(table).await
             }
-        };
-        let new = || -> Result<RecordBatchWriter> {
-            let properties = WriterProperties::builder()
-                .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                .build();
-            Ok(RecordBatchWriter::for_table(&t)
-                .map_err(|e| storage(&format!("Writing table {table}"), e))?
-                .with_target_file_size(TARGET_FILE_BYTES)
-                .with_writer_properties(properties))
-        };
-        let history = history && schema.column_with_name(VALID_TO).is_some();
-        Ok(TableWriter {
-            lake: self.clone(),
-            table: table.to_string(),
-            writer: new()?,
-            current: if history { Some(new()?) } else { None },
-        })
+        }
     }
 
     /// Replaces the rows of history `table` whose text `column` holds one of `keys`, in one
@@ -164,8 +163,8 @@ impl Lake {
             keys,
         } = *target;
         let op = format!("Rewriting rows of {table}");
-        let mut writer = self.history_writer(table, schema).await?;
-        let t = self.handle(table).await?;
+        let mut writer = self.history_writer(table, schema);
+        let t = self.open_or_create(table, schema).await?;
         let store = t.object_store();
         let files: Vec<_> = t
             .snapshot()
@@ -270,21 +269,45 @@ fn tagged(adds: Vec<Add>, rows: &str) -> impl Iterator<Item = Action> + '_ {
 }
 
 impl TableWriter {
+    /// The file writers, opened (and the table created) on first use.
+    async fn files(&mut self) -> Result<&mut Files> {
+        if self.files.is_none() {
+            let t = self.lake.open_or_create(&self.table, &self.schema).await?;
+            let new = || -> Result<RecordBatchWriter> {
+                let properties = WriterProperties::builder()
+                    .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                    .build();
+                Ok(RecordBatchWriter::for_table(&t)
+                    .map_err(|e| storage(&format!("Writing table {}", self.table), e))?
+                    .with_target_file_size(TARGET_FILE_BYTES)
+                    .with_writer_properties(properties))
+            };
+            let current = if self.history { Some(new()?) } else { None };
+            self.files = Some(Files {
+                all: new()?,
+                current,
+            });
+        }
+        Ok(self.files.as_mut().expect("just opened"))
+    }
+
     /// Streams a batch into the table's open file(s) (nothing is visible before the commit).
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let op = format!("Writing table {}", self.table);
-        let Some(current) = self.current.as_mut() else {
-            return self.writer.write(batch).await.map_err(|e| storage(&op, e));
+        let files = self.files().await?;
+        let Some(current) = files.current.as_mut() else {
+            return files.all.write(batch).await.map_err(|e| storage(&op, e));
         };
         let valid_to = batch
             .column_by_name(VALID_TO)
             .ok_or_else(|| storage(&op, "the batch has no valid_to column"))?;
         let open = is_null(valid_to.as_ref()).map_err(|e| storage(&op, e))?;
         let closed = not(&open).map_err(|e| storage(&op, e))?;
-        for (mask, writer) in [(&open, current), (&closed, &mut self.writer)] {
+        for (mask, writer) in [(&open, current), (&closed, &mut files.all)] {
             let part = filter_record_batch(&batch, mask).map_err(|e| storage(&op, e))?;
             if part.num_rows() > 0 {
                 writer.write(part).await.map_err(|e| storage(&op, e))?;
@@ -306,8 +329,11 @@ impl TableWriter {
     /// The Add actions of every file written, tagged by kind for a history table.
     async fn flush(&mut self) -> Result<Vec<Action>> {
         let op = format!("Writing table {}", self.table);
-        let adds = self.writer.flush().await.map_err(|e| storage(&op, e))?;
-        let Some(current) = self.current.as_mut() else {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let adds = files.all.flush().await.map_err(|e| storage(&op, e))?;
+        let Some(current) = files.current.as_mut() else {
             return Ok(adds.into_iter().map(Action::Add).collect());
         };
         let open = current.flush().await.map_err(|e| storage(&op, e))?;
@@ -319,7 +345,10 @@ impl TableWriter {
     async fn commit(mut self, removes: Removes) -> Result<()> {
         let op = format!("Writing table {}", self.table);
         let mut actions = self.flush().await?;
-        let t = self.lake.handle(&self.table).await?;
+        if actions.is_empty() && matches!(removes, Removes::Nothing) {
+            return Ok(());
+        }
+        let t = self.lake.open_or_create(&self.table, &self.schema).await?;
         let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
         let mode = match removes {
             Removes::Nothing => SaveMode::Append,
@@ -363,6 +392,9 @@ impl TableWriter {
         use deltalake::logstore::object_store::ObjectStoreExt;
         let op = format!("Abandoning a write to {}", self.table);
         let actions = self.flush().await?;
+        if actions.is_empty() {
+            return Ok(());
+        }
         let t = self.lake.handle(&self.table).await?;
         let store = t.object_store();
         for action in actions {

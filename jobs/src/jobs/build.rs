@@ -604,7 +604,7 @@ async fn full_in_partitions(
         // (committed) together after the replay.
         for (table, batch) in full_history_batches(defs, version, &out.changes)? {
             if !tables.contains_key(&table) {
-                let writer = ctx.lake.history_writer(&table, &batch.schema()).await?;
+                let writer = ctx.lake.history_writer(&table, &batch.schema());
                 tables.insert(table.clone(), writer);
             }
             tables

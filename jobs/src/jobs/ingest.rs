@@ -93,16 +93,14 @@ pub async fn append(
     // call's range starts where the counter stands and is taken, exactly as long as the
     // records turned out to be, just before the commit.
     ctx.wait_for_lease(SEQUENCE_LOCK).await?;
-    let mut writer = None;
-    let outcome = write_raw(ctx, source, records, &mut writer).await;
-    let outcome = match (outcome, writer) {
-        (Ok(result), _) => Ok(result),
-        (Err(e), Some(w)) => {
+    let mut writer = ctx.lake.writer(tables::RAW, &RAW_SCHEMA);
+    let outcome = match write_raw(ctx, source, records, &mut writer).await {
+        Ok(result) => writer.append().await.map(|_| result),
+        Err(e) => {
             // Best effort: what was written is unreferenced either way.
-            let _ = w.abort().await;
+            let _ = writer.abort().await;
             Err(e)
         }
-        (Err(e), None) => Err(e),
     };
     ctx.release_lease(SEQUENCE_LOCK).await?;
     let mut result = outcome?;
@@ -113,13 +111,13 @@ pub async fn append(
     Ok(result)
 }
 
-/// Streams the good records into `ledger/raw` and commits them (under the sequence lock).
-/// `writer` is left holding an uncommitted writer when this fails.
+/// Streams the good records into `writer` (under the sequence lock) and takes their
+/// sequences; the caller commits.
 async fn write_raw(
     ctx: &Context,
     source: &str,
     records: impl Iterator<Item = Result<Record>>,
-    writer: &mut Option<TableWriter>,
+    writer: &mut TableWriter,
 ) -> Result<IngestCallResult> {
     let mut result = IngestCallResult {
         source: source.to_string(),
@@ -148,13 +146,13 @@ async fn write_raw(
         if pending.len() == CHUNK {
             let batch = raw_batch(&pending, &batch_id, at)?;
             pending.clear();
-            opened(ctx, writer).await?.write(batch).await?;
+            writer.write(batch).await?;
             ctx.renew_leases().await?;
         }
     }
     if !pending.is_empty() {
         let batch = raw_batch(&pending, &batch_id, at)?;
-        opened(ctx, writer).await?.write(batch).await?;
+        writer.write(batch).await?;
     }
     let count = next - first;
     if count == 0 {
@@ -167,25 +165,10 @@ async fn write_raw(
              got {allocated}); nothing was committed"
         )));
     }
-    writer
-        .take()
-        .expect("records were written")
-        .append()
-        .await?;
     result.first_sequence = Some(first);
     result.last_sequence = Some(next - 1);
     result.records = count as u64;
     Ok(result)
-}
-
-async fn opened<'w>(
-    ctx: &Context,
-    writer: &'w mut Option<TableWriter>,
-) -> Result<&'w mut TableWriter> {
-    if writer.is_none() {
-        *writer = Some(ctx.lake.writer(tables::RAW, &RAW_SCHEMA).await?);
-    }
-    Ok(writer.as_mut().expect("just opened"))
 }
 
 /// The sequence lock (PIPELINE.md §1): taken, waited for, around allocation and the commit,

@@ -53,10 +53,9 @@ pub async fn run(global: &Global, args: &NormalizeArgs) -> Result<i32> {
 /// `ledger/events` as they are read (PIPELINE.md §2), in chunks of `CHUNK` records normalized
 /// in parallel and deduplicated as a stream, and commits them in one commit: appended, or
 /// replacing the table (`replace`, with no ledger rows to deduplicate against). Then the dead
-/// letters and the cursor. A call is never held whole:
-/// in the rare case that a later copy of an id in one call has an earlier timestamp than the
-/// copy already written, the files written are deleted and the run repeats with the winners
-/// known (`defacto_core::dedup`).
+/// letters and the cursor. A call is never held whole: in the rare case that a later copy of
+/// an id in one call has an earlier timestamp than the copy already written, the files
+/// written are deleted and the run repeats with the winners known (`defacto_core::dedup`).
 async fn normalize_stream(
     ctx: &Context,
     kept: &BTreeMap<i64, Kept>,
@@ -76,21 +75,17 @@ async fn normalize_stream(
         };
         let mut dedup = StreamDedup::new(ledger, fixed.clone());
         let mut result = IngestResult::default();
-        let mut writer = None;
+        let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA);
         let outcome = normalize_into(ctx, after, &mut dedup, kept, &mut result, &mut writer).await;
         let (failures, head) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                if let Some(w) = writer {
-                    let _ = w.abort().await;
-                }
+                let _ = writer.abort().await;
                 return Err(e);
             }
         };
         if !dedup.displaced().is_empty() {
-            if let Some(w) = writer {
-                w.abort().await?;
-            }
+            writer.abort().await?;
             // With the winners fixed, a second run displaces nothing (defacto_core::dedup).
             if !fixed.is_empty() {
                 return Err(Error::Storage(
@@ -105,17 +100,10 @@ async fn normalize_stream(
         }
         result.duplicate_ids = dedup.take_duplicates(true);
         result.duplicates_skipped = result.duplicate_ids.len() as u64;
-        match (writer, replace) {
-            (Some(w), false) => w.append().await?,
-            (Some(w), true) => w.replace().await?,
-            (None, true) => {
-                ctx.lake
-                    .writer(tables::EVENTS, &EVENTS_SCHEMA)
-                    .await?
-                    .replace()
-                    .await?
-            }
-            (None, false) => {}
+        if replace {
+            writer.replace().await?;
+        } else {
+            writer.append().await?;
         }
         write_dead_letters(ctx, &failures).await?;
         ctx.catalog.set_counter(NORMALIZE_CURSOR, head).await?;
@@ -132,7 +120,7 @@ async fn normalize_into(
     dedup: &mut StreamDedup,
     kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
-    writer: &mut Option<TableWriter>,
+    writer: &mut TableWriter,
 ) -> Result<(Failed, i64)> {
     let sql = format!(
         "SELECT sequence, call, source, raw FROM raw WHERE sequence > {after} ORDER BY sequence"
@@ -159,10 +147,7 @@ async fn normalize_into(
             pending.clear();
             failures.append(&mut failed);
             if let Some(batch) = batch {
-                if writer.is_none() {
-                    *writer = Some(ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA).await?);
-                }
-                writer.as_mut().expect("opened").write(batch).await?;
+                writer.write(batch).await?;
                 ctx.renew_leases().await?;
             }
         }

@@ -58,22 +58,15 @@ const ASSIGNMENT_BATCH: usize = 65_536;
 /// Writes the gathered assignments to ledger/assignments' open files (not yet committed).
 async fn write_assignments(
     ctx: &Context,
-    writer: &mut Option<TableWriter>,
+    writer: &mut TableWriter,
     assignments: &mut Vec<(i64, String, String)>,
 ) -> Result<()> {
     if assignments.is_empty() {
         return Ok(());
     }
-    if writer.is_none() {
-        *writer = Some(
-            ctx.lake
-                .writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA)
-                .await?,
-        );
-    }
     let batch = assignments_batch(assignments)?;
     assignments.clear();
-    writer.as_mut().expect("opened").write(batch).await?;
+    writer.write(batch).await?;
     ctx.renew_leases().await
 }
 
@@ -131,7 +124,7 @@ pub async fn resolve_with_identity(
             &events_sql(state.cursor),
         )
         .await?;
-    let mut writer = None;
+    let mut writer = ctx.lake.writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA);
     let mut assignments = Vec::new();
     let mut merges = Vec::new();
     let mut head = state.cursor;
@@ -182,9 +175,7 @@ pub async fn resolve_with_identity(
     write_assignments(ctx, &mut writer, &mut assignments).await?;
     result.merges_detected = merges_detected;
     tracing::debug!(ms = loading.elapsed().as_millis() as u64, "events resolved");
-    if let Some(w) = writer {
-        w.append().await?;
-    }
+    writer.append().await?;
     tracing::debug!(
         ms = loading.elapsed().as_millis() as u64,
         "assignments committed"
@@ -236,7 +227,7 @@ async fn reset_identity(ctx: &Context) -> Result<()> {
             "SELECT * FROM events ORDER BY sequence",
         )
         .await?;
-    let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA).await?;
+    let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA);
     while let Some(batch) = stream
         .try_next()
         .await
