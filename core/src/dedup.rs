@@ -10,6 +10,7 @@
 //! Both runs together agree with `normalize::dedup_call` call by call (tests below).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use sha2::{Digest, Sha256};
 
@@ -29,7 +30,35 @@ pub fn event_key(event_id: &str) -> u128 {
         })
 }
 
-/// An id seen before: the timestamp (ns) and sequence of the copy that was kept.
+/// Hashes an event key by folding its bits: keys are digest bits already, uniformly spread,
+/// so hashing them again (SipHash, per lookup of every ledger id) would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only event keys are hashed here; any other input still hashes deterministically.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 ^= (key as u64) ^ ((key >> 64) as u64);
+    }
+}
+
+/// A map keyed by event keys.
+pub type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
+
+/// The canonical ledger rows' event keys, with their sequences.
+pub type LedgerKeys = KeyMap<i64>;
+
+/// An id accepted by this stream: the timestamp (ns) and sequence of the copy kept.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
     timestamp: i128,
@@ -39,16 +68,18 @@ struct Kept {
 /// Streaming deduplication, call by call. See the module documentation.
 #[derive(Debug, Default)]
 pub struct StreamDedup {
-    /// Every id kept so far (ledger rows and accepted events), with its kept copy.
-    seen: HashMap<u128, Kept>,
+    /// The ids of the ledger: a copy of one of them is always a duplicate.
+    ledger: LedgerKeys,
+    /// Every id accepted so far by this stream, with its kept copy.
+    seen: KeyMap<Kept>,
     /// The first sequence of the call being offered; a kept copy at or above it belongs to
     /// this call and may still be displaced, one below it is final.
     call_start: Option<(i64, i64)>,
     /// Ids whose winner within their call is known in advance: id → the winning sequence.
-    fixed: HashMap<u128, i64>,
+    fixed: KeyMap<i64>,
     /// Ids whose accepted copy a later, earlier-timestamped copy displaced: id → the sequence
     /// that wins.
-    displaced: HashMap<u128, i64>,
+    displaced: KeyMap<i64>,
     /// The current call's duplicates (sequence, id), reported in input order at its end.
     call_duplicates: Vec<(i64, String)>,
     duplicates: Vec<String>,
@@ -57,21 +88,15 @@ pub struct StreamDedup {
 impl StreamDedup {
     /// Deduplication against the canonical ledger rows `ledger` (their ids and sequences);
     /// `fixed` holds the within-call winners a previous run found displaced (else empty).
-    pub fn new(ledger: impl IntoIterator<Item = (u128, i64)>, fixed: HashMap<u128, i64>) -> Self {
-        let seen = ledger
-            .into_iter()
-            .map(|(key, sequence)| {
-                (
-                    key,
-                    Kept {
-                        timestamp: i128::MIN,
-                        sequence,
-                    },
-                )
-            })
-            .collect();
+    pub fn new(ledger: impl IntoIterator<Item = (u128, i64)>, fixed: KeyMap<i64>) -> Self {
+        StreamDedup::with_ledger(ledger.into_iter().collect(), fixed)
+    }
+
+    /// `new` with the ledger's keys already gathered in a map (a large ledger's are read
+    /// batch by batch straight into one).
+    pub fn with_ledger(ledger: LedgerKeys, fixed: KeyMap<i64>) -> Self {
         StreamDedup {
-            seen,
+            ledger,
             fixed,
             ..Default::default()
         }
@@ -95,7 +120,9 @@ impl StreamDedup {
             sequence,
         };
         let accept = match self.seen.get_mut(&key) {
-            // Kept by the ledger or an earlier call: final.
+            // Kept by the ledger: final.
+            _ if self.ledger.contains_key(&key) => false,
+            // Kept by an earlier call: final.
             Some(k) if k.sequence < call_start => false,
             Some(k) => {
                 if self.fixed.contains_key(&key) || timestamp >= k.timestamp {
@@ -138,7 +165,7 @@ impl StreamDedup {
 
     /// The within-call winners that displaced an event already accepted. When not empty the
     /// accepted events are wrong for these ids: run again with them as `fixed`.
-    pub fn displaced(&self) -> &HashMap<u128, i64> {
+    pub fn displaced(&self) -> &KeyMap<i64> {
         &self.displaced
     }
 }
@@ -174,7 +201,7 @@ mod tests {
     fn both(ledger: &[u8], events: &[(i64, u8, i64)]) -> (Outcome, Outcome) {
         let ledger_keys: Vec<(u128, i64)> =
             ledger.iter().map(|n| (event_key(&id(*n)), 0)).collect();
-        let run = |fixed: HashMap<u128, i64>| {
+        let run = |fixed: KeyMap<i64>| {
             let mut d = StreamDedup::new(ledger_keys.clone(), fixed);
             let mut accepted = Vec::new();
             for (i, (call, n, secs)) in events.iter().enumerate() {
@@ -186,7 +213,7 @@ mod tests {
             let displaced = d.displaced().clone();
             (accepted, d.take_duplicates(true), displaced)
         };
-        let (mut accepted, mut dups, displaced) = run(HashMap::new());
+        let (mut accepted, mut dups, displaced) = run(KeyMap::default());
         if !displaced.is_empty() {
             let second = run(displaced);
             assert!(

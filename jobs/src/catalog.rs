@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use defacto_core::definitions::mode::StoredState;
 use defacto_core::definitions::Hashes;
-use defacto_core::identity::{IdentityChanges, Key, MemoryIdentity};
+use defacto_core::identity::{IdentityChanges, Key, MemoryIdentity, MergeLogRow};
 use defacto_core::interpret::{persist, Slot};
 use defacto_core::value::{timestamp_text, Instant};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -85,6 +85,12 @@ const MIGRATIONS: &[&str] = &[
     // An erase in progress: its plan (cascade set, erased keys, ledger sequences), so that a
     // re-run after a crash finishes the same erase. Deleted when the erase completes.
     "CREATE TABLE IF NOT EXISTS {t:erasures} (entity_id TEXT PRIMARY KEY, plan TEXT NOT NULL)",
+    // An incremental resolve loads only the identity its events reach: an entity's keys and
+    // the merges won by an entity are looked up by entity.
+    "CREATE INDEX IF NOT EXISTS {i:identity_by_entity} ON {t:identity} (entity_id)",
+    "CREATE INDEX IF NOT EXISTS {i:merge_log_by_winner} ON {t:merge_log} (into_entity_id)",
+    // An incremental build loads the slots with a time rule due before its `as_of`.
+    "CREATE INDEX IF NOT EXISTS {i:working_state_by_due} ON {t:working_state} (state_key, next_due)",
 ];
 
 /// The ledger sequence allocator's counter, and `normalize`'s cursor.
@@ -161,45 +167,59 @@ pub struct VersionRow {
     pub created_at: String,
 }
 
-/// Rows per multi-row INSERT: well under the bind-parameter limits of SQLite and Postgres.
-const ROWS_PER_INSERT: usize = 200;
+/// A mapping row `[entity_type, hint_type, hint_value, entity_id]`.
+fn mapping_row(r: Vec<String>) -> (Key, String) {
+    let mut r = r.into_iter();
+    let mut next = || r.next().unwrap_or_default();
+    let key = Key::new(next(), next(), next());
+    (key, next())
+}
 
-/// Inserts `rows` with multi-row `INSERT … VALUES (…), (…) <conflict>` statements: one round
-/// trip per `ROWS_PER_INSERT` rows instead of one per row.
+/// Rows per bulk INSERT statement: bounds the JSON text one statement carries.
+const ROWS_PER_INSERT: usize = 20_000;
+
+impl Dialect {
+    /// A FROM-clause item over the elements of the JSON array bound as parameter `$n`, as
+    /// rows of one column `j.value`; `j.value ->> i` is element `i` of an array element as
+    /// text, in both dialects.
+    fn json_rows(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_each(${n}) AS j"),
+            Dialect::Postgres => format!("jsonb_array_elements(${n}::jsonb) AS j(value)"),
+        }
+    }
+}
+
+/// Inserts `rows` (text cells, in the order of `head`'s columns) with statements
+/// `INSERT … SELECT … FROM <JSON array> <conflict>`, each carrying `ROWS_PER_INSERT` rows as
+/// one bound JSON text: drivers pay per bound parameter (SQLite's binding looks each one up
+/// by name), and one parameter per statement costs nothing however many rows it holds.
+/// Rows are inserted in order, as multi-row `VALUES` would insert them.
 async fn insert_many(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: Dialect,
     head: &str,
     conflict: &str,
     rows: Vec<Vec<String>>,
     op: &str,
 ) -> Result<()> {
+    let Some(width) = rows.first().map(Vec::len) else {
+        return Ok(());
+    };
+    let cells: Vec<String> = (0..width).map(|i| format!("j.value ->> {i}")).collect();
+    // SQLite needs a WHERE before an upsert's ON CONFLICT after a SELECT (parsing ambiguity).
+    let sql = format!(
+        "{head} SELECT {} FROM {} WHERE TRUE {conflict}",
+        cells.join(", "),
+        dialect.json_rows(1)
+    );
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(head);
-        sql.push_str(" VALUES ");
-        let mut n = 0;
-        for (i, row) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for j in 0..row.len() {
-                n += 1;
-                if j > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${n}"));
-            }
-            sql.push(')');
-        }
-        sql.push(' ');
-        sql.push_str(conflict);
-        let mut query = q(&sql);
-        for row in chunk {
-            for cell in row {
-                query = query.bind(cell.clone());
-            }
-        }
-        query.execute(&mut **tx).await.map_err(|e| db(op, e))?;
+        let json = serde_json::to_string(chunk).map_err(|e| db(op, e))?;
+        q(&sql)
+            .bind(json)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db(op, e))?;
     }
     Ok(())
 }
@@ -271,13 +291,29 @@ impl Catalog {
         }
     }
 
+    /// The name of index `name` in a `CREATE INDEX` (Postgres puts an index in its table's
+    /// schema and takes no schema in its name).
+    fn index_name(&self, name: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("{}_{name}", self.namespace),
+            Dialect::Postgres => name.to_string(),
+        }
+    }
+
+    /// SQL with `{t:table}` replaced by the qualified table name and `{i:index}` by the
+    /// index name.
     fn sql(&self, template: &str) -> String {
         let mut out = String::with_capacity(template.len());
         let mut rest = template;
-        while let Some(start) = rest.find("{t:") {
+        while let Some(start) = ["{t:", "{i:"].iter().filter_map(|p| rest.find(p)).min() {
             out.push_str(&rest[..start]);
             let end = rest[start..].find('}').expect("closed placeholder") + start;
-            out.push_str(&self.t(&rest[start + 3..end]));
+            let name = &rest[start + 3..end];
+            if rest[start..].starts_with("{t:") {
+                out.push_str(&self.t(name));
+            } else {
+                out.push_str(&self.index_name(name));
+            }
             rest = &rest[end + 1..];
         }
         out.push_str(rest);
@@ -738,7 +774,7 @@ impl Catalog {
 
     /// Every row of a catalog table of text columns (`key`, the primary key, then `rest`),
     /// in pages of `PAGE_ROWS` rows each fetched as one JSON value: drivers pay per row, and
-    /// identity (loaded whole by every resolve pass) has a row per hint and per entity.
+    /// identity (loaded whole by a first resolve pass) has a row per hint and per entity.
     async fn each_row(
         &self,
         table: &str,
@@ -747,28 +783,16 @@ impl Catalog {
         mut each: impl FnMut(Vec<String>) -> Result<()>,
     ) -> Result<()> {
         const PAGE_ROWS: usize = 500_000;
-        let columns = [key, rest].concat().join(", ");
+        let columns = [key, rest].concat();
         let order = key.join(", ");
         let op = format!("Loading {table}");
         for page in 0.. {
             let rows = format!(
-                "SELECT {columns} FROM {{t:{table}}} ORDER BY {order} LIMIT {PAGE_ROWS} OFFSET {}",
+                "SELECT {} FROM {{t:{table}}} ORDER BY {order} LIMIT {PAGE_ROWS} OFFSET {}",
+                columns.join(", "),
                 page * PAGE_ROWS
             );
-            let sql = match self.dialect {
-                Dialect::Sqlite => format!(
-                    "SELECT COALESCE(json_group_array(json_array({columns})), '[]') FROM ({rows})"
-                ),
-                Dialect::Postgres => format!(
-                    "SELECT COALESCE(json_agg(json_build_array({columns}))::text, '[]') FROM ({rows}) AS page"
-                ),
-            };
-            let text: String = q(&self.sql(&sql))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| db(&op, e))?
-                .get(0);
-            let rows: Vec<Vec<String>> = serde_json::from_str(&text).map_err(|e| db(&op, e))?;
+            let rows = self.fetch_as_json(&rows, &columns, None, &op).await?;
             let n = rows.len();
             for r in rows {
                 each(r)?;
@@ -778,6 +802,148 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// The rows of query `rows` (text columns `columns`), fetched as one JSON value; `param`
+    /// is bound as `$1` when given.
+    async fn fetch_as_json(
+        &self,
+        rows: &str,
+        columns: &[&str],
+        param: Option<String>,
+        op: &str,
+    ) -> Result<Vec<Vec<String>>> {
+        let columns = columns.join(", ");
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT COALESCE(json_group_array(json_array({columns})), '[]') FROM ({rows})"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT COALESCE(json_agg(json_build_array({columns}))::text, '[]') FROM ({rows}) AS page"
+            ),
+        };
+        let sql = self.sql(&sql);
+        let mut query = q(&sql);
+        if let Some(param) = param {
+            query = query.bind(param);
+        }
+        let text: String = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db(op, e))?
+            .get(0);
+        serde_json::from_str(&text).map_err(|e| db(op, e))
+    }
+
+    /// The rows (text `columns`) of catalog `table` whose columns `by` equal one of the tuples
+    /// of `values`, each tuple looked up through the index on `by` (the tuples travel as one
+    /// bound JSON array per chunk).
+    async fn rows_matching(
+        &self,
+        table: &str,
+        columns: &[&str],
+        by: &[&str],
+        values: &[Vec<&str>],
+    ) -> Result<Vec<Vec<String>>> {
+        const CHUNK: usize = 50_000;
+        let op = format!("Loading {table}");
+        let matching: Vec<String> = by
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("x.{c} = j.value ->> {i}"))
+            .collect();
+        let selected: Vec<String> = columns.iter().map(|c| format!("x.{c}")).collect();
+        // CROSS JOIN keeps SQLite's planner from scanning the table for every tuple.
+        let rows = format!(
+            "SELECT {} FROM {} CROSS JOIN {{t:{table}}} AS x WHERE {}",
+            selected.join(", "),
+            self.dialect.json_rows(1),
+            matching.join(" AND ")
+        );
+        let mut out = Vec::new();
+        for chunk in values.chunks(CHUNK) {
+            let json = serde_json::to_string(chunk).map_err(|e| db(&op, e))?;
+            out.extend(self.fetch_as_json(&rows, columns, Some(json), &op).await?);
+        }
+        Ok(out)
+    }
+
+    /// The number of stored mappings.
+    pub async fn identity_size(&self) -> Result<usize> {
+        let n: i64 = q(&self.sql("SELECT COUNT(*) FROM {t:identity}"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db("Counting identity", e))?
+            .get(0);
+        Ok(n.max(0) as usize)
+    }
+
+    /// The stored mappings of the given keys (keys without one are left out).
+    pub async fn mappings_of(&self, keys: &[&Key]) -> Result<Vec<(Key, String)>> {
+        let values: Vec<Vec<&str>> = keys
+            .iter()
+            .map(|k| vec![k.entity_type.as_str(), k.field.as_str(), k.value.as_str()])
+            .collect();
+        let by = ["entity_type", "hint_type", "hint_value"];
+        let rows = self
+            .rows_matching(
+                "identity",
+                &[&by[..], &["entity_id"]].concat(),
+                &by,
+                &values,
+            )
+            .await?;
+        Ok(rows.into_iter().map(mapping_row).collect())
+    }
+
+    /// The stored mappings to the given entities.
+    pub async fn mappings_to(&self, ids: &[&str]) -> Result<Vec<(Key, String)>> {
+        let values: Vec<Vec<&str>> = ids.iter().map(|id| vec![*id]).collect();
+        let columns = ["entity_type", "hint_type", "hint_value", "entity_id"];
+        let rows = self
+            .rows_matching("identity", &columns, &["entity_id"], &values)
+            .await?;
+        Ok(rows.into_iter().map(mapping_row).collect())
+    }
+
+    /// The entity types of the given entities (those recorded).
+    pub async fn entity_types(&self, ids: &[&str]) -> Result<Vec<(String, String)>> {
+        let values: Vec<Vec<&str>> = ids.iter().map(|id| vec![*id]).collect();
+        let rows = self
+            .rows_matching(
+                "entities",
+                &["entity_id", "entity_type"],
+                &["entity_id"],
+                &values,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                let ty = r.pop().unwrap_or_default();
+                (r.pop().unwrap_or_default(), ty)
+            })
+            .collect())
+    }
+
+    /// The merge_log rows naming one of the given entities as loser or as winner.
+    pub async fn merges_naming(&self, ids: &[&str]) -> Result<Vec<MergeLogRow>> {
+        let values: Vec<Vec<&str>> = ids.iter().map(|id| vec![*id]).collect();
+        let columns = ["from_entity_id", "into_entity_id", "timestamp"];
+        let mut out = Vec::new();
+        for by in ["from_entity_id", "into_entity_id"] {
+            for r in self
+                .rows_matching("merge_log", &columns, &[by], &values)
+                .await?
+            {
+                out.push(MergeLogRow {
+                    timestamp: parse_instant(&r[2])?,
+                    from: r[0].clone(),
+                    into: r[1].clone(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Writes the changes of a resolve pass in one transaction.
@@ -806,7 +972,7 @@ impl Catalog {
             "INSERT INTO {t:identity} (entity_type, hint_type, hint_value, entity_id, created_at)",
         );
         let conflict = "ON CONFLICT (entity_type, hint_type, hint_value) DO UPDATE SET entity_id = excluded.entity_id";
-        insert_many(&mut tx, &head, conflict, mappings, op).await?;
+        insert_many(&mut tx, self.dialect, &head, conflict, mappings, op).await?;
         let entities = changes
             .entities
             .iter()
@@ -815,6 +981,7 @@ impl Catalog {
         let head = self.sql("INSERT INTO {t:entities} (entity_id, entity_type)");
         insert_many(
             &mut tx,
+            self.dialect,
             &head,
             "ON CONFLICT (entity_id) DO NOTHING",
             entities,
@@ -830,6 +997,7 @@ impl Catalog {
             self.sql("INSERT INTO {t:merge_log} (from_entity_id, into_entity_id, timestamp)");
         insert_many(
             &mut tx,
+            self.dialect,
             &head,
             "ON CONFLICT (from_entity_id) DO NOTHING",
             merges,
@@ -952,25 +1120,38 @@ impl Catalog {
     ) -> Result<BTreeMap<(String, String), Slot>> {
         let base =
             "SELECT entity_type, entity_id, slot FROM {t:working_state} WHERE state_key = $1";
-        let mut queries: Vec<String> = Vec::new();
+        // (sql, the JSON array of [type, id] pairs bound as $2)
+        let mut queries: Vec<(String, Option<String>)> = Vec::new();
         match only {
-            None => queries.push(self.sql(base)),
+            None => queries.push((self.sql(base), None)),
             Some((due_before, entities)) => {
-                queries.push(self.sql(&format!(
-                    "{base} AND (next_due IS NULL OR next_due < '{}')",
-                    due_before.replace('\'', "")
-                )));
-                let ids: Vec<&str> = entities.iter().map(|(_, id)| id.as_str()).collect();
-                for chunk in ids.chunks(1000) {
-                    let list = crate::history_table::sql_list(chunk);
-                    queries.push(self.sql(&format!("{base} AND entity_id IN ({list})")));
-                }
+                queries.push((
+                    self.sql(&format!(
+                        "{base} AND (next_due IS NULL OR next_due < '{}')",
+                        due_before.replace('\'', "")
+                    )),
+                    None,
+                ));
+                // The entities come as one bound JSON array, each looked up by the whole
+                // primary key (an `IN` list of ids could use only the key's first column).
+                // CROSS JOIN keeps SQLite's planner from scanning the table for every pair.
+                let pairs =
+                    serde_json::to_string(entities).map_err(|e| db("Loading working state", e))?;
+                let by_key = format!(
+                    "SELECT w.entity_type, w.entity_id, w.slot FROM {} CROSS JOIN {{t:working_state}} AS w
+                     WHERE w.state_key = $1 AND w.entity_type = j.value ->> 0 AND w.entity_id = j.value ->> 1",
+                    self.dialect.json_rows(2)
+                );
+                queries.push((self.sql(&by_key), Some(pairs)));
             }
         }
         let mut out = BTreeMap::new();
-        for sql in queries {
-            let rows = q(&sql)
-                .bind(key)
+        for (sql, pairs) in queries {
+            let mut query = q(&sql).bind(key);
+            if let Some(pairs) = pairs {
+                query = query.bind(pairs);
+            }
+            let rows = query
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db("Loading working state", e))?;
@@ -1034,12 +1215,14 @@ impl Catalog {
                 None => {}
             }
         }
+        tracing::debug!(rows = upserts.len(), "working state rows made");
         let head = self.sql(
             "INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot, next_due)",
         );
         let conflict =
             "ON CONFLICT (state_key, entity_type, entity_id) DO UPDATE SET slot = excluded.slot, next_due = excluded.next_due";
-        insert_many(&mut tx, &head, conflict, upserts, op).await?;
+        insert_many(&mut tx, self.dialect, &head, conflict, upserts, op).await?;
+        tracing::debug!("working state rows written");
         tx.commit()
             .await
             .map_err(|e| db("Saving working state", e))?;

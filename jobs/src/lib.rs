@@ -8,6 +8,7 @@ pub mod cli;
 pub mod context;
 pub mod error;
 pub mod history_table;
+pub mod identity;
 pub mod jobs;
 pub mod lake;
 pub mod ledger;

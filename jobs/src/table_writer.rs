@@ -126,7 +126,9 @@ impl Lake {
     ///
     /// For the keys in `appended` the caller needs only the current row (it closes it and
     /// adds rows after it), so their closed rows are neither read nor rewritten; `rows` is
-    /// told which of them have closed rows it did not see, and returns `None` when it needs
+    /// told which of them may have closed rows it did not see (when every appended key's
+    /// current row was found, the closed files are not scanned at all and that is every
+    /// appended key; otherwise exactly those found there), and returns `None` when it needs
     /// those after all (a change before the current row), and the rewrite then runs again
     /// with every key read whole. (Delta's `replace_where` would take the keys as an SQL `IN`
     /// list, which the Delta scan's predicate conversion walks one stack frame per key: a
@@ -163,6 +165,7 @@ impl Lake {
             keys,
         } = *target;
         let op = format!("Rewriting rows of {table}");
+        let started = std::time::Instant::now();
         let mut writer = self.history_writer(table, schema);
         let t = self.open_or_create(table, schema).await?;
         let store = t.object_store();
@@ -177,51 +180,71 @@ impl Lake {
         // The keys whose every row is read; closed files hold none of the others' rows that
         // the rewrite needs.
         let whole: HashSet<&str> = keys.difference(appended).copied().collect();
+        #[allow(deprecated)]
+        let (closed_files, open_files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+            f.add_action()
+                .tags
+                .and_then(|t| t.get(ROWS_TAG).cloned().flatten())
+                .is_some_and(|v| v == "closed")
+        });
+        // The appended keys seen in the files that are not closed: with a current row.
+        let mut current: HashSet<String> = HashSet::new();
         let mut unseen_closed: HashSet<String> = HashSet::new();
         let mut old = Vec::new();
         let mut removes = Vec::new();
-        for file in files {
-            #[allow(deprecated)]
-            let closed = file
-                .add_action()
-                .tags
-                .and_then(|t| t.get(ROWS_TAG).cloned().flatten())
-                .is_some_and(|v| v == "closed");
-            let wanted = if closed { &whole } else { keys };
-            let path = file.object_store_path();
-            let size = file.size() as u64;
-            let mut holds = false;
-            let mut ids = read_parquet(&store, &path, size, Some(column))
-                .await
-                .map_err(|e| storage(&op, e))?;
-            while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
-                let values = crate::ledger::Columns::new(&batch).str(column)?;
-                for i in 0..batch.num_rows() {
-                    let Some(v) = values.get(i) else { continue };
-                    if wanted.contains(v) {
-                        holds = true;
-                    } else if closed && appended.contains(v) {
-                        unseen_closed.insert(v.to_string());
+        for (closed, files) in [(false, open_files), (true, closed_files)] {
+            if closed && whole.is_empty() && appended.iter().all(|k| current.contains(*k)) {
+                // Every key is appended and its current row is in hand: the closed files'
+                // key columns are not even read. Any of the keys may have closed rows there,
+                // so the rewrite is told so of all of them.
+                unseen_closed = current;
+                break;
+            }
+            for file in files {
+                let wanted = if closed { &whole } else { keys };
+                let path = file.object_store_path();
+                let size = file.size() as u64;
+                let mut holds = false;
+                let mut ids = read_parquet(&store, &path, size, Some(column))
+                    .await
+                    .map_err(|e| storage(&op, e))?;
+                while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
+                    let values = crate::ledger::Columns::new(&batch).str(column)?;
+                    for i in 0..batch.num_rows() {
+                        let Some(v) = values.get(i) else { continue };
+                        if wanted.contains(v) {
+                            holds = true;
+                            if !closed && appended.contains(v) {
+                                current.insert(v.to_string());
+                            }
+                        } else if closed && appended.contains(v) {
+                            unseen_closed.insert(v.to_string());
+                        }
                     }
                 }
+                if !holds {
+                    continue;
+                }
+                let mut batches = read_parquet(&store, &path, size, None)
+                    .await
+                    .map_err(|e| storage(&op, e))?;
+                while let Some(batch) = batches.try_next().await.map_err(|e| storage(&op, e))? {
+                    let batch = conform(&batch, schema)?;
+                    let mask = key_mask(&batch, column, wanted)?;
+                    let rest = not(&mask).map_err(|e| storage(&op, e))?;
+                    old.push(filter_record_batch(&batch, &mask).map_err(|e| storage(&op, e))?);
+                    writer
+                        .write(filter_record_batch(&batch, &rest).map_err(|e| storage(&op, e))?)
+                        .await?;
+                }
+                removes.push(file.remove_action(true));
             }
-            if !holds {
-                continue;
-            }
-            let mut batches = read_parquet(&store, &path, size, None)
-                .await
-                .map_err(|e| storage(&op, e))?;
-            while let Some(batch) = batches.try_next().await.map_err(|e| storage(&op, e))? {
-                let batch = conform(&batch, schema)?;
-                let mask = key_mask(&batch, column, wanted)?;
-                let rest = not(&mask).map_err(|e| storage(&op, e))?;
-                old.push(filter_record_batch(&batch, &mask).map_err(|e| storage(&op, e))?);
-                writer
-                    .write(filter_record_batch(&batch, &rest).map_err(|e| storage(&op, e))?)
-                    .await?;
-            }
-            removes.push(file.remove_action(true));
         }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            files = removes.len(),
+            "rows to rewrite read"
+        );
         let Some(new) = rows(old, &unseen_closed)? else {
             writer.abort().await?;
             return Ok(false);
@@ -229,7 +252,12 @@ impl Lake {
         for batch in new {
             writer.write(batch).await?;
         }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "rows rewritten");
         writer.commit(Removes::These(removes)).await?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "rewrite committed"
+        );
         Ok(true)
     }
 }

@@ -12,7 +12,7 @@ use defacto_core::definitions::mode::{detect, BuildMode, CurrentState};
 use defacto_core::definitions::Definitions;
 use defacto_core::engine::{BuildResult, EntityKey};
 use defacto_core::history::{EntityHistory, RelationshipHistory};
-use defacto_core::identity::{shard_of, IdentityStore, MemoryIdentity, Merge};
+use defacto_core::identity::{shard_of, IdentityStore, Merge};
 use defacto_core::interpret::Slot;
 use defacto_core::replay::LedgerEvent;
 use defacto_core::value::{instant_from_nanos, timestamp_text, Instant};
@@ -31,6 +31,7 @@ use crate::history_table::{
     entity_batch, entity_schema, group_relationships, group_rows, read_entity_rows,
     read_relationship_rows, relationship_batch, relationship_schema, relationship_types,
 };
+use crate::identity::ScopedIdentity;
 use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
@@ -201,10 +202,6 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.renew_leases().await?;
 
     let loading = Clock::now();
-    let identity = match resolved_identity {
-        Some(identity) => identity,
-        None => ctx.catalog.load_identity().await?,
-    };
     let merges: Vec<(String, Merge)> = requests
         .iter()
         .filter(|r| r.kind == IDENTITY_MERGE || r.kind == EXPLICIT_MERGE)
@@ -234,6 +231,13 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         merges,
         rebuilds,
     };
+    // A build that replays everything reads all of identity; an incremental one, the part its
+    // new rows, merges and due slots reach (the resolve pass's part, extended).
+    let mut identity = match resolved_identity {
+        Some(identity) if identity.is_whole() || !plan.replays_everything() => identity,
+        _ if plan.replays_everything() => ScopedIdentity::whole(&ctx.catalog).await?,
+        _ => ScopedIdentity::empty(),
+    };
     let mut timing = Timing::default();
     let (out, full_tables) = if plan.replays_everything() && shard.is_none() {
         let identity_loaded = Clock::now();
@@ -251,46 +255,85 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         timing.load += identity_loaded - loading;
         (full.out, Some(full.tables))
     } else {
-        let (mut inputs, mut slots) = if plan.replays_everything() {
-            (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
-        } else {
-            // Only the slots the build can change: those of the entities its new rows and
-            // merges reach, and those with a time rule due before `as_of` (the sweep's).
-            let range = format!(
-                "sequence > {} AND sequence <= {}",
-                plan.cursor, plan.resolve_cursor
-            );
-            let new_assignments = assignments_where(ctx, &range).await?;
-            let mut touched: BTreeSet<EntityKey> = new_assignments
-                .keys()
-                .flat_map(|k| chain(&identity, k))
-                .collect();
-            for (ty, m) in &plan.merges {
-                touched.insert((ty.clone(), m.from.clone()));
-                touched.insert((ty.clone(), m.into.clone()));
-            }
-            touched.extend(plan.rebuilds.iter().cloned());
-            let slots = ctx
-                .catalog
-                .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
-                .await?;
-            let loaded =
-                Loaded::for_increment(ctx, &plan, &identity, &slots, &owns, new_assignments)
+        timing.load = loading.elapsed();
+        let out = loop {
+            let pass = Clock::now();
+            let (mut inputs, mut slots) = if plan.replays_everything() {
+                (Loaded::everything(ctx, rs.cursor).await?, BTreeMap::new())
+            } else {
+                // Only the slots the build can change: those of the entities its new rows and
+                // merges reach, and those with a time rule due before `as_of` (the sweep's).
+                let range = format!(
+                    "sequence > {} AND sequence <= {}",
+                    plan.cursor, plan.resolve_cursor
+                );
+                let new_assignments = assignments_where(ctx, &range).await?;
+                tracing::debug!(ms = ms_since(loading), "new assignments loaded");
+                let reached = new_assignments
+                    .keys()
+                    .chain(plan.rebuilds.iter())
+                    .map(|k| k.1.clone())
+                    .chain(
+                        plan.merges
+                            .iter()
+                            .flat_map(|(_, m)| [m.from.clone(), m.into.clone()]),
+                    );
+                identity.extend(&ctx.catalog, [], reached).await?;
+                let mut touched: BTreeSet<EntityKey> = new_assignments
+                    .keys()
+                    .flat_map(|k| chain(&identity, k))
+                    .collect();
+                for (ty, m) in &plan.merges {
+                    touched.insert((ty.clone(), m.from.clone()));
+                    touched.insert((ty.clone(), m.into.clone()));
+                }
+                touched.extend(plan.rebuilds.iter().cloned());
+                let slots = ctx
+                    .catalog
+                    .load_working_state(&key, Some((&due_text(Some(ctx.as_of)), &touched)))
                     .await?;
-            (loaded, slots)
+                let due = slots.keys().map(|k| k.1.clone());
+                identity.extend(&ctx.catalog, [], due).await?;
+                tracing::debug!(
+                    ms = ms_since(loading),
+                    slots = slots.len(),
+                    "working state loaded"
+                );
+                let loaded =
+                    Loaded::for_increment(ctx, &plan, &identity, &slots, &owns, new_assignments)
+                        .await?;
+                (loaded, slots)
+            };
+            let replaying = Clock::now();
+            timing.load += replaying - pass;
+            let before = slots.clone();
+            let mut out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
+            // An incremental build loads the events of the entities it expects to rebuild;
+            // should it have rebuilt another one, it runs again on the whole ledger.
+            if !inputs.complete && !inputs.covers(&out) {
+                slots = before;
+                inputs = Loaded::everything(ctx, rs.cursor).await?;
+                out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
+            }
+            timing.replay += replaying.elapsed();
+            // Identity read outside the loaded part (a `relate` to an entity no new row
+            // reaches, say): loaded, and the build runs again.
+            let misses = identity.take_misses();
+            if misses.is_empty() {
+                break out;
+            }
+            tracing::debug!(
+                keys = misses.keys.len(),
+                entities = misses.ids.len(),
+                "identity read outside the loaded part: loading it and building again"
+            );
+            identity
+                .extend(&ctx.catalog, misses.keys, misses.ids)
+                .await?;
         };
-        let replaying = Clock::now();
-        timing.load = replaying - loading;
-        let before = slots.clone();
-        let mut out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
-        // An incremental build loads the events of the entities it expects to rebuild; should
-        // it have rebuilt another one, it runs again on the whole ledger.
-        if !inputs.complete && !inputs.covers(&out) {
-            slots = before;
-            inputs = Loaded::everything(ctx, rs.cursor).await?;
-            out = inputs.run(&defs, &identity, &owns, args.workers, &plan, &mut slots);
-        }
-        timing.replay = replaying.elapsed();
+        // The history rows written are grouped by the entities' types.
+        let changed = out.changes.keys().map(|k| k.1.clone());
+        identity.extend(&ctx.catalog, [], changed).await?;
         (out, None)
     };
     let writing = Clock::now();
@@ -308,6 +351,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     ctx.catalog
         .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
         .await?;
+    tracing::debug!(ms = ms_since(writing), "working state saved");
     crash_point("after-working-state");
 
     state.cursor = out.cursor;
@@ -367,6 +411,11 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// Milliseconds since `start`, for debug timing logs.
+fn ms_since(start: Clock) -> u64 {
+    start.elapsed().as_millis() as u64
 }
 
 /// A test hook: `DEFACTO_CRASH_AT=<point>` aborts the process there, as a crash would
@@ -531,7 +580,7 @@ async fn full_in_partitions(
     ctx: &Context,
     defs: &Definitions,
     version: &str,
-    identity: &MemoryIdentity,
+    identity: &ScopedIdentity,
     plan: &BuildPlan,
     workers: usize,
     partition_size: i64,
@@ -660,7 +709,7 @@ impl Loaded {
     async fn for_increment(
         ctx: &Context,
         plan: &BuildPlan,
-        identity: &MemoryIdentity,
+        identity: &ScopedIdentity,
         slots: &BTreeMap<EntityKey, Slot>,
         owns: &(dyn Fn(&str) -> bool + Sync),
         new_assignments: BTreeMap<EntityKey, BTreeSet<i64>>,
@@ -669,7 +718,9 @@ impl Loaded {
             "sequence > {} AND sequence <= {}",
             plan.cursor, plan.resolve_cursor
         );
+        let started = Clock::now();
         let new_events = ledger_where(ctx, &range).await?;
+        tracing::debug!(ms = ms_since(started), "new ledger rows loaded");
         // (the new rows' assignments are loaded by the caller)
         let timestamps: BTreeMap<i64, Instant> = new_events
             .iter()
@@ -732,7 +783,7 @@ impl Loaded {
     fn run(
         &self,
         defs: &Definitions,
-        identity: &MemoryIdentity,
+        identity: &ScopedIdentity,
         owns: &(dyn Fn(&str) -> bool + Sync),
         workers: usize,
         plan: &BuildPlan,
@@ -779,7 +830,7 @@ pub fn next_due(defs: &Definitions, as_of: Instant) -> impl Fn(&EntityKey, &Slot
 }
 
 /// The entity a row is assigned to, and each entity on its chain of merges.
-fn chain(identity: &MemoryIdentity, key: &EntityKey) -> Vec<EntityKey> {
+fn chain(identity: &impl IdentityStore, key: &EntityKey) -> Vec<EntityKey> {
     let mut out = vec![key.clone()];
     let mut id = key.1.clone();
     while let Some(next) = identity.merged_into(&id) {
@@ -905,7 +956,7 @@ pub async fn write_changes(
     ctx: &Context,
     defs: &Definitions,
     version: &str,
-    identity: &MemoryIdentity,
+    identity: &impl IdentityStore,
     changes: &BTreeMap<EntityKey, HistoryChange>,
 ) -> Result<()> {
     let entity_type_of = |id: &str| identity.entity_type(id);
@@ -958,7 +1009,9 @@ pub async fn write_changes(
             column: &column,
             keys: &ids,
         };
+        let started = Clock::now();
         ctx.lake.replace_keys(&target, &appended, new_rows).await?;
+        tracing::debug!(ms = ms_since(started), table, "history rows replaced");
     }
     // Relationship rows belong to their source entity. A snapshot only opens relationship
     // rows, after the last one of its kind: the open rows are all it needs.
@@ -983,7 +1036,9 @@ pub async fn write_changes(
             column: "source_id",
             keys: &ids,
         };
+        let started = Clock::now();
         ctx.lake.replace_keys(&target, &appended, new_rows).await?;
+        tracing::debug!(ms = ms_since(started), table, "relationship rows replaced");
     }
     Ok(())
 }

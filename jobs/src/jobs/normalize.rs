@@ -3,10 +3,10 @@
 //! dead letters, and the cursor moves to the highest sequence processed (PIPELINE.md §1, §2).
 //! `--from-raw` renormalizes every raw record and replaces `ledger/events` in one commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use clap::Args;
-use defacto_core::dedup::{event_key, StreamDedup};
+use defacto_core::dedup::{event_key, KeyMap, LedgerKeys, StreamDedup};
 use defacto_core::normalize::{normalize_records, Kept, NormalizedEvent, Normalizer};
 use defacto_core::results::{EventFailure, IngestResult};
 use deltalake::arrow::array::RecordBatch;
@@ -61,10 +61,10 @@ async fn normalize_stream(
     kept: &BTreeMap<i64, Kept>,
     replace: bool,
 ) -> Result<IngestResult> {
-    let mut fixed = HashMap::new();
+    let mut fixed = KeyMap::default();
     loop {
         let (ledger, after) = if replace {
-            (Vec::new(), 0)
+            (LedgerKeys::default(), 0)
         } else {
             let (ids, head) = known_events(ctx).await?;
             // A run that committed its events but died before moving the cursor left the
@@ -73,7 +73,7 @@ async fn normalize_stream(
             let cursor = ctx.catalog.counter(NORMALIZE_CURSOR).await?.max(head);
             (ids, cursor)
         };
-        let mut dedup = StreamDedup::new(ledger, fixed.clone());
+        let mut dedup = StreamDedup::with_ledger(ledger, fixed.clone());
         let mut result = IngestResult::default();
         let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA);
         let outcome = normalize_into(ctx, after, &mut dedup, kept, &mut result, &mut writer).await;
@@ -158,24 +158,35 @@ async fn normalize_into(
 }
 
 /// The event ids (as dedup keys) and sequences of the canonical ledger rows, and the highest
-/// sequence in the ledger.
-async fn known_events(ctx: &Context) -> Result<(Vec<(u128, i64)>, i64)> {
-    let ids = ctx
+/// sequence in the ledger. The keys go straight from each batch into one map, sized up front
+/// by the normalize cursor (the highest raw sequence normalized: at least one per ledger
+/// row): the ledger's ids are the largest thing an incremental run holds, and a growing map
+/// would touch twice the memory.
+async fn known_events(ctx: &Context) -> Result<(LedgerKeys, i64)> {
+    let normalized = ctx.catalog.counter(NORMALIZE_CURSOR).await?.max(0) as usize;
+    let mut keys = LedgerKeys::with_capacity_and_hasher(normalized, Default::default());
+    let mut max = 0;
+    let mut stream = ctx
         .lake
-        .query_map(
+        .query(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
             "SELECT event_id, sequence FROM events",
-            |b| {
-                let c = Columns::new(b);
-                let (id, seq) = (c.str("event_id")?, c.i64("sequence")?);
-                Ok((0..b.num_rows())
-                    .map(|i| (event_key(id.value(i)), seq.value(i)))
-                    .collect())
-            },
         )
         .await?;
-    let max = ids.iter().map(|(_, s)| *s).max().unwrap_or(0);
-    Ok((ids, max))
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
+    {
+        let c = Columns::new(&b);
+        let (id, seq) = (c.str("event_id")?, c.i64("sequence")?);
+        for i in 0..b.num_rows() {
+            let s = seq.value(i);
+            max = max.max(s);
+            keys.insert(event_key(id.value(i)), s);
+        }
+    }
+    Ok((keys, max))
 }
 
 /// Failures with the sequence of their raw record (none for an unreadable record).

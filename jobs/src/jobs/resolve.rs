@@ -4,12 +4,13 @@
 //! `ledger/assignments`, identity, merge_log and rebuild requests. An unsharded `build` runs
 //! the same step first.
 
+use std::collections::BTreeSet;
 use std::time::Instant as Clock;
 
 use clap::Args;
 use defacto_core::definitions::Hashes;
-use defacto_core::identity::{IdentityStore, MemoryIdentity, SystemMerge};
-use defacto_core::normalize::extract_hints;
+use defacto_core::identity::{IdentityStore, Key, Merge, Resolver, SystemMerge};
+use defacto_core::normalize::{extract_hints, Hints};
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
 use futures::TryStreamExt;
@@ -18,10 +19,11 @@ use crate::catalog::{ResolveState, IDENTITY_MERGE};
 use crate::cli::Global;
 use crate::context::{Context, GLOBAL_LEASE};
 use crate::error::{Error, Result};
+use crate::identity::{Misses, ScopedIdentity};
 use crate::jobs::normalize::renormalize;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    assignments_batch, events_batch, read_events, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
+    assignments_batch, events_batch, read_events, Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
 };
 
 #[derive(Debug, Args)]
@@ -82,7 +84,7 @@ pub async fn resolve_with_identity(
     ctx: &Context,
     hashes: &Hashes,
     from_raw: bool,
-) -> Result<(ResolveResult, MemoryIdentity)> {
+) -> Result<(ResolveResult, ScopedIdentity)> {
     let started = Clock::now();
     let mut result = ResolveResult::default();
     let mut state = ctx.catalog.resolve_state().await?;
@@ -112,31 +114,130 @@ pub async fn resolve_with_identity(
     ctx.catalog.put_resolve_state(&state).await?;
 
     let loading = Clock::now();
-    let store = ctx.catalog.load_identity().await?;
-    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "identity loaded");
+    let from_start = state.cursor == 0;
+    let mut store = if from_start {
+        ScopedIdentity::whole(&ctx.catalog).await?
+    } else {
+        identity_for_increment(ctx, state.cursor).await?
+    };
+    tracing::debug!(
+        ms = loading.elapsed().as_millis() as u64,
+        whole = store.is_whole(),
+        "identity loaded"
+    );
+    let mut pass = resolve_events(ctx, state.cursor, store).await?;
+    if !pass.misses.is_empty() {
+        // The new events' keys bring in everything a pass reads; should one read more, the
+        // pass runs again on all of identity (nothing it wrote is committed yet).
+        tracing::warn!(
+            keys = pass.misses.keys.len(),
+            entities = pass.misses.ids.len(),
+            "identity read outside the loaded part: resolving again with all of identity"
+        );
+        pass.writer.abort().await?;
+        store = ScopedIdentity::whole(&ctx.catalog).await?;
+        pass = resolve_events(ctx, state.cursor, store).await?;
+    }
+    result.events_resolved = pass.events;
+    result.merges_detected = pass.merges_detected;
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "events resolved");
+    pass.writer.append().await?;
+    tracing::debug!(
+        ms = loading.elapsed().as_millis() as u64,
+        "assignments committed"
+    );
+    let mut store = pass.resolver.into_store();
+    let changes = store.take_changes();
+    ctx.catalog.save_identity(&changes).await?;
+    ctx.catalog
+        .append_merge_requests(IDENTITY_MERGE, &pass.merges)
+        .await?;
+    state.cursor = pass.head;
+    state.writing = false;
+    ctx.catalog.put_resolve_state(&state).await?;
+    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "identity saved");
+    result.events_failed = result.failures.len() as u64;
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((result, store))
+}
+
+/// The part of identity a pass from `cursor` reads: the keys the new events carry (each with
+/// its entity's cluster) — or all of it, when that is about as large.
+async fn identity_for_increment(ctx: &Context, cursor: i64) -> Result<ScopedIdentity> {
+    let keys: BTreeSet<Key> = ctx
+        .lake
+        .query_map(
+            &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
+            &format!("SELECT resolution_hints FROM events WHERE sequence > {cursor}"),
+            |b| {
+                let hints = Columns::new(b).str("resolution_hints")?;
+                let mut keys = Vec::new();
+                for i in 0..b.num_rows() {
+                    let text = hints.get(i).unwrap_or("{}");
+                    let parsed: Hints = serde_json::from_str(text).map_err(|e| {
+                        Error::Storage(format!("Reading ledger/events failed: hints {text}: {e}"))
+                    })?;
+                    for (ty, fields) in parsed {
+                        for (field, value) in fields {
+                            keys.push(Key::new(ty.as_str(), field.as_str(), value.as_str()));
+                        }
+                    }
+                }
+                Ok(keys)
+            },
+        )
+        .await?
+        .into_iter()
+        .collect();
+    // Loading a key's part takes a few indexed lookups (mapping, cluster, keys, type); loading
+    // all of identity, a scan of every mapping.
+    if keys.len() * 4 >= ctx.catalog.identity_size().await? {
+        return ScopedIdentity::whole(&ctx.catalog).await;
+    }
+    let mut store = ScopedIdentity::empty();
+    store.extend(&ctx.catalog, keys, []).await?;
+    Ok(store)
+}
+
+/// One pass of resolution over the events after `cursor`, in canonical order.
+struct Pass {
+    resolver: Resolver<ScopedIdentity>,
+    /// ledger/assignments' files written (not committed).
+    writer: TableWriter,
+    merges: Vec<(String, Merge)>,
+    merges_detected: u64,
+    events: u64,
+    /// The highest sequence resolved.
+    head: i64,
+    /// Identity read outside the loaded part.
+    misses: Misses,
+}
+
+async fn resolve_events(ctx: &Context, cursor: i64, store: ScopedIdentity) -> Result<Pass> {
     let mut resolver = ctx.resolver(store);
     // Events are resolved as the sorted scan hands them over, and their assignments go out
-    // to ledger/assignments' files as they accumulate (committed once, below).
+    // to ledger/assignments' files as they accumulate (committed by the caller).
     let mut stream = ctx
         .lake
         .query(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
-            &events_sql(state.cursor),
+            &events_sql(cursor),
         )
         .await?;
     let mut writer = ctx.lake.writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA);
     let mut assignments = Vec::new();
     let mut merges = Vec::new();
-    let mut head = state.cursor;
+    let mut head = cursor;
     let mut merges_detected = 0;
-    let from_start = state.cursor == 0;
+    let mut events_resolved = 0;
+    let from_start = cursor == 0;
     while let Some(batch) = stream
         .try_next()
         .await
         .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
     {
         let events = read_events(&batch)?;
-        result.events_resolved += events.len() as u64;
+        events_resolved += events.len() as u64;
         for e in &events {
             head = head.max(e.event.sequence);
             if e.event.event_type == MERGE_EVENT_TYPE {
@@ -173,25 +274,16 @@ pub async fn resolve_with_identity(
         }
     }
     write_assignments(ctx, &mut writer, &mut assignments).await?;
-    result.merges_detected = merges_detected;
-    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "events resolved");
-    writer.append().await?;
-    tracing::debug!(
-        ms = loading.elapsed().as_millis() as u64,
-        "assignments committed"
-    );
-    let changes = resolver.store_mut().take_changes();
-    ctx.catalog.save_identity(&changes).await?;
-    ctx.catalog
-        .append_merge_requests(IDENTITY_MERGE, &merges)
-        .await?;
-    state.cursor = head;
-    state.writing = false;
-    ctx.catalog.put_resolve_state(&state).await?;
-    tracing::debug!(ms = loading.elapsed().as_millis() as u64, "identity saved");
-    result.events_failed = result.failures.len() as u64;
-    result.duration_ms = started.elapsed().as_millis() as u64;
-    Ok((result, resolver.into_store()))
+    let misses = resolver.store_mut().take_misses();
+    Ok(Pass {
+        resolver,
+        writer,
+        merges,
+        merges_detected,
+        events: events_resolved,
+        head,
+        misses,
+    })
 }
 
 /// The stored data of an explicit merge's system event.
