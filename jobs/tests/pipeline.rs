@@ -1120,7 +1120,16 @@ fn run_logged(dir: &Dir, args: &[&str]) -> (Json, String) {
     out.assert_code(0);
     let result =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
-    (result, out.stderr)
+    // Without the terminal colour codes around field names and values.
+    let mut log = String::new();
+    let mut rest = out.stderr.as_str();
+    while let Some(start) = rest.find('\u{1b}') {
+        log.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = &rest[rest.find('m').map_or(rest.len(), |end| end + 1)..];
+    }
+    log.push_str(rest);
+    (result, log)
 }
 
 // An incremental resolve and build load only the identity their new events reach: a merge of
