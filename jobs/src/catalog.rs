@@ -179,13 +179,13 @@ fn mapping_row(r: Vec<String>) -> (Key, String) {
 const ROWS_PER_INSERT: usize = 20_000;
 
 impl Dialect {
-    /// A FROM-clause item over the elements of the JSON array bound as parameter `$n`, as
-    /// rows of one column `j.value`; `j.value ->> i` is element `i` of an array element as
-    /// text, in both dialects.
-    fn json_rows(self, n: usize) -> String {
+    /// A FROM-clause item over the elements of the JSON array bound as `$1`, as rows of one
+    /// column `j.value`; `j.value ->> i` is element `i` of an array element as text, in both
+    /// dialects.
+    fn json_rows(self) -> &'static str {
         match self {
-            Dialect::Sqlite => format!("json_each(${n}) AS j"),
-            Dialect::Postgres => format!("jsonb_array_elements(${n}::jsonb) AS j(value)"),
+            Dialect::Sqlite => "json_each($1) AS j",
+            Dialect::Postgres => "jsonb_array_elements($1::jsonb) AS j(value)",
         }
     }
 }
@@ -211,7 +211,7 @@ async fn insert_many(
     let sql = format!(
         "{head} SELECT {} FROM {} WHERE TRUE {conflict}",
         cells.join(", "),
-        dialect.json_rows(1)
+        dialect.json_rows()
     );
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let json = serde_json::to_string(chunk).map_err(|e| db(op, e))?;
@@ -857,7 +857,7 @@ impl Catalog {
         let rows = format!(
             "SELECT {} FROM {} CROSS JOIN {{t:{table}}} AS x WHERE {}",
             selected.join(", "),
-            self.dialect.json_rows(1),
+            self.dialect.json_rows(),
             matching.join(" AND ")
         );
         let mut out = Vec::new();
@@ -1118,51 +1118,44 @@ impl Catalog {
         key: &str,
         only: Option<(&str, &std::collections::BTreeSet<(String, String)>)>,
     ) -> Result<BTreeMap<(String, String), Slot>> {
+        let op = "Loading working state";
+        let columns = ["entity_type", "entity_id", "slot"];
         let base =
             "SELECT entity_type, entity_id, slot FROM {t:working_state} WHERE state_key = $1";
-        // (sql, the JSON array of [type, id] pairs bound as $2)
-        let mut queries: Vec<(String, Option<String>)> = Vec::new();
-        match only {
-            None => queries.push((self.sql(base), None)),
+        let rows = match only {
+            None => {
+                self.fetch_as_json(base, &columns, Some(key.to_string()), op)
+                    .await?
+            }
             Some((due_before, entities)) => {
-                queries.push((
-                    self.sql(&format!(
-                        "{base} AND (next_due IS NULL OR next_due < '{}')",
-                        due_before.replace('\'', "")
-                    )),
-                    None,
-                ));
-                // The entities come as one bound JSON array, each looked up by the whole
-                // primary key (an `IN` list of ids could use only the key's first column).
-                // CROSS JOIN keeps SQLite's planner from scanning the table for every pair.
-                let pairs =
-                    serde_json::to_string(entities).map_err(|e| db("Loading working state", e))?;
-                let by_key = format!(
-                    "SELECT w.entity_type, w.entity_id, w.slot FROM {} CROSS JOIN {{t:working_state}} AS w
-                     WHERE w.state_key = $1 AND w.entity_type = j.value ->> 0 AND w.entity_id = j.value ->> 1",
-                    self.dialect.json_rows(2)
+                let due = format!(
+                    "{base} AND (next_due IS NULL OR next_due < '{}')",
+                    due_before.replace('\'', "")
                 );
-                queries.push((self.sql(&by_key), Some(pairs)));
+                let mut rows = self
+                    .fetch_as_json(&due, &columns, Some(key.to_string()), op)
+                    .await?;
+                // Each entity looked up by the whole primary key (an `IN` list of ids could
+                // use only the key's first column).
+                let values: Vec<Vec<&str>> = entities
+                    .iter()
+                    .map(|(ty, id)| vec![key, ty.as_str(), id.as_str()])
+                    .collect();
+                let by = ["state_key", "entity_type", "entity_id"];
+                rows.extend(
+                    self.rows_matching("working_state", &columns, &by, &values)
+                        .await?,
+                );
+                rows
             }
-        }
+        };
         let mut out = BTreeMap::new();
-        for (sql, pairs) in queries {
-            let mut query = q(&sql).bind(key);
-            if let Some(pairs) = pairs {
-                query = query.bind(pairs);
-            }
-            let rows = query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db("Loading working state", e))?;
-            for r in &rows {
-                let json: serde_json::Value = serde_json::from_str(&r.get::<String, _>(2))
-                    .map_err(|e| Error::Storage(format!("Loading working state failed: {e}")))?;
-                out.insert(
-                    (r.get::<String, _>(0), r.get::<String, _>(1)),
-                    persist::from_json(&json),
-                );
-            }
+        for mut r in rows {
+            let slot = r.pop().unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(&slot)
+                .map_err(|e| Error::Storage(format!("{op} failed: {e}")))?;
+            let id = r.pop().unwrap_or_default();
+            out.insert((r.pop().unwrap_or_default(), id), persist::from_json(&json));
         }
         Ok(out)
     }

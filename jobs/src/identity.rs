@@ -87,20 +87,17 @@ impl ScopedIdentity {
         let Some(scope) = self.scope.as_mut() else {
             return Ok(());
         };
-        let keys: Vec<Key> = keys
+        let fresh: HashSet<Key> = keys
             .into_iter()
             .filter(|k| !scope.keys.contains(k))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
         let mut frontier: BTreeSet<String> = ids
             .into_iter()
             .filter(|id| !scope.ids.contains(id))
             .collect();
         let mut mappings = catalog
-            .mappings_of(&keys.iter().collect::<Vec<_>>())
+            .mappings_of(&fresh.iter().collect::<Vec<_>>())
             .await?;
-        let fresh: HashSet<Key> = keys.into_iter().collect();
         frontier.extend(
             mappings
                 .iter()
@@ -127,14 +124,14 @@ impl ScopedIdentity {
             self.store.load_entity(&id, &ty);
         }
         mappings.extend(catalog.mappings_to(&ids).await?);
-        for (key, id) in mappings {
-            // A key in the scope before may have been re-pointed in memory since: memory wins.
-            let new = fresh.contains(&key) || !scope.keys.contains(&key);
-            if new && self.store.get(&key).is_none() {
-                scope.keys.insert(key.clone());
-                self.store.load_mapping(key, &id);
+        for (key, id) in &mappings {
+            // A key in the scope before may have been re-pointed in memory since: memory
+            // wins. (A key both looked up and reached through its entity comes twice.)
+            if !scope.keys.contains(key) && self.store.get(key).is_none() {
+                self.store.load_mapping(key.clone(), id);
             }
         }
+        scope.keys.extend(mappings.into_iter().map(|(key, _)| key));
         scope.keys.extend(fresh);
         for m in merges {
             if self.store.merged_into(&m.from).is_none() {

@@ -345,6 +345,12 @@ fn read_data(sequence: i64, text: &str) -> Result<IndexMap<String, Value>> {
         .unwrap_or_default())
 }
 
+/// The `resolution_hints` of the ledger row at `sequence`.
+pub fn parse_hints(text: &str, sequence: i64) -> Result<Hints> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad hints: {e}")))
+}
+
 pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
     let c = Columns::new(batch);
     let (seq, id, ty, ns, src, data, hints) = (
@@ -370,9 +376,7 @@ pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let hints: Hints = serde_json::from_str(hints.value(i)).map_err(|e| {
-                Error::Storage(format!("ledger row {}: bad hints: {e}", seq.value(i)))
-            })?;
+            let hints = parse_hints(hints.value(i), seq.value(i))?;
             Ok(StoredEvent {
                 event: LedgerEvent {
                     sequence: seq.value(i),

@@ -268,7 +268,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
                     plan.cursor, plan.resolve_cursor
                 );
                 let new_assignments = assignments_where(ctx, &range).await?;
-                tracing::debug!(ms = ms_since(loading), "new assignments loaded");
+                tracing::debug!(ms = ms_since(pass), "new assignments loaded");
                 let reached = new_assignments
                     .keys()
                     .chain(plan.rebuilds.iter())
@@ -295,7 +295,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
                 let due = slots.keys().map(|k| k.1.clone());
                 identity.extend(&ctx.catalog, [], due).await?;
                 tracing::debug!(
-                    ms = ms_since(loading),
+                    ms = ms_since(pass),
                     slots = slots.len(),
                     "working state loaded"
                 );

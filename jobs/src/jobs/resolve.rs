@@ -10,7 +10,7 @@ use std::time::Instant as Clock;
 use clap::Args;
 use defacto_core::definitions::Hashes;
 use defacto_core::identity::{IdentityStore, Key, Merge, Resolver, SystemMerge};
-use defacto_core::normalize::{extract_hints, Hints};
+use defacto_core::normalize::extract_hints;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::results::ResolveResult;
 use futures::TryStreamExt;
@@ -23,7 +23,8 @@ use crate::identity::{Misses, ScopedIdentity};
 use crate::jobs::normalize::renormalize;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    assignments_batch, events_batch, read_events, Columns, ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
+    assignments_batch, events_batch, parse_hints, read_events, Columns, ASSIGNMENTS_SCHEMA,
+    EVENTS_SCHEMA,
 };
 
 #[derive(Debug, Args)]
@@ -168,16 +169,13 @@ async fn identity_for_increment(ctx: &Context, cursor: i64) -> Result<ScopedIden
         .lake
         .query_map(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
-            &format!("SELECT resolution_hints FROM events WHERE sequence > {cursor}"),
+            &format!("SELECT sequence, resolution_hints FROM events WHERE sequence > {cursor}"),
             |b| {
-                let hints = Columns::new(b).str("resolution_hints")?;
+                let c = Columns::new(b);
+                let (seq, hints) = (c.i64("sequence")?, c.str("resolution_hints")?);
                 let mut keys = Vec::new();
                 for i in 0..b.num_rows() {
-                    let text = hints.get(i).unwrap_or("{}");
-                    let parsed: Hints = serde_json::from_str(text).map_err(|e| {
-                        Error::Storage(format!("Reading ledger/events failed: hints {text}: {e}"))
-                    })?;
-                    for (ty, fields) in parsed {
+                    for (ty, fields) in parse_hints(hints.value(i), seq.value(i))? {
                         for (field, value) in fields {
                             keys.push(Key::new(ty.as_str(), field.as_str(), value.as_str()));
                         }
