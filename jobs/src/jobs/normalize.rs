@@ -66,12 +66,13 @@ async fn normalize_stream(
         let (ledger, after) = if replace {
             (LedgerKeys::default(), 0)
         } else {
-            let (ids, head) = known_events(ctx).await?;
+            let normalized = ctx.catalog.counter(NORMALIZE_CURSOR).await?;
+            let pending = pending_keys(ctx, normalized, kept).await?;
+            let (ids, head) = known_events(ctx, normalized, pending.as_ref()).await?;
             // A run that committed its events but died before moving the cursor left the
             // cursor behind the ledger: sequences already in ledger/events are never
             // appended again.
-            let cursor = ctx.catalog.counter(NORMALIZE_CURSOR).await?.max(head);
-            (ids, cursor)
+            (ids, normalized.max(head))
         };
         let mut dedup = StreamDedup::with_ledger(ledger, fixed.clone());
         let mut result = IngestResult::default();
@@ -157,14 +158,52 @@ async fn normalize_into(
     }
 }
 
-/// The event ids (as dedup keys) and sequences of the canonical ledger rows, and the highest
-/// sequence in the ledger. The keys go straight from each batch into one map, sized up front
-/// by the normalize cursor (the highest raw sequence normalized: at least one per ledger
-/// row): the ledger's ids are the largest thing an incremental run holds, and a growing map
-/// would touch twice the memory.
-async fn known_events(ctx: &Context) -> Result<(LedgerKeys, i64)> {
-    let normalized = ctx.catalog.counter(NORMALIZE_CURSOR).await?.max(0) as usize;
-    let mut keys = LedgerKeys::with_capacity_and_hasher(normalized, Default::default());
+/// Raw records past which an increment's event ids are not gathered in advance.
+const PENDING_LIMIT: usize = CHUNK;
+
+/// The dedup keys of the events the raw records after `after` normalize to, when there are
+/// at most `PENDING_LIMIT` of them (`None` beyond). An increment is normalized here once
+/// just for its ids — cheap next to the scan of every ledger id — so that of the ledger's
+/// ids only those it can collide with are kept (`known_events`).
+async fn pending_keys(
+    ctx: &Context,
+    after: i64,
+    kept: &BTreeMap<i64, Kept>,
+) -> Result<Option<KeyMap<()>>> {
+    let sql = format!("SELECT sequence, call, source, raw FROM raw WHERE sequence > {after}");
+    let mut stream = ctx
+        .lake
+        .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
+        .await?;
+    let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
+    let (mut keys, mut records) = (KeyMap::default(), 0);
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/raw failed: {e}")))?
+    {
+        let raw = read_raw(&batch)?;
+        records += raw.len();
+        if records > PENDING_LIMIT {
+            return Ok(None);
+        }
+        let (events, _) = normalize_part(&normalizer, &raw, kept);
+        keys.extend(events.iter().map(|(_, e)| (event_key(&e.event_id), ())));
+    }
+    Ok(Some(keys))
+}
+
+/// The event ids (as dedup keys) and sequences of the canonical ledger rows — only those
+/// among `pending` when given — and the highest sequence in the ledger. The keys go straight
+/// from each batch into one map, sized up front (without `pending`, by the normalize cursor
+/// `normalized`: at least one per ledger row), as a growing map would touch twice the memory.
+async fn known_events(
+    ctx: &Context,
+    normalized: i64,
+    pending: Option<&KeyMap<()>>,
+) -> Result<(LedgerKeys, i64)> {
+    let capacity = pending.map_or(normalized.max(0) as usize, |p| p.len());
+    let mut keys = LedgerKeys::with_capacity_and_hasher(capacity, Default::default());
     let mut max = 0;
     let mut stream = ctx
         .lake
@@ -183,7 +222,10 @@ async fn known_events(ctx: &Context) -> Result<(LedgerKeys, i64)> {
         for i in 0..b.num_rows() {
             let s = seq.value(i);
             max = max.max(s);
-            keys.insert(event_key(id.value(i)), s);
+            let key = event_key(id.value(i));
+            if pending.is_none_or(|p| p.contains_key(&key)) {
+                keys.insert(key, s);
+            }
         }
     }
     Ok((keys, max))
