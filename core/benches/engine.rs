@@ -12,6 +12,10 @@ use defacto_core::engine::{BuildOptions, Engine};
 use defacto_core::normalize::Normalizer;
 use serde_json::{json, Value as Json};
 
+/// The allocator of the `defacto` binary (jobs/src/main.rs), so figures match the jobs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn defs() -> Definitions {
     Definitions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cust"))
         .expect("CUST")

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::definitions::mode::BuildMode;
 use crate::definitions::Definitions;
 use crate::engine::{BuildResult, EntityKey, TickResult};
+use crate::fasthash::FastMap;
 use crate::history::{EntityHistory, RelationshipHistory};
 use crate::identity::{IdentityStore, Key, Merge};
 use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
@@ -136,8 +137,8 @@ pub fn partition_masks<S: IdentityStore>(
     assignments: &BTreeMap<EntityKey, BTreeSet<i64>>,
     identity: &S,
     partition: impl Fn(&str) -> usize,
-) -> std::collections::HashMap<i64, u64> {
-    let mut masks: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+) -> FastMap<i64, u64> {
+    let mut masks: FastMap<i64, u64> = FastMap::default();
     for ((ty, id), seqs) in assignments {
         let p = partition(id);
         assert!(p < MAX_PARTITIONS, "partition {p} of {MAX_PARTITIONS}");

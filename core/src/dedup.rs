@@ -9,11 +9,9 @@
 //! (`StreamDedup::displaced`) given in advance as `fixed`, which makes the second run exact.
 //! Both runs together agree with `normalize::dedup_call` call by call (tests below).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use sha2::{Digest, Sha256};
 
+use crate::fasthash::FastMap;
 use crate::value::{instant_nanos, Instant};
 
 /// What deduplication keeps of an event id: 128 bits of its SHA-256 digest (the hex digits
@@ -30,30 +28,8 @@ pub fn event_key(event_id: &str) -> u128 {
         })
 }
 
-/// Hashes an event key by folding its bits: keys are digest bits already, uniformly spread,
-/// so hashing them again (SipHash, per lookup of every ledger id) would only cost time.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only event keys are hashed here; any other input still hashes deterministically.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u128(&mut self, key: u128) {
-        self.0 ^= (key as u64) ^ ((key >> 64) as u64);
-    }
-}
-
 /// A map keyed by event keys.
-pub type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
+pub type KeyMap<V> = FastMap<u128, V>;
 
 /// The canonical ledger rows' event keys, with their sequences.
 pub type LedgerKeys = KeyMap<i64>;

@@ -4,7 +4,7 @@
 //! and ticks. It is the reference every storage job must agree with row for row; the jobs
 //! reuse its pieces (normalizer, resolver, machine, replay) on batches streamed from the lake.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant as Clock;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 use crate::build::{self, BuildInputs, BuildOutput, BuildPlan};
 use crate::definitions::mode::{detect, BuildMode, CurrentState, StoredState};
 use crate::definitions::{Definitions, Hashes, NormalizedDocument};
+use crate::fasthash::FastMap;
 use crate::identity::{
     shard_of, IdentityError, IdentityFields, IdentityStore, MemoryIdentity, Merge, Resolver,
     SystemMerge,
@@ -116,10 +117,10 @@ pub struct Engine {
     raw: Vec<RawRow>,
     /// Non-duplicate ledger rows (normalized events and system events), by sequence.
     ledger: Vec<LedgerEvent>,
-    hints: HashMap<i64, Hints>,
-    system: HashMap<i64, SystemMerge>,
+    hints: FastMap<i64, Hints>,
+    system: FastMap<i64, SystemMerge>,
     /// event id → sequence of its canonical row.
-    canonical: HashMap<String, i64>,
+    canonical: FastMap<String, i64>,
     next_sequence: i64,
     resolver: Resolver<MemoryIdentity>,
     resolve_cursor: i64,
@@ -157,9 +158,9 @@ impl Engine {
             hashes,
             raw: Vec::new(),
             ledger: Vec::new(),
-            hints: HashMap::new(),
-            system: HashMap::new(),
-            canonical: HashMap::new(),
+            hints: FastMap::default(),
+            system: FastMap::default(),
+            canonical: FastMap::default(),
             next_sequence: 1,
             resolver,
             resolve_cursor: 0,

@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod definitions;
 pub mod engine;
 pub mod expr;
+pub mod fasthash;
 pub mod history;
 pub mod identity;
 pub mod interpret;

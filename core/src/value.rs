@@ -286,6 +286,7 @@ mod tests {
 /// `{"$dur": <nanoseconds>}`, and non-finite floats as `{"$f": "NaN" | "inf" | "-inf"}`.
 pub mod typed {
     use super::*;
+    use indexmap::IndexMap;
     use serde_json::{Map, Value as Json};
 
     pub fn to_json(v: &Value) -> Json {
@@ -341,9 +342,162 @@ pub mod typed {
         Json::Object(m).to_string()
     }
 
+    /// Reads a typed JSON object text (ledger event data) straight into values: the same
+    /// result as parsing it to JSON and mapping each entry with `from_json` (a text that is not
+    /// an object reads as no entries), without building the JSON tree first. Only tagged
+    /// values (`{"$dt": …}` and the like) still go through a JSON object.
+    pub fn map_from_text(text: &str) -> Result<IndexMap<String, Value>, serde_json::Error> {
+        Ok(serde_json::from_str::<TypedMap>(text)?.0)
+    }
+
+    struct TypedMap(IndexMap<String, Value>);
+    struct Typed(Value);
+
+    impl<'de> serde::Deserialize<'de> for TypedMap {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(TypedMapVisitor)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Typed {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(TypedVisitor)
+        }
+    }
+
+    struct TypedMapVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for TypedMapVisitor {
+        type Value = TypedMap;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON document")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TypedMap, A::Error> {
+            // No size hint from JSON text: grown as read (most event data has a few fields).
+            let mut out = IndexMap::new();
+            while let Some((k, Typed(v))) = map.next_entry::<String, Typed>()? {
+                out.insert(k, v);
+            }
+            Ok(TypedMap(out))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TypedMap, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(TypedMap(IndexMap::new()))
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+        fn visit_unit<E>(self) -> Result<TypedMap, E> {
+            Ok(TypedMap(IndexMap::new()))
+        }
+    }
+
+    struct TypedVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for TypedVisitor {
+        type Value = Typed;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a typed JSON value")
+        }
+
+        fn visit_unit<E>(self) -> Result<Typed, E> {
+            Ok(Typed(Value::Null))
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Typed, E> {
+            Ok(Typed(Value::Bool(b)))
+        }
+        fn visit_i64<E>(self, i: i64) -> Result<Typed, E> {
+            Ok(Typed(Value::Int(i)))
+        }
+        fn visit_u64<E>(self, u: u64) -> Result<Typed, E> {
+            // As `Value::from_json`: an integer beyond i64 reads as a float.
+            Ok(Typed(match i64::try_from(u) {
+                Ok(i) => Value::Int(i),
+                Err(_) => Value::Float(u as f64),
+            }))
+        }
+        fn visit_f64<E>(self, f: f64) -> Result<Typed, E> {
+            Ok(Typed(Value::Float(f)))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Typed, E> {
+            Ok(Typed(Value::str(s)))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Typed, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+            while let Some(Typed(v)) = seq.next_element::<Typed>()? {
+                items.push(v);
+            }
+            Ok(Typed(Value::array(items)))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Typed, A::Error> {
+            // Tags are rare (date-times, durations, non-finite floats): read them as JSON.
+            let mut m = Map::new();
+            while let Some((k, v)) = map.next_entry::<String, Json>()? {
+                m.insert(k, v);
+            }
+            Ok(Typed(from_json(&Json::Object(m))))
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        // The direct reader agrees with the JSON-tree path on every kind, nesting, tags,
+        // malformed tags, duplicate keys and non-object documents.
+        #[test]
+        fn map_from_text_matches_the_json_path() {
+            let via_json = |text: &str| -> IndexMap<String, Value> {
+                let json: Json = serde_json::from_str(text).unwrap();
+                json.as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
+                    .unwrap_or_default()
+            };
+            let texts = [
+                r#"{}"#,
+                r#"{"a":1,"b":-2,"c":2.5,"d":1e3,"e":"x","f":null,"g":true}"#,
+                r#"{"z":1,"a":2,"m":3}"#,
+                r#"{"big":18446744073709551615,"neg":-9223372036854775808}"#,
+                r#"{"t":{"$dt":"2024-01-02T03:04:05.123456789Z"},"d":{"$dur":86400000000123}}"#,
+                r#"{"f":{"$f":"NaN"},"g":{"$f":"-inf"},"bad":{"$dt":"not a date"},"n":{"$dur":-1}}"#,
+                r#"{"o":{"x":1,"y":2},"p":{"other":1},"q":{"$dt":5}}"#,
+                r#"{"arr":[1,2.0,"s",[true,null],{"$dt":"2024-01-01T00:00:00Z"}]}"#,
+                r#"{"k":1,"k":2,"j":3}"#,
+                r#"[1,2,3]"#,
+                r#""text""#,
+                r#"42"#,
+                r#"null"#,
+            ];
+            for text in texts {
+                let direct = map_from_text(text).unwrap();
+                let expected = via_json(text);
+                assert_eq!(direct.len(), expected.len(), "{text}");
+                for ((k1, v1), (k2, v2)) in direct.iter().zip(expected.iter()) {
+                    assert_eq!(k1, k2, "{text}");
+                    // NaN != NaN: compare kinds and texts.
+                    assert_eq!(v1.kind(), v2.kind(), "{text} {k1}");
+                    assert_eq!(format!("{v1:?}"), format!("{v2:?}"), "{text} {k1}");
+                }
+            }
+            assert!(map_from_text("{not json").is_err());
+        }
 
         #[test]
         fn every_kind_round_trips() {

@@ -234,6 +234,9 @@ pub fn now_text() -> String {
     timestamp_text(&Utc::now())
 }
 
+/// The page cache of the SQLite catalog connection: up to 32 MiB (negative = KiB).
+const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -32768";
+
 impl Catalog {
     /// Connects, creating the SQLite file or the Postgres schema as needed, and migrates.
     pub async fn connect(url: &str, namespace: &str) -> Result<Catalog> {
@@ -260,9 +263,21 @@ impl Catalog {
             Dialect::Sqlite => sqlite_url(url)?,
             Dialect::Postgres => url.to_string(),
         };
+        let sqlite = dialect == Dialect::Sqlite;
         let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
+            .max_connections(if sqlite { 1 } else { 4 })
             .acquire_timeout(Duration::from_secs(60))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // SQLite's default page cache is 2 MiB; a build's upserts of identity
+                        // and working state land all over tables of tens of MiB, and each
+                        // page evicted is read again. A larger cap costs only what is used.
+                        sqlx::Executor::execute(&mut *conn, SQLITE_CACHE_PRAGMA).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|e| db("Connecting to the catalog database", e))?;

@@ -2,6 +2,7 @@
 //! columns, and `rel_<type>_history`. Rows go to Arrow and come back unchanged, so an
 //! incremental build can read an entity's rows, apply its new snapshots and write them back.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -104,18 +105,20 @@ fn ts_array(values: impl Iterator<Item = Option<Instant>>) -> ArrayRef {
 
 /// A value as its column wants it (§8.4): converted with the coercion table when it does not
 /// fit; `None` (a null cell) when it cannot be converted.
-fn fit(v: &Value, kind: Option<PropertyType>) -> Option<Value> {
+fn fit(v: &Value, kind: Option<PropertyType>) -> Option<Cow<'_, Value>> {
     use PropertyType as P;
     match (kind, v) {
         (_, Value::Null) => None,
-        // Already of the column's type (nearly always): kept as it is.
+        // Already of the column's type (nearly always): borrowed as it is.
         (None | Some(P::String), Value::String(_))
         | (Some(P::Number), Value::Float(_))
         | (Some(P::Integer), Value::Int(_))
         | (Some(P::Boolean), Value::Bool(_))
-        | (Some(P::DateTime), Value::DateTime(_)) => Some(v.clone()),
-        (None | Some(P::String), Value::Array(_)) => Some(Value::str(v.to_text())),
-        _ => coerce(v.clone(), kind.map_or("string", |k| k.name())).ok(),
+        | (Some(P::DateTime), Value::DateTime(_)) => Some(Cow::Borrowed(v)),
+        (None | Some(P::String), Value::Array(_)) => Some(Cow::Owned(Value::str(v.to_text()))),
+        _ => coerce(v.clone(), kind.map_or("string", |k| k.name()))
+            .ok()
+            .map(Cow::Owned),
     }
 }
 
@@ -130,37 +133,41 @@ pub fn entity_batch(e: &Entity, rows: &[&HistoryRow]) -> Result<RecordBatch> {
         )),
     ];
     for (i, p) in e.properties.values().enumerate() {
-        let cells: Vec<Option<Value>> = rows
+        let cells: Vec<Option<Cow<'_, Value>>> = rows
             .iter()
             .map(|r| r.properties.get(i).and_then(|v| fit(v, p.kind)))
             .collect();
         columns.push(match p.kind {
-            Some(PropertyType::Number) => {
-                Arc::new(Float64Array::from_iter(cells.iter().map(|c| match c {
+            Some(PropertyType::Number) => Arc::new(Float64Array::from_iter(cells.iter().map(
+                |c| match c.as_deref() {
                     Some(Value::Float(f)) => Some(*f),
                     _ => None,
-                })))
-            }
+                },
+            ))),
             Some(PropertyType::Integer) => {
-                Arc::new(Int64Array::from_iter(cells.iter().map(|c| match c {
-                    Some(Value::Int(i)) => Some(*i),
-                    _ => None,
-                })))
+                Arc::new(Int64Array::from_iter(cells.iter().map(
+                    |c| match c.as_deref() {
+                        Some(Value::Int(i)) => Some(*i),
+                        _ => None,
+                    },
+                )))
             }
-            Some(PropertyType::Boolean) => {
-                Arc::new(BooleanArray::from_iter(cells.iter().map(|c| match c {
+            Some(PropertyType::Boolean) => Arc::new(BooleanArray::from_iter(cells.iter().map(
+                |c| match c.as_deref() {
                     Some(Value::Bool(b)) => Some(*b),
                     _ => None,
-                })))
-            }
-            Some(PropertyType::DateTime) => ts_array(cells.iter().map(|c| match c {
+                },
+            ))),
+            Some(PropertyType::DateTime) => ts_array(cells.iter().map(|c| match c.as_deref() {
                 Some(Value::DateTime(t)) => Some(*t),
                 _ => None,
             })),
-            _ => Arc::new(StringArray::from_iter(cells.iter().map(|c| match c {
-                Some(Value::String(s)) => Some(&**s),
-                _ => None,
-            }))),
+            _ => Arc::new(StringArray::from_iter(cells.iter().map(
+                |c| match c.as_deref() {
+                    Some(Value::String(s)) => Some(&**s),
+                    _ => None,
+                },
+            ))),
         });
     }
     columns.push(ts_array(rows.iter().map(|r| Some(r.valid_from))));

@@ -2,8 +2,10 @@
 //! `ledger/events` (normalized events, data in typed JSON so every value reads back with
 //! its kind), `ledger/assignments` (sequence → entity) and `ledger/dead_letters`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
 
+use defacto_core::fasthash::FastMap;
 use defacto_core::normalize::{Hints, NormalizedEvent};
 use defacto_core::replay::LedgerEvent;
 use defacto_core::results::EventFailure;
@@ -333,16 +335,8 @@ pub fn read_ledger_rows(
 }
 
 fn read_data(sequence: i64, text: &str) -> Result<IndexMap<String, Value>> {
-    let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad data: {e}")))?;
-    Ok(json
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), typed::from_json(v)))
-                .collect()
-        })
-        .unwrap_or_default())
+    typed::map_from_text(text)
+        .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad data: {e}")))
 }
 
 /// The `resolution_hints` of the ledger row at `sequence`.
@@ -364,18 +358,7 @@ pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
     );
     (0..batch.num_rows())
         .map(|i| {
-            let data_json: serde_json::Value =
-                serde_json::from_str(data.value(i)).map_err(|e| {
-                    Error::Storage(format!("ledger row {}: bad data: {e}", seq.value(i)))
-                })?;
-            let data: IndexMap<String, Value> = data_json
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), typed::from_json(v)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let data = read_data(seq.value(i), data.value(i))?;
             let hints = parse_hints(hints.value(i), seq.value(i))?;
             Ok(StoredEvent {
                 event: LedgerEvent {
@@ -409,6 +392,28 @@ pub fn read_raw(batch: &RecordBatch) -> Result<Vec<RawRecord>> {
             raw: raw.value(i).to_string(),
         })
         .collect())
+}
+
+/// Assignment rows `(sequence, entity_type, entity_id)` as entity → sequences. Rows are
+/// grouped in a hash map and the entities sorted once, so the ordered map is built in bulk:
+/// inserting a million rows one at a time into it costs a string comparison per tree level
+/// per row.
+pub fn group_assignments(
+    rows: Vec<(i64, String, String)>,
+) -> BTreeMap<(String, String), BTreeSet<i64>> {
+    let mut groups: FastMap<(String, String), Vec<i64>> = FastMap::default();
+    for (seq, ty, id) in rows {
+        groups.entry((ty, id)).or_default().push(seq);
+    }
+    let mut entities: Vec<((String, String), Vec<i64>)> = groups.into_iter().collect();
+    entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entities
+        .into_iter()
+        .map(|(key, mut seqs)| {
+            seqs.sort_unstable();
+            (key, seqs.into_iter().collect())
+        })
+        .collect()
 }
 
 pub fn read_assignments(batch: &RecordBatch) -> Result<Vec<(i64, String, String)>> {

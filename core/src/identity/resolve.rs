@@ -1,13 +1,14 @@
 //! Sequential identity resolution (PIPELINE.md §5.2), explicit merges and their replay
 //! (§11.2, §11.3), erase's identity part (§12.1) and identity inspection (§5.4).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use indexmap::IndexMap;
 
 use super::key::{derived_id, IdentityFields, Key, Rank};
 use super::store::IdentityStore;
 use super::IdentityError;
+use crate::fasthash::FastMap;
 use crate::normalize::Hints;
 use crate::value::Instant;
 
@@ -71,7 +72,7 @@ pub struct Resolver<S> {
     store: S,
     /// Entity id → declaration position of its anchor's field. An anchor is the key whose
     /// derived id is the entity id, so this is a function of the id and never goes stale.
-    anchors: HashMap<String, usize>,
+    anchors: FastMap<String, usize>,
 }
 
 /// An entity an event touches, or the new entity it would start, ranked for winning.
@@ -86,7 +87,7 @@ impl<S: IdentityStore> Resolver<S> {
             fields,
             salt: salt.map(str::to_string),
             store,
-            anchors: HashMap::new(),
+            anchors: FastMap::default(),
         }
     }
 
@@ -170,6 +171,11 @@ impl<S: IdentityStore> Resolver<S> {
                         key,
                     )),
                 }
+            }
+            if unknown.is_empty() && found.len() == 1 {
+                // Every key maps to one entity (most events): it wins, with nothing to rank,
+                // insert or merge.
+                return found.pop().expect("one entity");
             }
             let mut entities: Vec<Contender> =
                 found.into_iter().map(|id| self.contender(id)).collect();

@@ -2,9 +2,10 @@
 //! merge_log (PIPELINE.md §1). `IdentityStore` is the seam through which `defacto-jobs` keeps
 //! them in a database; `MemoryIdentity` keeps them in ordered in-memory maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::key::Key;
+use crate::fasthash::FastMap;
 use crate::value::Instant;
 
 /// The identity stores of PIPELINE.md §1 as resolution uses them. Implementations must be
@@ -60,8 +61,8 @@ pub struct MergeLogRow {
 /// depend on hashing.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIdentity {
-    ids: HashMap<Key, String>,
-    entities: HashMap<String, Entity>,
+    ids: FastMap<Key, String>,
+    entities: FastMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
     /// What changed since loading (or the last `take_changes`), for writing back.

@@ -35,8 +35,8 @@ use crate::identity::ScopedIdentity;
 use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    read_assignments, read_ledger_events, read_ledger_rows, Columns, ASSIGNMENTS_SCHEMA,
-    EVENTS_SCHEMA,
+    group_assignments, read_assignments, read_ledger_events, read_ledger_rows, Columns,
+    ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
 };
 use crate::table_writer::KeyedRows;
 
@@ -866,11 +866,7 @@ pub(crate) async fn assignments_where(
         ASSIGNMENTS_SCHEMA.clone(),
     )];
     let rows = ctx.lake.query_map(&tables, &sql, read_assignments).await?;
-    let mut out: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
-    for (seq, ty, id) in rows {
-        out.entry((ty, id)).or_default().insert(seq);
-    }
-    Ok(out)
+    Ok(group_assignments(rows))
 }
 
 /// Every ledger row up to the resolve cursor, sorted by sequence, read batch by batch.
@@ -936,11 +932,7 @@ pub(crate) async fn assignments_of(
             },
         )
         .await?;
-    let mut out: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
-    for (seq, ty, id) in rows {
-        out.entry((ty, id)).or_default().insert(seq);
-    }
-    Ok(out)
+    Ok(group_assignments(rows))
 }
 
 /// `ledger/assignments` as entity → sequences.

@@ -1,0 +1,115 @@
+//! A fast, deterministic hasher for the engine's in-memory maps.
+//!
+//! The standard `HashMap` hashes with SipHash-1-3, keyed at random per map: resistant to
+//! collision flooding, and on the resolve and replay paths the largest single cost after
+//! allocation (every hint key and entity id of every event is hashed a few times). The keys
+//! hashed here come from the operator's own ledger, not from an adversary over a network,
+//! and nothing iterates these maps in hash order (listings are sorted), so a multiply-rotate
+//! hash over 8-byte words is safe to use and results never depend on it.
+//!
+//! Event keys (`u128` digest bits, `dedup::event_key`) are uniform already and are folded
+//! rather than mixed.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The odd multiplier of the word mix (from the golden ratio, as in Fibonacci hashing).
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+}
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply carries low bits upwards only; the rotation brings the well-mixed high
+        // bits down to where the table takes its bucket index.
+        self.0.rotate_left(26)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
+    #[inline]
+    fn write_i64(&mut self, n: i64) {
+        self.mix(n as u64);
+    }
+
+    #[inline]
+    fn write_u128(&mut self, key: u128) {
+        self.0 ^= (key as u64) ^ ((key >> 64) as u64);
+    }
+}
+
+pub type FastBuild = BuildHasherDefault<FastHasher>;
+pub type FastMap<K, V> = HashMap<K, V, FastBuild>;
+pub type FastSet<K> = HashSet<K, FastBuild>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    fn hash<T: std::hash::Hash>(value: T) -> u64 {
+        FastBuild::default().hash_one(value)
+    }
+
+    #[test]
+    fn equal_values_hash_equal_and_near_values_apart() {
+        assert_eq!(hash("customer"), hash(String::from("customer")));
+        assert_ne!(hash("customer"), hash("customes"));
+        assert_ne!(hash(("a", "bc")), hash(("ab", "c")));
+        // A tail of zero bytes is not the same input as a shorter one.
+        assert_ne!(hash([0u8; 3].as_slice()), hash([0u8; 4].as_slice()));
+    }
+
+    #[test]
+    fn buckets_spread_for_similar_keys() {
+        // 64 Ki e-mail-like keys into 4096 buckets: no bucket far above the mean of 16.
+        let mut buckets = vec![0u32; 4096];
+        for i in 0..65_536 {
+            let h = hash(format!("user{i}@example.com"));
+            buckets[(h & 4095) as usize] += 1;
+        }
+        let worst = *buckets.iter().max().unwrap();
+        assert!(worst < 48, "worst bucket holds {worst} keys");
+    }
+}
