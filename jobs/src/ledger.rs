@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
 
+use defacto_core::engine::EntityKey;
 use defacto_core::fasthash::FastMap;
 use defacto_core::normalize::{Hints, NormalizedEvent};
 use defacto_core::replay::LedgerEvent;
@@ -398,14 +399,12 @@ pub fn read_raw(batch: &RecordBatch) -> Result<Vec<RawRecord>> {
 /// grouped in a hash map and the entities sorted once, so the ordered map is built in bulk:
 /// inserting a million rows one at a time into it costs a string comparison per tree level
 /// per row.
-pub fn group_assignments(
-    rows: Vec<(i64, String, String)>,
-) -> BTreeMap<(String, String), BTreeSet<i64>> {
-    let mut groups: FastMap<(String, String), Vec<i64>> = FastMap::default();
+pub fn group_assignments(rows: Vec<(i64, String, String)>) -> BTreeMap<EntityKey, BTreeSet<i64>> {
+    let mut groups: FastMap<EntityKey, Vec<i64>> = FastMap::default();
     for (seq, ty, id) in rows {
         groups.entry((ty, id)).or_default().push(seq);
     }
-    let mut entities: Vec<((String, String), Vec<i64>)> = groups.into_iter().collect();
+    let mut entities: Vec<(EntityKey, Vec<i64>)> = groups.into_iter().collect();
     entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     entities
         .into_iter()
