@@ -252,9 +252,7 @@ impl Engine {
         result: &mut IngestResult,
     ) -> Vec<(i64, NormalizedEvent)> {
         let normalizer = Normalizer::new(&self.defs, as_of);
-        let records = rows
-            .iter()
-            .map(|r| (r.sequence, r.source.as_str(), r.raw.clone()));
+        let records = rows.iter().map(|r| (r.sequence, r.source.as_str(), &r.raw));
         let call = normalize_call(&normalizer, records, |id| self.canonical.contains_key(id));
         result
             .failures

@@ -2,6 +2,7 @@
 //! event type, timestamp, mapped data, identity hints and content-derived event id — or a
 //! failure naming the reason. Each event is independent: one bad event never affects another.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
@@ -518,7 +519,7 @@ pub struct CallOutcome {
 /// deduplicates them against the ledger (`known`) and each other.
 pub fn normalize_call<'r>(
     normalizer: &Normalizer<'_>,
-    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
+    records: impl IntoIterator<Item = (i64, &'r str, impl Borrow<Json>)>,
     known: impl Fn(&str) -> bool,
 ) -> CallOutcome {
     normalize_call_kept(normalizer, records, known, |_| None)
@@ -539,7 +540,7 @@ pub struct Kept {
 /// hints and redacted data values instead of the ones computed from its raw record.
 pub fn normalize_call_kept<'r, 'k>(
     normalizer: &Normalizer<'_>,
-    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
+    records: impl IntoIterator<Item = (i64, &'r str, impl Borrow<Json>)>,
     known: impl Fn(&str) -> bool,
     kept: impl Fn(i64) -> Option<&'k Kept>,
 ) -> CallOutcome {
@@ -564,14 +565,14 @@ pub type Normalized = (Vec<(i64, NormalizedEvent)>, Vec<(i64, EventFailure)>);
 /// entry keeps its event id, hints and redacted values (§12.2).
 pub fn normalize_records<'r, 'k>(
     normalizer: &Normalizer<'_>,
-    records: impl IntoIterator<Item = (i64, &'r str, Json)>,
+    records: impl IntoIterator<Item = (i64, &'r str, impl Borrow<Json>)>,
     kept: impl Fn(i64) -> Option<&'k Kept>,
 ) -> Normalized {
     let mut normalized = Vec::new();
     let mut failures = Vec::new();
-    // Each raw event is dropped as soon as it is normalized.
+    // An owned raw event is dropped as soon as it is normalized.
     for (sequence, source, raw) in records {
-        match normalizer.normalize(source, &raw) {
+        match normalizer.normalize(source, raw.borrow()) {
             Ok(mut e) => {
                 if let Some(k) = kept(sequence) {
                     e.event_id = k.event_id.clone();

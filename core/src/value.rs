@@ -375,11 +375,15 @@ pub mod typed {
         }
 
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TypedMap, A::Error> {
-            // No size hint from JSON text: grown as read (most event data has a few fields).
-            let mut out = IndexMap::new();
+            // JSON text gives no size hint: the entries are gathered first so that the map is
+            // built at its exact size (a map grown as read keeps up to twice the room it needs,
+            // and a build holds a partition's worth of these maps at once).
+            let mut entries = Vec::new();
             while let Some((k, Typed(v))) = map.next_entry::<String, Typed>()? {
-                out.insert(k, v);
+                entries.push((k, v));
             }
+            let mut out = IndexMap::with_capacity(entries.len());
+            out.extend(entries);
             Ok(TypedMap(out))
         }
 
