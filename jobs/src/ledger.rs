@@ -395,24 +395,57 @@ pub fn read_raw(batch: &RecordBatch) -> Result<Vec<RawRecord>> {
         .collect())
 }
 
-/// Assignment rows `(sequence, entity_type, entity_id)` as entity → sequences. Rows are
-/// grouped in a hash map and the entities sorted once, so the ordered map is built in bulk:
-/// inserting a million rows one at a time into it costs a string comparison per tree level
+/// Assignment rows grouped by entity as their batches arrive. A row allocates nothing unless
+/// its entity is new (a million rows read as owned strings first cost two allocations each and
+/// held the whole table at once); `finish` sorts the entities once and builds the ordered map
+/// in bulk, as inserting rows one at a time into it costs a string comparison per tree level
 /// per row.
-pub fn group_assignments(rows: Vec<(i64, String, String)>) -> BTreeMap<EntityKey, BTreeSet<i64>> {
-    let mut groups: FastMap<EntityKey, Vec<i64>> = FastMap::default();
-    for (seq, ty, id) in rows {
-        groups.entry((ty, id)).or_default().push(seq);
+#[derive(Default)]
+pub struct AssignmentGroups(FastMap<String, FastMap<String, Vec<i64>>>);
+
+impl AssignmentGroups {
+    /// Adds the rows of an assignments batch whose entity id `keep` accepts.
+    pub fn add(&mut self, batch: &RecordBatch, keep: impl Fn(&str) -> bool) -> Result<()> {
+        let c = Columns::new(batch);
+        let (seq, ty, id) = (
+            c.i64("sequence")?,
+            c.str("entity_type")?,
+            c.str("entity_id")?,
+        );
+        for i in 0..batch.num_rows() {
+            let (t, e) = (ty.value(i), id.value(i));
+            if !keep(e) {
+                continue;
+            }
+            let ids = match self.0.get_mut(t) {
+                Some(ids) => ids,
+                None => self.0.entry(t.to_string()).or_default(),
+            };
+            match ids.get_mut(e) {
+                Some(seqs) => seqs.push(seq.value(i)),
+                None => {
+                    ids.insert(e.to_string(), vec![seq.value(i)]);
+                }
+            }
+        }
+        Ok(())
     }
-    let mut entities: Vec<(EntityKey, Vec<i64>)> = groups.into_iter().collect();
-    entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    entities
-        .into_iter()
-        .map(|(key, mut seqs)| {
-            seqs.sort_unstable();
-            (key, seqs.into_iter().collect())
-        })
-        .collect()
+
+    /// Entity → sequences.
+    pub fn finish(self) -> BTreeMap<EntityKey, BTreeSet<i64>> {
+        let mut entities: Vec<(EntityKey, Vec<i64>)> = Vec::new();
+        for (ty, ids) in self.0 {
+            entities.extend(ids.into_iter().map(|(id, seqs)| ((ty.clone(), id), seqs)));
+        }
+        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entities
+            .into_iter()
+            .map(|(key, mut seqs)| {
+                seqs.sort_unstable();
+                (key, seqs.into_iter().collect())
+            })
+            .collect()
+    }
 }
 
 pub fn read_assignments(batch: &RecordBatch) -> Result<Vec<(i64, String, String)>> {
@@ -431,4 +464,60 @@ pub fn read_assignments(batch: &RecordBatch) -> Result<Vec<(i64, String, String)
             )
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(r: &[(i64, &str, &str)]) -> Vec<(i64, String, String)> {
+        r.iter()
+            .map(|(s, t, i)| (*s, t.to_string(), i.to_string()))
+            .collect()
+    }
+
+    // Rows spread over batches in any order group into the same ordered map, with only the
+    // kept entities, as inserting them one at a time would.
+    #[test]
+    fn assignment_groups_match_one_at_a_time_insertion() {
+        let batches = [
+            rows(&[
+                (7, "customer", "b"),
+                (2, "order", "o1"),
+                (3, "customer", "a"),
+            ]),
+            rows(&[
+                (1, "customer", "b"),
+                (9, "customer", "z"),
+                (5, "order", "o1"),
+            ]),
+            rows(&[
+                (4, "customer", "a"),
+                (8, "order", "a"),
+                (6, "customer", "b"),
+            ]),
+        ];
+        let keep = |id: &str| id != "z";
+        let mut groups = AssignmentGroups::default();
+        let mut expected: BTreeMap<EntityKey, BTreeSet<i64>> = BTreeMap::new();
+        for b in &batches {
+            groups.add(&assignments_batch(b).unwrap(), keep).unwrap();
+            for (s, t, i) in b.iter().filter(|r| keep(&r.2)) {
+                expected
+                    .entry((t.clone(), i.clone()))
+                    .or_default()
+                    .insert(*s);
+            }
+        }
+        let got = groups.finish();
+        assert_eq!(got, expected);
+        let keys: Vec<&EntityKey> = got.keys().collect();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            got[&("customer".into(), "b".into())],
+            BTreeSet::from([1, 6, 7])
+        );
+        assert!(!got.contains_key(&("customer".into(), "z".into())));
+        assert!(AssignmentGroups::default().finish().is_empty());
+    }
 }

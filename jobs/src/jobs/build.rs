@@ -35,8 +35,8 @@ use crate::identity::ScopedIdentity;
 use crate::jobs::resolve::resolve_with_identity;
 use crate::lake::{tables, TableWriter};
 use crate::ledger::{
-    group_assignments, read_assignments, read_ledger_events, read_ledger_rows, Columns,
-    ASSIGNMENTS_SCHEMA, EVENTS_SCHEMA,
+    read_ledger_events, read_ledger_rows, AssignmentGroups, Columns, ASSIGNMENTS_SCHEMA,
+    EVENTS_SCHEMA,
 };
 use crate::table_writer::KeyedRows;
 
@@ -860,13 +860,31 @@ pub(crate) async fn assignments_where(
     condition: &str,
 ) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
     let sql = format!("SELECT sequence, entity_type, entity_id FROM assignments WHERE {condition}");
+    grouped_assignments(ctx, &sql, |_| true).await
+}
+
+/// The assignments a query returns, those of entity ids `keep` accepts, grouped as the
+/// batches arrive.
+async fn grouped_assignments(
+    ctx: &Context,
+    sql: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
     let tables = [(
         "assignments",
         tables::ASSIGNMENTS,
         ASSIGNMENTS_SCHEMA.clone(),
     )];
-    let rows = ctx.lake.query_map(&tables, &sql, read_assignments).await?;
-    Ok(group_assignments(rows))
+    let mut stream = ctx.lake.query(&tables, sql).await?;
+    let mut groups = AssignmentGroups::default();
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::Storage(format!("Reading ledger/assignments failed: {e}")))?
+    {
+        groups.add(&batch, &keep)?;
+    }
+    Ok(groups.finish())
 }
 
 /// Every ledger row up to the resolve cursor, sorted by sequence, read batch by batch.
@@ -902,37 +920,8 @@ pub(crate) async fn assignments_of(
     ctx: &Context,
     ids: &BTreeSet<String>,
 ) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
-    let tables = [(
-        "assignments",
-        tables::ASSIGNMENTS,
-        ASSIGNMENTS_SCHEMA.clone(),
-    )];
-    let rows = ctx
-        .lake
-        .query_map(
-            &tables,
-            "SELECT sequence, entity_type, entity_id FROM assignments",
-            |b| {
-                let c = Columns::new(b);
-                let (seq, ty, id) = (
-                    c.i64("sequence")?,
-                    c.str("entity_type")?,
-                    c.str("entity_id")?,
-                );
-                Ok((0..b.num_rows())
-                    .filter(|i| ids.contains(id.value(*i)))
-                    .map(|i| {
-                        (
-                            seq.value(i),
-                            ty.value(i).to_string(),
-                            id.value(i).to_string(),
-                        )
-                    })
-                    .collect::<Vec<_>>())
-            },
-        )
-        .await?;
-    Ok(group_assignments(rows))
+    let sql = "SELECT sequence, entity_type, entity_id FROM assignments";
+    grouped_assignments(ctx, sql, |id| ids.contains(id)).await
 }
 
 /// `ledger/assignments` as entity → sequences.

@@ -46,10 +46,11 @@ pub async fn run(global: &Global, args: &ResolveArgs) -> Result<i32> {
 
 /// The query of every normalized event with sequence in `(after, ..]`, in canonical order.
 /// Only explicit merges' system events carry their data: resolving reads hints, and the data
-/// of every other event would only cost the sort, parsing and memory.
+/// of every other event (like event ids and sources, which resolving never reads) would only
+/// cost the sort, parsing and memory.
 fn events_sql(after: i64) -> String {
     format!(
-        "SELECT sequence, event_id, event_type, timestamp_ns, source, resolution_hints,
+        "SELECT sequence, '' AS event_id, event_type, timestamp_ns, '' AS source, resolution_hints,
            CASE WHEN event_type = '{MERGE_EVENT_TYPE}' THEN data ELSE '{{}}' END AS data
          FROM events WHERE sequence > {after} ORDER BY timestamp_ns, sequence"
     )
