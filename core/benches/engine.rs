@@ -74,6 +74,15 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
+    // As the `defacto` binary (jobs/src/main.rs): no transparent huge pages, whose splitting
+    // and re-zeroing under mimalloc's purges is kernel time, not engine time.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: integer arguments; only sets a flag of this process's memory map.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
     // `cargo bench` passes `--bench`; any other argument filters nothing here.
     let n: usize = std::env::var("DEFACTO_BENCH_EVENTS")
         .ok()

@@ -11,6 +11,7 @@ use defacto_core::build::{self, BuildInputs, BuildOutput, BuildPlan, HistoryChan
 use defacto_core::definitions::mode::{detect, BuildMode, CurrentState};
 use defacto_core::definitions::Definitions;
 use defacto_core::engine::{BuildResult, EntityKey};
+use defacto_core::fasthash::FastMap;
 use defacto_core::history::{EntityHistory, RelationshipHistory};
 use defacto_core::identity::{shard_of, IdentityStore, Merge};
 use defacto_core::interpret::Slot;
@@ -440,7 +441,7 @@ struct Timing {
 /// Ledger rows per partition of an unsharded FULL build, unless `DEFACTO_BUILD_PARTITION_EVENTS`
 /// says otherwise: one partition's decoded events and histories are what the build holds as
 /// Rust values at a time.
-const PARTITION_EVENTS: i64 = 262_144;
+const PARTITION_EVENTS: i64 = 65_536;
 
 /// Ledger rows per partition of a FULL build: `DEFACTO_BUILD_PARTITION_EVENTS`, or
 /// `PARTITION_EVENTS`.
@@ -590,7 +591,18 @@ async fn full_in_partitions(
     let parts = (plan.resolve_cursor.max(1) + partition_size - 1)
         .div_euclid(partition_size)
         .clamp(1, build::MAX_PARTITIONS as i64) as usize;
-    let part_of = move |id: &str| shard_of(id, parts as u32) as usize;
+    // Each entity's partition hashed once (SHA-256, §14): every partition's replay asks it of
+    // every entity.
+    let parts_of: FastMap<&str, usize> = assignments
+        .keys()
+        .map(|(_, id)| (id.as_str(), shard_of(id, parts as u32) as usize))
+        .collect();
+    let part_of = |id: &str| {
+        parts_of
+            .get(id)
+            .copied()
+            .unwrap_or_else(|| shard_of(id, parts as u32) as usize)
+    };
     let masks = build::partition_masks(&assignments, identity, part_of);
     let sql = format!(
         "SELECT sequence, event_id, event_type, timestamp_ns, source, data FROM events WHERE sequence <= {}",
@@ -636,7 +648,7 @@ async fn full_in_partitions(
         events.sort_unstable_by_key(|e| e.sequence);
         let replaying = Clock::now();
         timing.load += replaying - decoding;
-        let owns = move |id: &str| part_of(id) == p;
+        let owns = |id: &str| part_of(id) == p;
         let inputs = BuildInputs {
             defs,
             ledger: &events,
