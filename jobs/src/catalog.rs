@@ -194,16 +194,18 @@ impl Dialect {
 /// `INSERT … SELECT … FROM <JSON array> <conflict>`, each carrying `ROWS_PER_INSERT` rows as
 /// one bound JSON text: drivers pay per bound parameter (SQLite's binding looks each one up
 /// by name), and one parameter per statement costs nothing however many rows it holds.
-/// Rows are inserted in order, as multi-row `VALUES` would insert them.
+/// Rows are inserted in order, as multi-row `VALUES` would insert them, and made one
+/// statement's worth at a time (a full build's working state is a row per entity).
 async fn insert_many(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     dialect: Dialect,
     head: &str,
     conflict: &str,
-    rows: Vec<Vec<String>>,
+    rows: impl IntoIterator<Item = Vec<String>>,
     op: &str,
 ) -> Result<()> {
-    let Some(width) = rows.first().map(Vec::len) else {
+    let mut rows = rows.into_iter().peekable();
+    let Some(width) = rows.peek().map(Vec::len) else {
         return Ok(());
     };
     let cells: Vec<String> = (0..width).map(|i| format!("j.value ->> {i}")).collect();
@@ -213,8 +215,10 @@ async fn insert_many(
         cells.join(", "),
         dialect.json_rows()
     );
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let json = serde_json::to_string(chunk).map_err(|e| db(op, e))?;
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<String>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        let json = serde_json::to_string(&chunk).map_err(|e| db(op, e))?;
+        drop(chunk);
         q(&sql)
             .bind(json)
             .execute(&mut **tx)
@@ -970,19 +974,15 @@ impl Catalog {
             .map_err(|e| db("Saving identity", e))?;
         let now = now_text();
         let op = "Saving identity";
-        let mappings = changes
-            .mappings
-            .iter()
-            .map(|(k, id)| {
-                vec![
-                    k.entity_type.clone(),
-                    k.field.clone(),
-                    k.value.clone(),
-                    id.clone(),
-                    now.clone(),
-                ]
-            })
-            .collect();
+        let mappings = changes.mappings.iter().map(|(k, id)| {
+            vec![
+                k.entity_type.clone(),
+                k.field.clone(),
+                k.value.clone(),
+                id.clone(),
+                now.clone(),
+            ]
+        });
         let head = self.sql(
             "INSERT INTO {t:identity} (entity_type, hint_type, hint_value, entity_id, created_at)",
         );
@@ -991,8 +991,7 @@ impl Catalog {
         let entities = changes
             .entities
             .iter()
-            .map(|(id, ty)| vec![id.clone(), ty.clone()])
-            .collect();
+            .map(|(id, ty)| vec![id.clone(), ty.clone()]);
         let head = self.sql("INSERT INTO {t:entities} (entity_id, entity_type)");
         insert_many(
             &mut tx,
@@ -1006,8 +1005,7 @@ impl Catalog {
         let merges = changes
             .merges
             .iter()
-            .map(|m| vec![m.from.clone(), m.into.clone(), timestamp_text(&m.timestamp)])
-            .collect();
+            .map(|m| vec![m.from.clone(), m.into.clone(), timestamp_text(&m.timestamp)]);
         let head =
             self.sql("INSERT INTO {t:merge_log} (from_entity_id, into_entity_id, timestamp)");
         insert_many(
@@ -1200,30 +1198,27 @@ impl Catalog {
         let delete = self.sql(
             "DELETE FROM {t:working_state} WHERE state_key = $1 AND entity_type = $2 AND entity_id = $3",
         );
-        let mut upserts = Vec::new();
-        for (entity, slot) in slots {
-            let (ty, id) = entity;
-            match slot {
-                Some(slot) => upserts.push(vec![
-                    key.to_string(),
-                    ty.clone(),
-                    id.clone(),
-                    persist::to_json(slot).to_string(),
-                    next_due(entity, slot),
-                ]),
-                None if !replace_all => {
-                    q(&delete)
-                        .bind(key)
-                        .bind(ty)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db(op, e))?;
-                }
-                None => {}
+        if !replace_all {
+            for ((ty, id), _) in slots.iter().filter(|(_, slot)| slot.is_none()) {
+                q(&delete)
+                    .bind(key)
+                    .bind(ty)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db(op, e))?;
             }
         }
-        tracing::debug!(rows = upserts.len(), "working state rows made");
+        let upserts = slots.iter().filter_map(|(entity, slot)| {
+            let slot = slot.as_ref()?;
+            Some(vec![
+                key.to_string(),
+                entity.0.clone(),
+                entity.1.clone(),
+                persist::to_json(slot).to_string(),
+                next_due(entity, slot),
+            ])
+        });
         let head = self.sql(
             "INSERT INTO {t:working_state} (state_key, entity_type, entity_id, slot, next_due)",
         );
