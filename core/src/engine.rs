@@ -361,6 +361,9 @@ impl Engine {
             }
         }
         let from_start = self.resolve_cursor == 0;
+        // The pass's assignments, gathered by entity and added to the ordered map at the end:
+        // one tree search per entity instead of one per event.
+        let mut assigned: FastMap<EntityKey, Vec<i64>> = FastMap::default();
         let mut rows: Vec<(Instant, i64)> = self
             .ledger
             .iter()
@@ -381,21 +384,25 @@ impl Engine {
                         .store()
                         .merged_into(&system.into_entity_id)
                         .unwrap_or(system.into_entity_id.clone());
-                    self.assign(&into, sequence);
+                    let ty = self.resolver.store().entity_type(&into).unwrap_or_default();
+                    assigned.entry((ty, into)).or_default().push(sequence);
                 }
                 continue;
             }
             let resolution = self.resolver.resolve(&self.hints[&sequence], timestamp);
             for (entity_type, id) in resolution.entities {
-                self.assignments
+                assigned
                     .entry((entity_type, id))
                     .or_default()
-                    .insert(sequence);
+                    .push(sequence);
             }
             for m in resolution.merges {
                 self.record_pending(m);
                 merges += 1;
             }
+        }
+        for (key, seqs) in assigned {
+            self.assignments.entry(key).or_default().extend(seqs);
         }
         let head = self.ledger.last().map_or(0, |e| e.sequence);
         self.resolve_cursor = self.resolve_cursor.max(head);
