@@ -384,8 +384,10 @@ impl Engine {
                         .store()
                         .merged_into(&system.into_entity_id)
                         .unwrap_or(system.into_entity_id.clone());
-                    let ty = self.resolver.store().entity_type(&into).unwrap_or_default();
-                    assigned.entry((ty, into)).or_default().push(sequence);
+                    assigned
+                        .entry(self.entity_key(&into))
+                        .or_default()
+                        .push(sequence);
                 }
                 continue;
             }
@@ -418,12 +420,15 @@ impl Engine {
         self.pending_merges.push((ty, m));
     }
 
-    fn assign(&mut self, id: &str, sequence: i64) {
+    /// The key of entity `id`: its type as identity records it, and the id.
+    fn entity_key(&self, id: &str) -> EntityKey {
         let ty = self.resolver.store().entity_type(id).unwrap_or_default();
-        self.assignments
-            .entry((ty, id.to_string()))
-            .or_default()
-            .insert(sequence);
+        (ty, id.to_string())
+    }
+
+    fn assign(&mut self, id: &str, sequence: i64) {
+        let key = self.entity_key(id);
+        self.assignments.entry(key).or_default().insert(sequence);
     }
 
     /// The ids whose events include those of `id` (§5.4): `id` and every entity merged into
