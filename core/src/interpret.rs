@@ -613,62 +613,124 @@ impl Scope for HandlerScope<'_> {
 
 /// The persisted form of a working-state slot (PIPELINE.md §1: working state, marks and
 /// horizon included, values with their exact kinds).
+///
+/// A slot is stored once per entity and an incremental build rewrites the slots of every
+/// entity it touches, so the form is compact: positional arrays, instants as epoch
+/// nanoseconds. `[2, entity, horizon]` where `entity` is `null` or `[state, [properties as
+/// typed JSON], last_event_time, state_entered_time, created_time, [[rule, instant], …]]`
+/// and `horizon` is `null` or `[instant, by_rule]`; an instant is an integer of nanoseconds,
+/// or its timestamp text when it lies outside the 64-bit range (years before 1678 or after
+/// 2261). The first form (an object with typed-JSON instants) still reads.
 pub mod persist {
     use super::*;
-    use crate::value::typed;
+    use crate::value::{instant_from_nanos, instant_nanos, timestamp_text, typed};
     use serde_json::{json, Value as Json};
 
-    fn instant(t: &Option<Instant>) -> Json {
-        t.map_or(Json::Null, |t| typed::to_json(&Value::DateTime(t)))
+    /// The format tag leading the array form.
+    const FORM: u64 = 2;
+
+    fn instant(t: &Instant) -> Json {
+        match i64::try_from(instant_nanos(t)) {
+            Ok(n) => Json::from(n),
+            Err(_) => Json::String(timestamp_text(t)),
+        }
+    }
+
+    fn optional(t: &Option<Instant>) -> Json {
+        t.as_ref().map_or(Json::Null, instant)
     }
 
     fn read_instant(j: Option<&Json>) -> Option<Instant> {
-        match j.map(typed::from_json) {
-            Some(Value::DateTime(t)) => Some(t),
-            _ => None,
+        match j? {
+            Json::Number(n) => instant_from_nanos(n.as_i64()?.into()),
+            Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+            // The first form's typed JSON (`{"$dt": …}`).
+            other => match typed::from_json(other) {
+                Value::DateTime(t) => Some(t),
+                _ => None,
+            },
         }
     }
 
     pub fn to_json(slot: &Slot) -> Json {
-        let entity = slot.entity.as_ref().map(|e| {
-            json!({
-                "state": e.state,
-                "properties": e.properties.iter().map(typed::to_json).collect::<Vec<_>>(),
-                "last_event_time": instant(&e.last_event_time),
-                "state_entered_time": instant(&e.state_entered_time),
-                "created_time": instant(&e.created_time),
-                "marks": e.marks.iter().map(|(i, t)| json!([i, instant(&Some(*t))])).collect::<Vec<_>>(),
-            })
+        let entity = slot.entity.as_ref().map_or(Json::Null, |e| {
+            json!([
+                e.state,
+                e.properties.iter().map(typed::to_json).collect::<Vec<_>>(),
+                optional(&e.last_event_time),
+                optional(&e.state_entered_time),
+                optional(&e.created_time),
+                e.marks
+                    .iter()
+                    .map(|(i, t)| json!([i, instant(t)]))
+                    .collect::<Vec<_>>(),
+            ])
         });
-        json!({
-            "entity": entity,
-            "horizon": slot.horizon.map(|h| json!({"at": instant(&Some(h.at)), "by_rule": h.by_rule})),
-        })
+        let horizon = slot
+            .horizon
+            .map_or(Json::Null, |h| json!([instant(&h.at), h.by_rule]));
+        json!([FORM, entity, horizon])
     }
 
     pub fn from_json(j: &Json) -> Slot {
+        match j {
+            Json::Array(parts) => Slot {
+                entity: parts.get(1).and_then(read_entity),
+                horizon: parts.get(2).and_then(|h| {
+                    Some(Horizon {
+                        at: read_instant(h.get(0))?,
+                        by_rule: h.get(1).and_then(Json::as_bool).unwrap_or(false),
+                    })
+                }),
+            },
+            _ => from_object(j),
+        }
+    }
+
+    fn read_marks(marks: Option<&Json>) -> BTreeMap<usize, Instant> {
+        marks
+            .and_then(Json::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| Some((m.get(0)?.as_u64()? as usize, read_instant(m.get(1))?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn read_properties(properties: Option<&Json>) -> Vec<Value> {
+        properties
+            .and_then(Json::as_array)
+            .map(|a| a.iter().map(typed::from_json).collect())
+            .unwrap_or_default()
+    }
+
+    fn read_entity(e: &Json) -> Option<EntityState> {
+        let e = e.as_array()?;
+        Some(EntityState {
+            state: e.first()?.as_str().unwrap_or_default().to_string(),
+            properties: read_properties(e.get(1)),
+            last_event_time: read_instant(e.get(2)),
+            state_entered_time: read_instant(e.get(3)),
+            created_time: read_instant(e.get(4)),
+            marks: read_marks(e.get(5)),
+        })
+    }
+
+    /// The first form: `{"entity": {"state", "properties", …}, "horizon": {"at", "by_rule"}}`.
+    fn from_object(j: &Json) -> Slot {
         let entity = j
             .get("entity")
             .filter(|e| !e.is_null())
             .map(|e| EntityState {
                 state: e["state"].as_str().unwrap_or_default().to_string(),
-                properties: e["properties"]
-                    .as_array()
-                    .map(|a| a.iter().map(typed::from_json).collect())
-                    .unwrap_or_default(),
+                properties: read_properties(e.get("properties")),
                 last_event_time: read_instant(e.get("last_event_time")),
                 state_entered_time: read_instant(e.get("state_entered_time")),
                 created_time: read_instant(e.get("created_time")),
-                marks: e["marks"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|m| {
-                                Some((m[0].as_u64()? as usize, read_instant(m.get(1))?))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                marks: read_marks(e.get("marks")),
             });
         let horizon = j.get("horizon").filter(|h| !h.is_null()).and_then(|h| {
             Some(Horizon {
@@ -709,6 +771,66 @@ pub mod persist {
             let text = to_json(&slot).to_string();
             assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);
             assert_eq!(from_json(&to_json(&Slot::default())), Slot::default());
+        }
+
+        #[test]
+        fn instants_outside_the_nanosecond_range_and_before_1970_round_trip() {
+            let far = chrono::DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999999Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+            let early = instant_from_nanos(-86_400_000_000_001).unwrap();
+            let slot = Slot {
+                entity: Some(EntityState {
+                    state: "s".into(),
+                    properties: vec![Value::DateTime(far)],
+                    last_event_time: Some(early),
+                    state_entered_time: Some(far),
+                    created_time: None,
+                    marks: BTreeMap::from([(0, far), (3, early)]),
+                }),
+                horizon: Some(Horizon {
+                    at: far,
+                    by_rule: false,
+                }),
+            };
+            let text = to_json(&slot).to_string();
+            assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);
+        }
+
+        #[test]
+        fn the_first_object_form_still_reads() {
+            // A slot as builds stored it before the array form.
+            let old = r#"{"entity":{"state":"expired","properties":["user1@x.example",null,0,{"$dt":"2024-01-01T00:00:00+00:00"}],"last_event_time":{"$dt":"2024-08-01T21:16:29.5+00:00"},"state_entered_time":null,"created_time":{"$dt":"2024-01-22T15:57:01+00:00"},"marks":[[1,{"$dt":"2024-03-01T00:00:00+00:00"}]]},"horizon":{"at":{"$dt":"2024-08-01T21:16:29.5+00:00"},"by_rule":true}}"#;
+            let at = |s: &str| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            };
+            let expected = Slot {
+                entity: Some(EntityState {
+                    state: "expired".into(),
+                    properties: vec![
+                        Value::String("user1@x.example".into()),
+                        Value::Null,
+                        Value::Int(0),
+                        Value::DateTime(at("2024-01-01T00:00:00Z")),
+                    ],
+                    last_event_time: Some(at("2024-08-01T21:16:29.5Z")),
+                    state_entered_time: None,
+                    created_time: Some(at("2024-01-22T15:57:01Z")),
+                    marks: BTreeMap::from([(1, at("2024-03-01T00:00:00Z"))]),
+                }),
+                horizon: Some(Horizon {
+                    at: at("2024-08-01T21:16:29.5Z"),
+                    by_rule: true,
+                }),
+            };
+            let read = from_json(&serde_json::from_str(old).unwrap());
+            assert_eq!(read, expected);
+            // Written again in the array form: the same slot, in under 60 % of the text.
+            let again = to_json(&read).to_string();
+            assert_eq!(from_json(&serde_json::from_str(&again).unwrap()), expected);
+            assert!(again.len() * 10 < old.len() * 6, "{again}");
         }
     }
 }

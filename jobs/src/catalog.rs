@@ -240,6 +240,9 @@ pub fn now_text() -> String {
 
 /// The page cache of the SQLite catalog connection: up to 32 MiB (negative = KiB).
 const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -32768";
+/// Reads of the SQLite catalog through a memory map of up to 256 MiB instead of a `read`
+/// call (and a copy) per page.
+const SQLITE_MMAP_PRAGMA: &str = "PRAGMA mmap_size = 268435456";
 
 impl Catalog {
     /// Connects, creating the SQLite file or the Postgres schema as needed, and migrates.
@@ -278,6 +281,7 @@ impl Catalog {
                         // and working state land all over tables of tens of MiB, and each
                         // page evicted is read again. A larger cap costs only what is used.
                         sqlx::Executor::execute(&mut *conn, SQLITE_CACHE_PRAGMA).await?;
+                        sqlx::Executor::execute(&mut *conn, SQLITE_MMAP_PRAGMA).await?;
                     }
                     Ok(())
                 })
@@ -887,13 +891,16 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The number of stored mappings.
-    pub async fn identity_size(&self) -> Result<usize> {
-        let n: i64 = q(&self.sql("SELECT COUNT(*) FROM {t:identity}"))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db("Counting identity", e))?
-            .get(0);
+    /// The number of stored mappings, counted up to `cap` (a whole count reads an index of
+    /// every mapping; a caller comparing against a threshold needs no more than it).
+    pub async fn identity_size(&self, cap: usize) -> Result<usize> {
+        let n: i64 =
+            q(&self.sql("SELECT COUNT(*) FROM (SELECT 1 FROM {t:identity} LIMIT $1) AS capped"))
+                .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db("Counting identity", e))?
+                .get(0);
         Ok(n.max(0) as usize)
     }
 
@@ -1141,8 +1148,10 @@ impl Catalog {
                     .await?
             }
             Some((due_before, entities)) => {
+                // Two ranges of the (state_key, next_due) index: with `IS NULL OR <` in one
+                // condition SQLite walks every entry of the key (100 000 entities: 20 ms).
                 let due = format!(
-                    "{base} AND (next_due IS NULL OR next_due < '{}')",
+                    "{base} AND next_due < '{}' UNION ALL {base} AND next_due IS NULL",
                     due_before.replace('\'', "")
                 );
                 let mut rows = self

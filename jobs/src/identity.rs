@@ -95,9 +95,15 @@ impl ScopedIdentity {
             .into_iter()
             .filter(|id| !scope.ids.contains(id))
             .collect();
+        let started = std::time::Instant::now();
         let mut mappings = catalog
             .mappings_of(&fresh.iter().collect::<Vec<_>>())
             .await?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            keys = fresh.len(),
+            "identity: mappings of keys"
+        );
         frontier.extend(
             mappings
                 .iter()
@@ -119,11 +125,20 @@ impl ScopedIdentity {
             }
             merges.extend(found);
         }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "identity: clusters"
+        );
         let ids: Vec<&str> = reached.iter().map(String::as_str).collect();
         for (id, ty) in catalog.entity_types(&ids).await? {
             self.store.load_entity(&id, &ty);
         }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "identity: types");
         mappings.extend(catalog.mappings_to(&ids).await?);
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "identity: keys of entities"
+        );
         for (key, id) in &mappings {
             // A key in the scope before may have been re-pointed in memory since: memory
             // wins. (A key both looked up and reached through its entity comes twice.)

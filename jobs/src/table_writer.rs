@@ -22,8 +22,10 @@ use deltalake::parquet::arrow::async_reader::{
     ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
 use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::basic::Compression;
 use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
@@ -36,6 +38,11 @@ use crate::lake::{conform, Lake};
 /// most this many rows (what a writer buffers before a row group goes out).
 const TARGET_FILE_BYTES: u64 = 128 << 20;
 const ROW_GROUP_ROWS: usize = 131_072;
+
+/// Columns of digests (`e_` + 64 hex digits, unique per row): stored plain and uncompressed.
+/// Random hex gives Snappy nothing to find and a dictionary nothing to share, and `normalize`
+/// reads the whole ledger's ids on every run, so decompressing them would be pure cost.
+const DIGEST_COLUMNS: [&str; 1] = ["event_id"];
 
 /// The Delta file tag saying which rows of a history table a file holds.
 const ROWS_TAG: &str = "defacto.rows";
@@ -177,6 +184,11 @@ impl Lake {
             .try_collect()
             .await
             .map_err(|e| storage(&op, e))?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            files = files.len(),
+            "files listed"
+        );
         // The keys whose every row is read; closed files hold none of the others' rows that
         // the rewrite needs.
         let whole: HashSet<&str> = keys.difference(appended).copied().collect();
@@ -222,6 +234,12 @@ impl Lake {
                         }
                     }
                 }
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    closed,
+                    holds,
+                    "key column read"
+                );
                 if !holds {
                     continue;
                 }
@@ -302,10 +320,18 @@ impl TableWriter {
         if self.files.is_none() {
             let t = self.lake.open_or_create(&self.table, &self.schema).await?;
             let new = || -> Result<RecordBatchWriter> {
-                let properties = WriterProperties::builder()
-                    .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                    .build();
+                let mut properties = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+                for column in DIGEST_COLUMNS {
+                    if self.schema.column_with_name(column).is_some() {
+                        let path = ColumnPath::from(column);
+                        properties = properties
+                            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+                            .set_column_dictionary_enabled(path, false);
+                    }
+                }
+                let properties = properties.build();
                 Ok(RecordBatchWriter::for_table(&t)
                     .map_err(|e| storage(&format!("Writing table {}", self.table), e))?
                     .with_target_file_size(TARGET_FILE_BYTES)

@@ -188,9 +188,16 @@ async fn identity_for_increment(ctx: &Context, cursor: i64) -> Result<ScopedIden
         .await?
         .into_iter()
         .collect();
+    tracing::debug!(keys = keys.len(), "the new events' keys read");
     // Loading a key's part takes a few indexed lookups (mapping, cluster, keys, type); loading
     // all of identity, a scan of every mapping.
-    if keys.len() * 4 >= ctx.catalog.identity_size().await? {
+    let threshold = keys.len().saturating_mul(4);
+    if threshold
+        >= ctx
+            .catalog
+            .identity_size(threshold.saturating_add(1))
+            .await?
+    {
         return ScopedIdentity::whole(&ctx.catalog).await;
     }
     let mut store = ScopedIdentity::empty();
