@@ -40,8 +40,9 @@ const TARGET_FILE_BYTES: u64 = 128 << 20;
 const ROW_GROUP_ROWS: usize = 131_072;
 
 /// Columns of digests (`e_` + 64 hex digits, unique per row): stored plain and uncompressed.
-/// Random hex gives Snappy nothing to find and a dictionary nothing to share, and `normalize`
-/// reads the whole ledger's ids on every run, so decompressing them would be pure cost.
+/// A dictionary has nothing to share in them and Snappy saves about 6 of their 70 bytes
+/// (1 M ledger events: 116.4 MB instead of 110.4 MB), while `normalize` reads the whole
+/// ledger's ids on every run: their decompression was 16 % of a 1 % increment's normalize.
 const DIGEST_COLUMNS: [&str; 1] = ["event_id"];
 
 /// The Delta file tag saying which rows of a history table a file holds.
