@@ -619,11 +619,11 @@ impl Scope for HandlerScope<'_> {
 /// nanoseconds. `[2, entity, horizon]` where `entity` is `null` or `[state, [properties as
 /// typed JSON], last_event_time, state_entered_time, created_time, [[rule, instant], …]]`
 /// and `horizon` is `null` or `[instant, by_rule]`; an instant is an integer of nanoseconds,
-/// or its timestamp text when it lies outside the 64-bit range (years before 1678 or after
-/// 2261). The first form (an object with typed-JSON instants) still reads.
+/// or typed JSON (`{"$dt": …}`) when it lies outside the 64-bit range (years before 1678 or
+/// after 2261). The first form (an object with typed-JSON instants) still reads.
 pub mod persist {
     use super::*;
-    use crate::value::{instant_from_nanos, instant_nanos, timestamp_text, typed};
+    use crate::value::{instant_from_nanos, instant_nanos, typed};
     use serde_json::{json, Value as Json};
 
     /// The format tag leading the array form.
@@ -632,7 +632,7 @@ pub mod persist {
     fn instant(t: &Instant) -> Json {
         match i64::try_from(instant_nanos(t)) {
             Ok(n) => Json::from(n),
-            Err(_) => Json::String(timestamp_text(t)),
+            Err(_) => typed::to_json(&Value::DateTime(*t)),
         }
     }
 
@@ -643,10 +643,7 @@ pub mod persist {
     fn read_instant(j: Option<&Json>) -> Option<Instant> {
         match j? {
             Json::Number(n) => instant_from_nanos(n.as_i64()?.into()),
-            Json::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-                .ok()
-                .map(|t| t.with_timezone(&chrono::Utc)),
-            // The first form's typed JSON (`{"$dt": …}`).
+            // Typed JSON (`{"$dt": …}`): the first form, and instants outside 64 bits.
             other => match typed::from_json(other) {
                 Value::DateTime(t) => Some(t),
                 _ => None,
