@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 use crate::build::{self, BuildInputs, BuildOutput, BuildPlan};
 use crate::definitions::mode::{detect, BuildMode, CurrentState, StoredState};
 use crate::definitions::{Definitions, Hashes, NormalizedDocument};
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastIndexMap, FastMap};
 use crate::identity::{
     shard_of, IdentityError, IdentityFields, IdentityStore, MemoryIdentity, Merge, Resolver,
     SystemMerge,
@@ -624,7 +624,7 @@ impl Engine {
             .map(|s| s.len() as u64)
             .sum();
         let outcome = self.resolver.merge(from, into, as_of)?;
-        let mut data = indexmap::IndexMap::new();
+        let mut data = FastIndexMap::default();
         data.insert("from_entity_id".to_string(), Value::str(from));
         data.insert("into_entity_id".to_string(), Value::str(into));
         data.insert("reason".to_string(), Value::str(reason));

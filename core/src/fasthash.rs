@@ -40,11 +40,21 @@ impl Hasher for FastHasher {
         for chunk in &mut chunks {
             self.mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
         }
+        // The last 1–7 bytes are read as two overlapping 4-byte words, or as three single
+        // bytes when fewer than 4, which together with the length determine them. (Copying
+        // a variable length into a buffer compiles to a `memcpy` call, which was most of the
+        // hashing time of short keys such as property names.)
         let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
+        let n = rest.len();
+        if n > 0 {
+            let word = if n >= 4 {
+                let head = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+                let tail = u32::from_le_bytes(rest[n - 4..].try_into().expect("4 bytes"));
+                u64::from(head) | (u64::from(tail) << 32)
+            } else {
+                u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8) | (u64::from(rest[n - 1]) << 16)
+            };
+            self.mix(word ^ ((n as u64) << 59));
         }
     }
 
@@ -82,6 +92,10 @@ impl Hasher for FastHasher {
 pub type FastBuild = BuildHasherDefault<FastHasher>;
 pub type FastMap<K, V> = HashMap<K, V, FastBuild>;
 pub type FastSet<K> = HashSet<K, FastBuild>;
+/// Insertion-ordered maps and sets (definitions, event data, hints) hashed the same way: their
+/// order never depends on the hasher, and they are looked up once or more per event.
+pub type FastIndexMap<K, V> = indexmap::IndexMap<K, V, FastBuild>;
+pub type FastIndexSet<K> = indexmap::IndexSet<K, FastBuild>;
 
 #[cfg(test)]
 mod tests {
@@ -99,6 +113,17 @@ mod tests {
         assert_ne!(hash(("a", "bc")), hash(("ab", "c")));
         // A tail of zero bytes is not the same input as a shorter one.
         assert_ne!(hash([0u8; 3].as_slice()), hash([0u8; 4].as_slice()));
+        // Every tail length, and a change of any one byte of the tail.
+        let text = b"abcdefghijklmno";
+        let mut seen = std::collections::HashSet::new();
+        for len in 0..=text.len() {
+            assert!(seen.insert(hash(&text[..len])), "length {len}");
+            for at in 0..len {
+                let mut changed = text[..len].to_vec();
+                changed[at] ^= 0x20;
+                assert!(seen.insert(hash(changed.as_slice())), "length {len}, byte {at}");
+            }
+        }
     }
 
     #[test]

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use indexmap::IndexMap;
-
 use crate::definitions::{Effect, Entity, Handler, TimeRuleKind};
 use crate::expr::{Expr, Scope};
+use crate::fasthash::FastIndexMap;
 use crate::value::{Instant, Value};
 
 /// The working state of an entity that exists (§1 "working state").
@@ -102,7 +101,7 @@ pub struct EventView<'a> {
     pub event_id: &'a str,
     pub event_type: &'a str,
     pub timestamp: Instant,
-    pub data: &'a IndexMap<String, Value>,
+    pub data: &'a FastIndexMap<String, Value>,
 }
 
 /// Identity lookups for `relate` (§6.6): the entity id a key `(type, field, value)` maps to,
@@ -225,7 +224,7 @@ impl<'d> Machine<'d> {
 
     fn scope<'a>(
         &'a self,
-        data: &'a IndexMap<String, Value>,
+        data: &'a FastIndexMap<String, Value>,
         entity: Option<&'a EntityState>,
     ) -> HandlerScope<'a> {
         HandlerScope {
@@ -363,7 +362,7 @@ impl<'d> Machine<'d> {
     fn condition_holds(
         &self,
         c: &Expr,
-        data: &IndexMap<String, Value>,
+        data: &FastIndexMap<String, Value>,
         entity: Option<&EntityState>,
     ) -> Result<bool, String> {
         match c.eval(&self.scope(data, entity)) {
@@ -376,7 +375,7 @@ impl<'d> Machine<'d> {
     fn read_from(
         &self,
         path: &str,
-        data: Option<&IndexMap<String, Value>>,
+        data: Option<&FastIndexMap<String, Value>>,
         entity: &EntityState,
     ) -> Value {
         let mut parts = path.split('.');
@@ -592,7 +591,7 @@ fn add(current: &Value, by: &Value) -> Result<Value, String> {
 
 /// The handler context (EXPRESSIONS.md §4): the event's data and the entity's properties.
 struct HandlerScope<'a> {
-    data: Option<&'a IndexMap<String, Value>>,
+    data: Option<&'a FastIndexMap<String, Value>>,
     def: &'a Entity,
     properties: Option<&'a [Value]>,
     now: Instant,

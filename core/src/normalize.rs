@@ -6,17 +6,17 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use indexmap::IndexMap;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
 use crate::expr::Scope;
+use crate::fasthash::{FastIndexMap, FastSet};
 use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, Instant, Value};
 
 /// Identity hints of one event: entity type (sorted) → identity field → hint value.
-pub type Hints = BTreeMap<String, IndexMap<String, String>>;
+pub type Hints = BTreeMap<String, FastIndexMap<String, String>>;
 
 /// A normalized event (PIPELINE.md §2.7) before it has a ledger sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub struct NormalizedEvent {
     pub source: String,
     /// Exactly one entry per mapping, in mapping order (nulls included). The raw event itself
     /// stays with the caller (the batch product keeps it in `ledger/raw`).
-    pub data: IndexMap<String, Value>,
+    pub data: FastIndexMap<String, Value>,
     pub hints: Hints,
 }
 
@@ -85,8 +85,9 @@ impl<'a> Normalizer<'a> {
         &self,
         event: &SourceEvent,
         raw: &Json,
-    ) -> Result<IndexMap<String, Value>, (String, String)> {
-        let mut data = IndexMap::with_capacity(event.mappings.len());
+    ) -> Result<FastIndexMap<String, Value>, (String, String)> {
+        let mut data =
+            FastIndexMap::with_capacity_and_hasher(event.mappings.len(), Default::default());
         let mut raw_scope: Option<RawScope> = None;
         for (field, mapping) in &event.mappings {
             let value = match (&mapping.from, &mapping.compute) {
@@ -341,7 +342,7 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
 /// §2.6: `e_` + SHA-256 of `event_type|PAIRS`.
 pub fn event_id(
     event_type: &str,
-    data: &IndexMap<String, Value>,
+    data: &FastIndexMap<String, Value>,
     fields: Option<&[String]>,
 ) -> String {
     let mut pairs: Vec<(&String, &Value)> = data
@@ -404,7 +405,7 @@ fn tagged(out: &mut String, v: &Value) {
 pub fn extract_hints(
     defs: &Definitions,
     event: &SourceEvent,
-    data: &IndexMap<String, Value>,
+    data: &FastIndexMap<String, Value>,
     as_of: Instant,
 ) -> Hints {
     let mut hints = Hints::new();
@@ -412,7 +413,7 @@ pub fn extract_hints(
     types.sort_by(|a, b| a.0.cmp(b.0));
     for (entity_type, fields) in types {
         let entity = defs.entities.get(entity_type);
-        let mut values = IndexMap::new();
+        let mut values = FastIndexMap::default();
         for field in fields {
             let Some(text) = data.get(field).and_then(hint_text) else {
                 continue;
@@ -608,14 +609,15 @@ pub fn dedup_call<T>(
 ) -> Deduplicated<T> {
     let mut sorted = events;
     sorted.sort_by_key(|(i, e)| (key(e).1, *i));
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: FastSet<String> = FastSet::default();
     let mut accepted = Vec::new();
     let mut duplicates: Vec<(usize, String)> = Vec::new();
     for (i, e) in sorted {
-        let id = key(&e).0.to_string();
-        if known(&id) || !seen.insert(id.clone()) {
-            duplicates.push((i, id));
+        let id = key(&e).0;
+        if known(id) || seen.contains(id) {
+            duplicates.push((i, id.to_string()));
         } else {
+            seen.insert(id.to_string());
             accepted.push(e);
         }
     }

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use indexmap::IndexMap;
 use rayon::prelude::*;
 
 use crate::definitions::Definitions;
+use crate::fasthash::FastIndexMap;
 use crate::history::{EntityHistory, RelationshipHistory};
 use crate::interpret::{EventView, Machine, RelateLookup, Slot, Snapshot};
 use crate::results::EventFailure;
@@ -26,7 +26,7 @@ pub struct LedgerEvent {
     pub event_type: String,
     pub timestamp: Instant,
     pub source: String,
-    pub data: IndexMap<String, Value>,
+    pub data: FastIndexMap<String, Value>,
 }
 
 impl LedgerEvent {

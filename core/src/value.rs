@@ -286,7 +286,7 @@ mod tests {
 /// `{"$dur": <nanoseconds>}`, and non-finite floats as `{"$f": "NaN" | "inf" | "-inf"}`.
 pub mod typed {
     use super::*;
-    use indexmap::IndexMap;
+    use crate::fasthash::FastIndexMap;
     use serde_json::{Map, Value as Json};
 
     pub fn to_json(v: &Value) -> Json {
@@ -346,11 +346,11 @@ pub mod typed {
     /// result as parsing it to JSON and mapping each entry with `from_json` (a text that is not
     /// an object reads as no entries), without building the JSON tree first. Only tagged
     /// values (`{"$dt": …}` and the like) still go through a JSON object.
-    pub fn map_from_text(text: &str) -> Result<IndexMap<String, Value>, serde_json::Error> {
+    pub fn map_from_text(text: &str) -> Result<FastIndexMap<String, Value>, serde_json::Error> {
         Ok(serde_json::from_str::<TypedMap>(text)?.0)
     }
 
-    struct TypedMap(IndexMap<String, Value>);
+    struct TypedMap(FastIndexMap<String, Value>);
     struct Typed(Value);
 
     impl<'de> serde::Deserialize<'de> for TypedMap {
@@ -382,33 +382,33 @@ pub mod typed {
             while let Some((k, Typed(v))) = map.next_entry::<String, Typed>()? {
                 entries.push((k, v));
             }
-            let mut out = IndexMap::with_capacity(entries.len());
+            let mut out = FastIndexMap::with_capacity_and_hasher(entries.len(), Default::default());
             out.extend(entries);
             Ok(TypedMap(out))
         }
 
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TypedMap, A::Error> {
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
 
         fn visit_bool<E>(self, _: bool) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
         fn visit_i64<E>(self, _: i64) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
         fn visit_u64<E>(self, _: u64) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
         fn visit_f64<E>(self, _: f64) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
         fn visit_str<E>(self, _: &str) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
         fn visit_unit<E>(self) -> Result<TypedMap, E> {
-            Ok(TypedMap(IndexMap::new()))
+            Ok(TypedMap(FastIndexMap::default()))
         }
     }
 
@@ -468,7 +468,7 @@ pub mod typed {
         // malformed tags, duplicate keys and non-object documents.
         #[test]
         fn map_from_text_matches_the_json_path() {
-            let via_json = |text: &str| -> IndexMap<String, Value> {
+            let via_json = |text: &str| -> FastIndexMap<String, Value> {
                 let json: Json = serde_json::from_str(text).unwrap();
                 json.as_object()
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use chrono::{TimeZone, Utc};
 use defacto_core::definitions::Definitions;
+use defacto_core::fasthash::FastIndexMap;
 use defacto_core::identity::{
     derived_id, salt_fingerprint, shard_hash, shard_of, ClusterHints, IdentityError,
     IdentityFields, IdentityStore, Key, MemoryIdentity, Merge, MergeLogRow, Resolver, SystemMerge,
 };
 use defacto_core::normalize::{Hints, NormalizedEvent, Normalizer};
 use defacto_core::value::Instant;
-use indexmap::IndexMap;
 use proptest::prelude::*;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
@@ -93,7 +93,7 @@ fn customer_of(r: &mut Ident, e: &NormalizedEvent) -> (String, Vec<Merge>) {
 
 /// Hints of one entity type given directly: `hints("p", &[("a", "1")])`.
 fn hints(entity_type: &str, fields: &[(&str, &str)]) -> Hints {
-    let values: IndexMap<String, String> = fields
+    let values: FastIndexMap<String, String> = fields
         .iter()
         .map(|(f, v)| (f.to_string(), v.to_string()))
         .collect();
@@ -882,7 +882,7 @@ fn undefined_types_and_undeclared_fields_are_ignored() {
     let mut h = hints("customer", &[("nickname", "al"), ("email", "alice@x.com")]);
     h.insert(
         "ghost".into(),
-        IndexMap::from([("email".to_string(), "alice@x.com".to_string())]),
+        FastIndexMap::from_iter([("email".to_string(), "alice@x.com".to_string())]),
     );
     let res = r.resolve(&h, at("01-01"));
     assert_eq!(

@@ -312,7 +312,7 @@ fn event_id_values() {
 #[test]
 fn event_id_of_the_spec_example() {
     // PIPELINE.md §2.6: signup {email: "alice@x.com", n: 1.0, z: null}.
-    let mut data = indexmap::IndexMap::new();
+    let mut data = defacto_core::fasthash::FastIndexMap::default();
     data.insert("email".to_string(), Value::str("alice@x.com"));
     data.insert("n".to_string(), Value::Float(1.0));
     data.insert("z".to_string(), Value::Null);

@@ -221,6 +221,14 @@ impl IdentityStore for ScopedIdentity {
         self.store.get(key)
     }
 
+    fn get_parts(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
+        match self.scope {
+            // Every key is in memory: looked up by its parts, no key made.
+            None => self.store.get_parts(entity_type, field, value),
+            Some(_) => self.get(&Key::new(entity_type, field, value)),
+        }
+    }
+
     fn insert_if_absent(&mut self, key: Key, id: &str) -> String {
         self.check_key(&key);
         let mapped = self.store.insert_if_absent(key.clone(), id);

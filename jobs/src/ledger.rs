@@ -15,7 +15,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use indexmap::IndexMap;
+use defacto_core::fasthash::FastIndexMap;
 
 use crate::error::{Error, Result};
 
@@ -335,7 +335,7 @@ pub fn read_ledger_rows(
         .collect()
 }
 
-fn read_data(sequence: i64, text: &str) -> Result<IndexMap<String, Value>> {
+fn read_data(sequence: i64, text: &str) -> Result<FastIndexMap<String, Value>> {
     typed::map_from_text(text)
         .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad data: {e}")))
 }

@@ -4,17 +4,17 @@
 use std::fmt;
 use std::time::Duration;
 
-use indexmap::IndexMap;
 use serde_json::Value as Json;
 
 use crate::expr::Expr;
+use crate::fasthash::FastIndexMap;
 
 /// A whole definition set: the three parts of DEFINITIONS.md §1.
 #[derive(Debug, Clone, Default)]
 pub struct Definitions {
-    pub entities: IndexMap<String, Entity>,
-    pub sources: IndexMap<String, Source>,
-    pub schemas: IndexMap<String, Schema>,
+    pub entities: FastIndexMap<String, Entity>,
+    pub sources: FastIndexMap<String, Source>,
+    pub schemas: FastIndexMap<String, Schema>,
 }
 
 /// Where a definition was written: the file of the directory form (relative to the project,
@@ -30,11 +30,11 @@ pub struct Entity {
     pub origin: Origin,
     pub starts: String,
     /// Declaration order is priority order (PIPELINE.md §5.3).
-    pub identity: IndexMap<String, IdentityField>,
-    pub properties: IndexMap<String, Property>,
-    pub states: IndexMap<String, State>,
+    pub identity: FastIndexMap<String, IdentityField>,
+    pub properties: FastIndexMap<String, Property>,
+    pub states: FastIndexMap<String, State>,
     pub relationships: Vec<Relationship>,
-    pub always: IndexMap<String, Handler>,
+    pub always: FastIndexMap<String, Handler>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub struct Property {
 
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    pub when: IndexMap<String, Handler>,
+    pub when: FastIndexMap<String, Handler>,
     pub after: Vec<TimeRule>,
 }
 
@@ -138,7 +138,7 @@ pub enum Effect {
     Relate {
         relationship: String,
         target: String,
-        hints: IndexMap<String, Vec<String>>,
+        hints: FastIndexMap<String, Vec<String>>,
         condition: Option<Expr>,
     },
 }
@@ -183,7 +183,7 @@ pub struct Relationship {
     pub relationship: String,
     pub target: String,
     pub cardinality: String,
-    pub properties: IndexMap<String, Property>,
+    pub properties: FastIndexMap<String, Property>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +193,7 @@ pub struct Source {
     pub event_type_field: String,
     pub timestamp_field: String,
     pub event_id: Option<Vec<String>>,
-    pub events: IndexMap<String, SourceEvent>,
+    pub events: FastIndexMap<String, SourceEvent>,
 }
 
 impl Source {
@@ -209,9 +209,9 @@ impl Source {
 pub struct SourceEvent {
     pub name: String,
     pub raw_type: Option<String>,
-    pub mappings: IndexMap<String, Mapping>,
+    pub mappings: FastIndexMap<String, Mapping>,
     /// Entity type → hinted fields (non-list values are dropped, DEFINITIONS.md §3).
-    pub hints: IndexMap<String, Vec<String>>,
+    pub hints: FastIndexMap<String, Vec<String>>,
     /// The `mappings` and `hints` mappings exactly as written (the normalized document copies
     /// them verbatim, §6).
     pub raw_mappings: Option<Json>,
@@ -238,7 +238,7 @@ pub struct Mapping {
 pub struct Schema {
     pub name: String,
     pub origin: Origin,
-    pub fields: IndexMap<String, SchemaField>,
+    pub fields: FastIndexMap<String, SchemaField>,
 }
 
 #[derive(Debug, Clone)]

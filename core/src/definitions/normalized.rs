@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::model::*;
 use crate::canonical::{sha256_hex, to_canonical_json, to_canonical_json_ascii};
+use crate::fasthash::FastIndexMap;
 
 /// The normalized document of a definition set.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,7 +179,7 @@ fn entity(e: &Entity) -> Json {
     Json::Object(m)
 }
 
-fn properties(props: &indexmap::IndexMap<String, Property>) -> Json {
+fn properties(props: &FastIndexMap<String, Property>) -> Json {
     Json::Object(
         props
             .iter()
@@ -198,7 +199,7 @@ fn properties(props: &indexmap::IndexMap<String, Property>) -> Json {
     )
 }
 
-fn handlers(hs: &indexmap::IndexMap<String, Handler>) -> Json {
+fn handlers(hs: &FastIndexMap<String, Handler>) -> Json {
     Json::Object(
         hs.iter()
             .map(|(ev, h)| {
@@ -211,7 +212,7 @@ fn handlers(hs: &indexmap::IndexMap<String, Handler>) -> Json {
     )
 }
 
-fn hint_lists(hints: &indexmap::IndexMap<String, Vec<String>>) -> Json {
+fn hint_lists(hints: &FastIndexMap<String, Vec<String>>) -> Json {
     Json::Object(hints.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 

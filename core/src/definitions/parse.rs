@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};
 
 use super::model::*;
 use super::Diagnostic;
 use crate::expr::Expr;
+use crate::fasthash::FastIndexMap;
 
 /// One definition as read from its file or document: name, body and where it came from.
 #[derive(Debug, Clone)]
@@ -208,7 +208,7 @@ impl Reader {
                 "'identity' must declare at least one field",
             ));
         }
-        let mut identity = IndexMap::new();
+        let mut identity = FastIndexMap::default();
         for (field, spec) in identity_body {
             let fpath = format!("{path}.identity.{field}");
             identity.insert(field.clone(), self.identity_field(spec, &fpath)?);
@@ -219,7 +219,7 @@ impl Reader {
             None | Some(Json::Null) => return Err(self.err(&path, "entity is missing 'states'")),
             Some(v) => self.object(v, &format!("{path}.states"), "'states'")?,
         };
-        let mut states = IndexMap::new();
+        let mut states = FastIndexMap::default();
         for (state_name, state_body) in states_body {
             let spath = format!("{path}.states.{state_name}");
             states.insert(state_name.clone(), self.state(state_body, &spath)?);
@@ -267,8 +267,8 @@ impl Reader {
         &mut self,
         b: &Obj,
         path: &str,
-    ) -> Result<IndexMap<String, Property>, Diagnostic> {
-        let mut out = IndexMap::new();
+    ) -> Result<FastIndexMap<String, Property>, Diagnostic> {
+        let mut out = FastIndexMap::default();
         if let Some(props) = self.optional_object(b, "properties", path)? {
             for (name, spec) in props {
                 let ppath = format!("{path}.properties.{name}");
@@ -321,8 +321,8 @@ impl Reader {
         b: &Obj,
         key: &str,
         path: &str,
-    ) -> Result<IndexMap<String, Handler>, Diagnostic> {
-        let mut out = IndexMap::new();
+    ) -> Result<FastIndexMap<String, Handler>, Diagnostic> {
+        let mut out = FastIndexMap::default();
         if let Some(handlers) = self.optional_object(b, key, path)? {
             for (event, body) in handlers {
                 let hpath = format!("{path}.{key}.{event}");
@@ -478,8 +478,8 @@ impl Reader {
         &self,
         v: Option<&Json>,
         path: &str,
-    ) -> Result<IndexMap<String, Vec<String>>, Diagnostic> {
-        let mut out = IndexMap::new();
+    ) -> Result<FastIndexMap<String, Vec<String>>, Diagnostic> {
+        let mut out = FastIndexMap::default();
         let Some(v) = v.filter(|v| !v.is_null()) else {
             return Ok(out);
         };
@@ -569,7 +569,7 @@ impl Reader {
             None | Some(Json::Null) => return Err(self.err(&path, "source is missing 'events'")),
             Some(v) => self.object(v, &format!("{path}.events"), "'events'")?,
         };
-        let mut events = IndexMap::new();
+        let mut events = FastIndexMap::default();
         for (event_name, event_body) in events_body {
             let epath = format!("{path}.events.{event_name}");
             events.insert(
@@ -599,7 +599,7 @@ impl Reader {
             other => self.object(other, path, "an event definition")?,
         };
         let raw_type = self.optional_text(b, "raw_type", path)?;
-        let mut mappings = IndexMap::new();
+        let mut mappings = FastIndexMap::default();
         let raw_mappings = self.optional_object(b, "mappings", path)?;
         if let Some(m) = raw_mappings {
             for (field, spec) in m {
@@ -650,7 +650,7 @@ impl Reader {
             None | Some(Json::Null) => return Err(self.err(&path, "schema is missing 'fields'")),
             Some(v) => self.object(v, &format!("{path}.fields"), "'fields'")?,
         };
-        let mut fields = IndexMap::new();
+        let mut fields = FastIndexMap::default();
         for (field, spec) in fields_body {
             let fpath = format!("{path}.fields.{field}");
             let fb = self.object(spec, &fpath, "a schema field")?;
@@ -680,7 +680,7 @@ impl Reader {
 
 /// A stored normalized document carries the identity declaration order in `identity_order`
 /// (§6), because JSON stores such as Postgres `jsonb` do not keep object key order.
-fn reorder_identity(identity: &mut IndexMap<String, IdentityField>, order: Option<&Json>) {
+fn reorder_identity(identity: &mut FastIndexMap<String, IdentityField>, order: Option<&Json>) {
     let Some(Json::Array(names)) = order else {
         return;
     };

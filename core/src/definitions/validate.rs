@@ -11,6 +11,7 @@ use super::model::*;
 use super::parse::kind;
 use super::Diagnostic;
 use crate::expr::Expr;
+use crate::fasthash::FastIndexMap;
 
 /// The findings of semantic validation.
 #[derive(Debug, Default)]
@@ -436,7 +437,7 @@ impl<'a> EntityCheck<'a> {
         path: &str,
         event: &str,
         target: &str,
-        hints: &indexmap::IndexMap<String, Vec<String>>,
+        hints: &FastIndexMap<String, Vec<String>>,
     ) {
         let e = self.e;
         let fields: Vec<&String> = hints.values().flatten().collect();

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use indexmap::IndexSet;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::Definitions;
+use crate::fasthash::FastIndexSet;
 
 /// An identity key `(entity_type, field, value)` ([FIX P25]: the field is part of the key).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,7 +91,7 @@ pub struct Rank {
 /// Types iterate by ascending name.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityFields {
-    types: BTreeMap<String, IndexSet<String>>,
+    types: BTreeMap<String, FastIndexSet<String>>,
 }
 
 impl IdentityFields {
@@ -106,7 +106,7 @@ impl IdentityFields {
     }
 
     /// The fields of `entity_type` in declaration order, or `None` for an undefined type.
-    pub fn of(&self, entity_type: &str) -> Option<&IndexSet<String>> {
+    pub fn of(&self, entity_type: &str) -> Option<&FastIndexSet<String>> {
         self.types.get(entity_type)
     }
 
@@ -116,7 +116,7 @@ impl IdentityFields {
         self.types.get(entity_type)?.get_index_of(field)
     }
 
-    pub fn types(&self) -> impl Iterator<Item = (&String, &IndexSet<String>)> {
+    pub fn types(&self) -> impl Iterator<Item = (&String, &FastIndexSet<String>)> {
         self.types.iter()
     }
 }

@@ -3,17 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use indexmap::IndexMap;
-
 use super::key::{derived_id, IdentityFields, Key, Rank};
 use super::store::IdentityStore;
 use super::IdentityError;
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastIndexMap, FastMap};
 use crate::normalize::Hints;
 use crate::value::Instant;
 
 /// The identity of one entity as `hints()` shows it: field → values (§5.4).
-pub type ClusterHints = IndexMap<String, Vec<String>>;
+pub type ClusterHints = FastIndexMap<String, Vec<String>>;
 
 /// Cluster hints per entity type, the shape of a system merge event's `from_hints` and
 /// `into_hints` (`{T: {field: [values]}}`).
@@ -130,23 +128,49 @@ impl<S: IdentityStore> Resolver<S> {
     pub fn resolve(&mut self, hints: &Hints, timestamp: Instant) -> Resolution {
         let mut resolution = Resolution::default();
         for (entity_type, values) in hints {
-            let keys: Vec<(usize, Key)> = values
-                .iter()
-                .filter_map(|(field, value)| {
-                    let position = self.fields.position(entity_type, field)?;
-                    Some((
-                        position,
-                        Key::new(entity_type.as_str(), field.as_str(), value.as_str()),
-                    ))
-                })
-                .collect();
-            if keys.is_empty() {
-                continue;
-            }
-            let id = self.resolve_keys(&keys, timestamp, &mut resolution.merges);
+            let id = match self.mapped_to_one(entity_type, values) {
+                Some(Some(id)) => id,
+                Some(None) => continue,
+                None => {
+                    let keys: Vec<(usize, Key)> = values
+                        .iter()
+                        .filter_map(|(field, value)| {
+                            let position = self.fields.position(entity_type, field)?;
+                            Some((
+                                position,
+                                Key::new(entity_type.as_str(), field.as_str(), value.as_str()),
+                            ))
+                        })
+                        .collect();
+                    self.resolve_keys(&keys, timestamp, &mut resolution.merges)
+                }
+            };
             resolution.entities.insert(entity_type.clone(), id);
         }
         resolution
+    }
+
+    /// Most events' case, looked up without making keys: `Some(Some(id))` when every
+    /// identity hint of the type is mapped to the one entity `id`, `Some(None)` when the type
+    /// has no identity hint (the event is not its), `None` otherwise (steps 1–5 decide).
+    fn mapped_to_one(
+        &self,
+        entity_type: &str,
+        values: &FastIndexMap<String, String>,
+    ) -> Option<Option<String>> {
+        let mut one: Option<String> = None;
+        for (field, value) in values {
+            if self.fields.position(entity_type, field).is_none() {
+                continue;
+            }
+            let id = self.store.get_parts(entity_type, field, value)?;
+            match &one {
+                Some(seen) if *seen != id => return None,
+                Some(_) => {}
+                None => one = Some(id),
+            }
+        }
+        Some(one)
     }
 
     /// Steps 1–5 for the keys of one type (each with its field position).
@@ -171,11 +195,6 @@ impl<S: IdentityStore> Resolver<S> {
                         key,
                     )),
                 }
-            }
-            if unknown.is_empty() && found.len() == 1 {
-                // Every key maps to one entity (most events): it wins, with nothing to rank,
-                // insert or merge.
-                return found.pop().expect("one entity");
             }
             let mut entities: Vec<Contender> =
                 found.into_iter().map(|id| self.contender(id)).collect();
@@ -350,7 +369,7 @@ impl<S: IdentityStore> Resolver<S> {
             ));
         }
         keys.sort();
-        let mut hints = ClusterHints::new();
+        let mut hints = ClusterHints::default();
         for (_, _, _, key) in keys {
             hints.entry(key.field).or_default().push(key.value);
         }

@@ -2,7 +2,9 @@
 //! merge_log (PIPELINE.md §1). `IdentityStore` is the seam through which `defacto-jobs` keeps
 //! them in a database; `MemoryIdentity` keeps them in ordered in-memory maps.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
 use super::key::Key;
 use crate::fasthash::FastMap;
@@ -14,6 +16,13 @@ pub trait IdentityStore {
     /// The entity `key` is mapped to. It must be current: a key never reads as mapped to an
     /// entity recorded as merged away (a caching implementation re-reads such a key, §5.2).
     fn get(&self, key: &Key) -> Option<String>;
+
+    /// `get` of the key `(entity_type, field, value)`, for callers holding its parts: a store
+    /// that can look them up as they are spares making the key (three strings) for every
+    /// lookup, which is most of the resolve step's work per event.
+    fn get_parts(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
+        self.get(&Key::new(entity_type, field, value))
+    }
 
     /// Maps `key` to `id` unless it is mapped already, and returns the id it is mapped to
     /// afterwards (`id`, or the mapping another writer made first). Registers `id` as an
@@ -179,9 +188,55 @@ impl MemoryIdentity {
     }
 }
 
+/// A key seen as its three parts, so that a map keyed by `Key` can be searched with borrowed
+/// parts. Hashing and equality are those of `Key` (its fields in order).
+trait KeyParts {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl KeyParts for Key {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.entity_type, &self.field, &self.value)
+    }
+}
+
+impl KeyParts for (&str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (entity_type, field, value) = self.parts();
+        entity_type.hash(state);
+        field.hash(state);
+        value.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
 impl IdentityStore for MemoryIdentity {
     fn get(&self, key: &Key) -> Option<String> {
         self.ids.get(key).cloned()
+    }
+
+    fn get_parts(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
+        let parts = (entity_type, field, value);
+        self.ids.get(&parts as &dyn KeyParts).cloned()
     }
 
     fn insert_if_absent(&mut self, key: Key, id: &str) -> String {
@@ -310,5 +365,16 @@ mod journal_tests {
         assert_eq!(changes.entities, vec![("P".to_string(), "c".to_string())]);
         assert_eq!(changes.merges.len(), 1);
         assert_eq!(m.take_changes(), IdentityChanges::default());
+    }
+
+    #[test]
+    fn a_key_is_found_by_its_parts_exactly() {
+        let mut m = MemoryIdentity::new();
+        m.load_mapping(Key::new("c", "email", "a@x"), "A");
+        m.load_mapping(Key::new("c", "emai", "la@x"), "B");
+        assert_eq!(m.get_parts("c", "email", "a@x").as_deref(), Some("A"));
+        assert_eq!(m.get_parts("c", "emai", "la@x").as_deref(), Some("B"));
+        assert_eq!(m.get_parts("c", "email", "a@y"), None);
+        assert_eq!(m.get_parts("d", "email", "a@x"), None);
     }
 }

@@ -11,7 +11,7 @@ use defacto_core::identity::{IdentityError, IdentityStore};
 use defacto_core::normalize::NormalizedEvent;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::value::{timestamp_text, Instant, Value};
-use indexmap::IndexMap;
+use defacto_core::fasthash::FastIndexMap;
 
 use crate::catalog::EXPLICIT_MERGE;
 use crate::cli::Global;
@@ -122,7 +122,7 @@ async fn merge(ctx: &Context, args: &MergeArgs) -> Result<MergeResult> {
         .merge(&args.from, &args.into, ctx.as_of)
         .map_err(identity_error)?;
 
-    let mut data = IndexMap::new();
+    let mut data = FastIndexMap::default();
     data.insert("from_entity_id".to_string(), Value::str(args.from.as_str()));
     data.insert("into_entity_id".to_string(), Value::str(args.into.as_str()));
     data.insert("reason".to_string(), Value::str(args.reason.as_str()));
