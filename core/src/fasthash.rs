@@ -121,7 +121,10 @@ mod tests {
             for at in 0..len {
                 let mut changed = text[..len].to_vec();
                 changed[at] ^= 0x20;
-                assert!(seen.insert(hash(changed.as_slice())), "length {len}, byte {at}");
+                assert!(
+                    seen.insert(hash(changed.as_slice())),
+                    "length {len}, byte {at}"
+                );
             }
         }
     }

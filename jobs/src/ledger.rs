@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
 
 use defacto_core::engine::EntityKey;
+use defacto_core::fasthash::FastIndexMap;
 use defacto_core::fasthash::FastMap;
 use defacto_core::normalize::{Hints, NormalizedEvent};
 use defacto_core::replay::LedgerEvent;
@@ -15,7 +16,6 @@ use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use defacto_core::fasthash::FastIndexMap;
 
 use crate::error::{Error, Result};
 

@@ -7,11 +7,11 @@
 
 use clap::Args;
 use defacto_core::engine::MergeResult;
+use defacto_core::fasthash::FastIndexMap;
 use defacto_core::identity::{IdentityError, IdentityStore};
 use defacto_core::normalize::NormalizedEvent;
 use defacto_core::replay::MERGE_EVENT_TYPE;
 use defacto_core::value::{timestamp_text, Instant, Value};
-use defacto_core::fasthash::FastIndexMap;
 
 use crate::catalog::EXPLICIT_MERGE;
 use crate::cli::Global;
