@@ -110,6 +110,44 @@ pub struct RawRow {
     pub raw: Json,
 }
 
+/// Values kept per ledger sequence. Sequences are dense from 1 (`next_sequence`), so they
+/// index a vector: the resolve pass reads every event's hints in canonical order, close to
+/// sequence order, where a hash map put each read at a random address.
+#[derive(Debug)]
+struct BySequence<T>(Vec<Option<T>>);
+
+impl<T> Default for BySequence<T> {
+    fn default() -> Self {
+        BySequence(Vec::new())
+    }
+}
+
+impl<T> BySequence<T> {
+    fn index(sequence: i64) -> usize {
+        usize::try_from(sequence - 1).expect("ledger sequences start at 1")
+    }
+
+    fn insert(&mut self, sequence: i64, value: T) {
+        let i = Self::index(sequence);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(value);
+    }
+
+    /// The value of `sequence`, which must have one.
+    fn get(&self, sequence: i64) -> &T {
+        self.0
+            .get(Self::index(sequence))
+            .and_then(Option::as_ref)
+            .expect("a value for every sequence read")
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// The in-memory pipeline.
 pub struct Engine {
     defs: Definitions,
@@ -117,7 +155,7 @@ pub struct Engine {
     raw: Vec<RawRow>,
     /// Non-duplicate ledger rows (normalized events and system events), by sequence.
     ledger: Vec<LedgerEvent>,
-    hints: FastMap<i64, Hints>,
+    hints: BySequence<Hints>,
     system: FastMap<i64, SystemMerge>,
     /// event id → sequence of its canonical row.
     canonical: FastMap<String, i64>,
@@ -158,7 +196,7 @@ impl Engine {
             hashes,
             raw: Vec::new(),
             ledger: Vec::new(),
-            hints: FastMap::default(),
+            hints: BySequence::default(),
             system: FastMap::default(),
             canonical: FastMap::default(),
             next_sequence: 1,
@@ -391,7 +429,7 @@ impl Engine {
                 }
                 continue;
             }
-            let resolution = self.resolver.resolve(&self.hints[&sequence], timestamp);
+            let resolution = self.resolver.resolve(self.hints.get(sequence), timestamp);
             for (entity_type, id) in resolution.entities {
                 assigned
                     .entry((entity_type, id))

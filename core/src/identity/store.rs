@@ -70,7 +70,7 @@ pub struct MergeLogRow {
 /// depend on hashing.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIdentity {
-    ids: FastMap<Key, String>,
+    ids: FastMap<PackedKey, String>,
     entities: FastMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
@@ -105,8 +105,12 @@ impl MemoryIdentity {
     }
 
     /// Every mapping, by ascending key.
-    pub fn mappings(&self) -> impl Iterator<Item = (&Key, &str)> {
-        let mut all: Vec<(&Key, &str)> = self.ids.iter().map(|(k, id)| (k, id.as_str())).collect();
+    pub fn mappings(&self) -> impl Iterator<Item = (Key, &str)> + '_ {
+        let mut all: Vec<(Key, &str)> = self
+            .ids
+            .iter()
+            .map(|(k, id)| (k.key(), id.as_str()))
+            .collect();
         all.sort();
         all.into_iter()
     }
@@ -125,7 +129,7 @@ impl MemoryIdentity {
 
     /// Loads a stored mapping (no change is recorded).
     pub fn load_mapping(&mut self, key: Key, id: &str) {
-        self.ids.insert(key.clone(), id.to_string());
+        self.ids.insert(PackedKey::new(&key), id.to_string());
         let entity_type = key.entity_type.clone();
         self.entity(id, &entity_type).keys.insert(key);
     }
@@ -153,7 +157,7 @@ impl MemoryIdentity {
         IdentityChanges {
             mappings: keys
                 .into_iter()
-                .filter_map(|k| self.ids.get(&k).cloned().map(|id| (k, id)))
+                .filter_map(|k| self.ids.get(&k as &dyn KeyParts).cloned().map(|id| (k, id)))
                 .collect(),
             entities: entities
                 .into_iter()
@@ -188,8 +192,8 @@ impl MemoryIdentity {
     }
 }
 
-/// A key seen as its three parts, so that a map keyed by `Key` can be searched with borrowed
-/// parts. Hashing and equality are those of `Key` (its fields in order).
+/// A key seen as its three parts, so that the map of mappings can be searched with a `Key`
+/// or with borrowed parts alike. Hashing and equality are those of the parts in order.
 trait KeyParts {
     fn parts(&self) -> (&str, &str, &str);
 }
@@ -203,12 +207,6 @@ impl KeyParts for Key {
 impl KeyParts for (&str, &str, &str) {
     fn parts(&self) -> (&str, &str, &str) {
         *self
-    }
-}
-
-impl<'a> Borrow<dyn KeyParts + 'a> for Key {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
     }
 }
 
@@ -229,9 +227,69 @@ impl PartialEq for dyn KeyParts + '_ {
 
 impl Eq for dyn KeyParts + '_ {}
 
+/// A key as the map of mappings holds it: its three parts end to end in one allocation, with
+/// where the field and the value start. A lookup follows one pointer instead of three (each
+/// a likely cache miss in a map of a million keys), and an entry is a third of a `Key`.
+#[derive(Debug, Clone)]
+struct PackedKey {
+    text: Box<str>,
+    field_at: u32,
+    value_at: u32,
+}
+
+impl PackedKey {
+    fn new(key: &Key) -> PackedKey {
+        let offset = |n: usize| u32::try_from(n).expect("type and field names are short");
+        PackedKey {
+            text: [&key.entity_type, &key.field, &key.value]
+                .map(String::as_str)
+                .concat()
+                .into_boxed_str(),
+            field_at: offset(key.entity_type.len()),
+            value_at: offset(key.entity_type.len() + key.field.len()),
+        }
+    }
+
+    fn key(&self) -> Key {
+        let (entity_type, field, value) = self.parts();
+        Key::new(entity_type, field, value)
+    }
+}
+
+impl KeyParts for PackedKey {
+    fn parts(&self) -> (&str, &str, &str) {
+        let (field_at, value_at) = (self.field_at as usize, self.value_at as usize);
+        (
+            &self.text[..field_at],
+            &self.text[field_at..value_at],
+            &self.text[value_at..],
+        )
+    }
+}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for PackedKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl Hash for PackedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyParts).hash(state);
+    }
+}
+
+impl PartialEq for PackedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for PackedKey {}
+
 impl IdentityStore for MemoryIdentity {
     fn get(&self, key: &Key) -> Option<String> {
-        self.ids.get(key).cloned()
+        self.ids.get(key as &dyn KeyParts).cloned()
     }
 
     fn get_parts(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
@@ -240,10 +298,10 @@ impl IdentityStore for MemoryIdentity {
     }
 
     fn insert_if_absent(&mut self, key: Key, id: &str) -> String {
-        if let Some(stored) = self.ids.get(&key) {
+        if let Some(stored) = self.ids.get(&key as &dyn KeyParts) {
             return stored.clone();
         }
-        self.ids.insert(key.clone(), id.to_string());
+        self.ids.insert(PackedKey::new(&key), id.to_string());
         let entity_type = key.entity_type.clone();
         if !self.entities.contains_key(id) {
             self.new_entities.insert(id.to_string());
@@ -270,7 +328,7 @@ impl IdentityStore for MemoryIdentity {
         let mut moved = std::mem::take(&mut source.keys);
         let entity_type = source.entity_type.clone();
         for key in &moved {
-            if let Some(id) = self.ids.get_mut(key) {
+            if let Some(id) = self.ids.get_mut(key as &dyn KeyParts) {
                 *id = to.to_string();
             }
             self.changed_keys.insert(key.clone());
@@ -327,7 +385,7 @@ impl IdentityStore for MemoryIdentity {
             .map(|e| e.keys.into_iter().collect())
             .unwrap_or_default();
         for key in &keys {
-            self.ids.remove(key);
+            self.ids.remove(key as &dyn KeyParts);
         }
         if let Some((into, _)) = self.winners.remove(id) {
             if let Some(losers) = self.losers.get_mut(&into) {
