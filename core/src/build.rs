@@ -259,11 +259,13 @@ struct Builder<'a, 'i, S: IdentityStore + Sync> {
 }
 
 /// Where each sequence sits in a ledger slice sorted by sequence. When the sequences are
-/// dense (their range at most four times the rows, as in an unpartitioned ledger, whose gaps
-/// are only failed and duplicate records) a table from sequence to position answers with one
-/// read, for at most 16 bytes a row; otherwise each lookup is a binary search. (1 M events:
-/// a binary search per assigned event, about 20 cache misses each, was 36 % of a FULL
-/// build's samples outside the parallel replay.)
+/// dense enough — their range at most `SPREAD` times the rows: an unpartitioned ledger, whose
+/// gaps are only failed and duplicate records, or one partition of a FULL build, whose rows
+/// are about one in `MAX_PARTITIONS` — a table from sequence to position answers with one
+/// read, for at most `4 * SPREAD` bytes a row (less than a ledger row takes itself);
+/// otherwise each lookup is a binary search. (1 M events: a binary search per assigned
+/// event, about 20 cache misses each, was 36 % of a FULL build's samples outside the
+/// parallel replay.)
 enum Positions {
     Table { first: i64, at: Vec<u32> },
     Search,
@@ -272,6 +274,7 @@ enum Positions {
 impl Positions {
     /// Positions are `u32`: no table for a slice of 2^32 rows or more.
     const ABSENT: u32 = u32::MAX;
+    const SPREAD: u64 = 2 * MAX_PARTITIONS as u64;
 
     fn new(ledger: &[LedgerEvent]) -> Positions {
         let (Some(first), Some(last)) = (ledger.first(), ledger.last()) else {
@@ -279,7 +282,7 @@ impl Positions {
         };
         let span = u64::try_from(last.sequence - first.sequence).unwrap_or(u64::MAX);
         let rows = ledger.len() as u64;
-        if span >= 4 * rows || rows >= u64::from(Positions::ABSENT) {
+        if span >= Positions::SPREAD * rows || rows >= u64::from(Positions::ABSENT) {
             return Positions::Search;
         }
         let mut at = vec![Positions::ABSENT; span as usize + 1];
@@ -727,13 +730,14 @@ mod tests {
         for sequences in [
             vec![3, 4, 5, 7, 8, 12],
             vec![1, 50, 900, 1_000_000],
+            vec![1, 200, 300],
             vec![9],
             vec![],
         ] {
             let rows = ledger(&sequences);
             let positions = Positions::new(&rows);
             let dense = matches!(positions, Positions::Table { .. });
-            assert_eq!(dense, sequences.len() == 6 || sequences.len() == 1);
+            assert_eq!(dense, sequences.len() != 4 && !sequences.is_empty());
             for probe in -1..=1_000_001 {
                 if probe > 20 && !sequences.contains(&probe) && probe % 997 != 0 {
                     continue;

@@ -7,6 +7,12 @@
 //! and nothing iterates these maps in hash order (listings are sorted), so a multiply-rotate
 //! hash over 8-byte words is safe to use and results never depend on it.
 //!
+//! Integers are mixed with one multiply each. Byte strings are mixed with a folded multiply
+//! (the high and low halves of the 128-bit product xor-ed), which carries every input bit
+//! into every output bit: with the plain multiply, whose carries only run upwards, 200 000
+//! keys `user<i>@bench.example` had 5 488 full 64-bit collisions; folded, none, and their
+//! buckets fill as random ones would.
+//!
 //! Event keys (`u128` digest bits, `dedup::event_key`) are uniform already and are folded
 //! rather than mixed.
 
@@ -15,6 +21,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 /// The odd multiplier of the word mix (from the golden ratio, as in Fibonacci hashing).
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Xor-ed into each byte word before its folded multiply, so that a zero state and a zero
+/// word do not fold to zero (an odd constant with mixed bits, from the digits of pi).
+const P: u64 = 0x243F_6A88_85A3_08D3;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastHasher(u64);
@@ -23,6 +32,12 @@ impl FastHasher {
     #[inline]
     fn mix(&mut self, word: u64) {
         self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+
+    #[inline]
+    fn fold(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word ^ P) * u128::from(K);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
@@ -38,7 +53,7 @@ impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
-            self.mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            self.fold(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
         }
         // The last 1–7 bytes are read as two overlapping 4-byte words, or as three single
         // bytes when fewer than 4, which together with the length determine them. (Copying
@@ -54,7 +69,7 @@ impl Hasher for FastHasher {
             } else {
                 u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8) | (u64::from(rest[n - 1]) << 16)
             };
-            self.mix(word ^ ((n as u64) << 59));
+            self.fold(word ^ ((n as u64) << 59));
         }
     }
 
@@ -127,6 +142,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn similar_composite_keys_do_not_collide() {
+        // The identity keys of 200 000 customers (the plain multiply gave 5 488 collisions).
+        let hashes: std::collections::HashSet<u64> = (0..200_000)
+            .map(|i| hash(("customer", "email", format!("user{i}@bench.example"))))
+            .collect();
+        assert_eq!(hashes.len(), 200_000);
     }
 
     #[test]

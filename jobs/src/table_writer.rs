@@ -320,17 +320,24 @@ impl TableWriter {
     async fn files(&mut self) -> Result<&mut Files> {
         if self.files.is_none() {
             let t = self.lake.open_or_create(&self.table, &self.schema).await?;
-            let new = || -> Result<RecordBatchWriter> {
+            // A history table's current rows hold each key (its first column) once: like a
+            // digest, nothing for a dictionary or Snappy to share, and these files are the ones
+            // an incremental build reads and writes again. (Closed rows repeat their key, row
+            // after row, which Snappy does compress.)
+            let key = self.schema.fields().first().map(|f| f.name().as_str());
+            let new = |current: bool| -> Result<RecordBatchWriter> {
                 let mut properties = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-                for column in DIGEST_COLUMNS {
-                    if self.schema.column_with_name(column).is_some() {
-                        let path = ColumnPath::from(column);
-                        properties = properties
-                            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
-                            .set_column_dictionary_enabled(path, false);
-                    }
+                let unique = DIGEST_COLUMNS
+                    .into_iter()
+                    .filter(|c| self.schema.column_with_name(c).is_some())
+                    .chain(key.filter(|_| current));
+                for column in unique {
+                    let path = ColumnPath::from(column);
+                    properties = properties
+                        .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+                        .set_column_dictionary_enabled(path, false);
                 }
                 let properties = properties.build();
                 Ok(RecordBatchWriter::for_table(&t)
@@ -338,9 +345,9 @@ impl TableWriter {
                     .with_target_file_size(TARGET_FILE_BYTES)
                     .with_writer_properties(properties))
             };
-            let current = if self.history { Some(new()?) } else { None };
+            let current = if self.history { Some(new(true)?) } else { None };
             self.files = Some(Files {
-                all: new()?,
+                all: new(false)?,
                 current,
             });
         }
@@ -400,7 +407,13 @@ impl TableWriter {
     async fn commit(mut self, removes: Removes) -> Result<()> {
         let op = format!("Writing table {}", self.table);
         let mut actions = self.flush().await?;
-        if actions.is_empty() && matches!(removes, Removes::Nothing) {
+        let removes_none = match &removes {
+            Removes::Nothing => true,
+            Removes::These(these) => these.is_empty(),
+            Removes::Everything => false,
+        };
+        if actions.is_empty() && removes_none {
+            // Nothing to commit: the table is not even opened again.
             return Ok(());
         }
         let t = self.lake.open_or_create(&self.table, &self.schema).await?;

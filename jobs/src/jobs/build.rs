@@ -3,6 +3,7 @@
 //! history to `state/<version>/…` and the working state to the catalog; the version becomes
 //! active when its build completes (blue/green).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant as Clock};
 
@@ -1045,11 +1046,22 @@ fn full_history_batches(
 ) -> Result<Vec<(String, RecordBatch)>> {
     let mut out = Vec::new();
     for (name, entity) in &defs.entities {
-        let mut histories: BTreeMap<EntityKey, EntityHistory> = BTreeMap::new();
+        // Each entity's rows on their own (a FULL build starts from no history), in key
+        // order; a replay's rows are borrowed, not copied, unless snapshots follow it.
+        let mut histories: Vec<Cow<'_, EntityHistory>> = Vec::new();
         for (key, change) in changes.iter().filter(|(k, _)| &k.0 == name) {
-            build::apply_history_change(&mut histories, key, change);
+            match &change.replaced {
+                Some((history, _)) if change.snapshots.is_empty() => {
+                    histories.push(Cow::Borrowed(history));
+                }
+                _ => {
+                    let mut one = BTreeMap::new();
+                    build::apply_history_change(&mut one, key, change);
+                    histories.extend(one.into_values().map(Cow::Owned));
+                }
+            }
         }
-        let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+        let rows: Vec<_> = histories.iter().flat_map(|h| h.rows.iter()).collect();
         out.push((tables::history(version, name), entity_batch(entity, &rows)?));
     }
     for rel in relationship_types(defs) {
