@@ -132,14 +132,10 @@ impl<S: IdentityStore> Resolver<S> {
                 Some(Some(id)) => id,
                 Some(None) => continue,
                 None => {
-                    let keys: Vec<(usize, Key)> = values
-                        .iter()
-                        .filter_map(|(field, value)| {
-                            let position = self.fields.position(entity_type, field)?;
-                            Some((
-                                position,
-                                Key::new(entity_type.as_str(), field.as_str(), value.as_str()),
-                            ))
+                    let keys: Vec<(usize, Key)> = self
+                        .identity_hints(entity_type, values)
+                        .map(|(position, field, value)| {
+                            (position, Key::new(entity_type.as_str(), field, value))
                         })
                         .collect();
                     self.resolve_keys(&keys, timestamp, &mut resolution.merges)
@@ -148,6 +144,19 @@ impl<S: IdentityStore> Resolver<S> {
             resolution.entities.insert(entity_type.clone(), id);
         }
         resolution
+    }
+
+    /// The hints of `entity_type` that are declared identity fields ([FIX P24]: others are
+    /// ignored), each with its field's position.
+    fn identity_hints<'h>(
+        &'h self,
+        entity_type: &'h str,
+        values: &'h FastIndexMap<String, String>,
+    ) -> impl Iterator<Item = (usize, &'h str, &'h str)> + 'h {
+        values.iter().filter_map(move |(field, value)| {
+            let position = self.fields.position(entity_type, field)?;
+            Some((position, field.as_str(), value.as_str()))
+        })
     }
 
     /// Most events' case, looked up without making keys: `Some(Some(id))` when every
@@ -159,10 +168,7 @@ impl<S: IdentityStore> Resolver<S> {
         values: &FastIndexMap<String, String>,
     ) -> Option<Option<String>> {
         let mut one: Option<String> = None;
-        for (field, value) in values {
-            if self.fields.position(entity_type, field).is_none() {
-                continue;
-            }
+        for (_, field, value) in self.identity_hints(entity_type, values) {
             let id = self.store.get_parts(entity_type, field, value)?;
             match &one {
                 Some(seen) if *seen != id => return None,
