@@ -112,6 +112,12 @@ impl StreamDedup {
         }
     }
 
+    /// Makes room for `additional` more accepted events at once (the map otherwise doubles,
+    /// rehashing every key each time, as a large first run fills it).
+    pub fn reserve(&mut self, additional: usize) {
+        self.seen.reserve(additional);
+    }
+
     /// Offers the event at `sequence` of ingest call `call` (events come in sequence order):
     /// whether it is appended. Duplicates are remembered for `take_duplicates`.
     pub fn offer(&mut self, call: i64, sequence: i64, event_id: &str, timestamp: &Instant) -> bool {

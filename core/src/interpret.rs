@@ -670,6 +670,64 @@ pub mod persist {
         json!([FORM, entity, horizon])
     }
 
+    /// The text of `to_json(slot)`, written without building the JSON tree (an incremental
+    /// build writes one per touched entity).
+    pub fn to_text(slot: &Slot) -> String {
+        use std::io::Write;
+        let fail = "writing to memory";
+        let mut out: Vec<u8> = Vec::with_capacity(192);
+        let instant = |out: &mut Vec<u8>, t: &Instant| match i64::try_from(instant_nanos(t)) {
+            Ok(n) => write!(out, "{n}").expect(fail),
+            Err(_) => typed::write(out, &Value::DateTime(*t)),
+        };
+        let optional = |out: &mut Vec<u8>, t: &Option<Instant>| match t {
+            Some(t) => instant(out, t),
+            None => out.extend_from_slice(b"null"),
+        };
+        write!(out, "[{FORM},").expect(fail);
+        match &slot.entity {
+            None => out.extend_from_slice(b"null"),
+            Some(e) => {
+                out.push(b'[');
+                typed::write_str(&mut out, &e.state);
+                out.extend_from_slice(b",[");
+                for (i, p) in e.properties.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    typed::write(&mut out, p);
+                }
+                out.extend_from_slice(b"],");
+                optional(&mut out, &e.last_event_time);
+                out.push(b',');
+                optional(&mut out, &e.state_entered_time);
+                out.push(b',');
+                optional(&mut out, &e.created_time);
+                out.extend_from_slice(b",[");
+                for (n, (i, t)) in e.marks.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    write!(out, "[{i},").expect(fail);
+                    instant(&mut out, t);
+                    out.push(b']');
+                }
+                out.extend_from_slice(b"]]");
+            }
+        }
+        out.push(b',');
+        match &slot.horizon {
+            None => out.extend_from_slice(b"null"),
+            Some(h) => {
+                out.push(b'[');
+                instant(&mut out, &h.at);
+                write!(out, ",{}]", h.by_rule).expect(fail);
+            }
+        }
+        out.push(b']');
+        String::from_utf8(out).expect("JSON text is UTF-8")
+    }
+
     pub fn from_json(j: &Json) -> Slot {
         match j {
             Json::Array(parts) => Slot {
@@ -765,8 +823,13 @@ pub mod persist {
                 }),
             };
             let text = to_json(&slot).to_string();
+            assert_eq!(to_text(&slot), text);
             assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);
             assert_eq!(from_json(&to_json(&Slot::default())), Slot::default());
+            assert_eq!(
+                to_text(&Slot::default()),
+                to_json(&Slot::default()).to_string()
+            );
         }
 
         #[test]
@@ -790,6 +853,7 @@ pub mod persist {
                 }),
             };
             let text = to_json(&slot).to_string();
+            assert_eq!(to_text(&slot), text);
             assert_eq!(from_json(&serde_json::from_str(&text).unwrap()), slot);
         }
 

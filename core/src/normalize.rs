@@ -350,53 +350,63 @@ pub fn event_id(
         .filter(|(k, _)| fields.is_none_or(|f| f.iter().any(|x| x == *k)))
         .collect();
     pairs.sort_by(|a, b| a.0.cmp(b.0));
-    let mut text = String::with_capacity(64);
-    text.push_str(event_type);
-    text.push_str("|[");
+    let mut text: Vec<u8> = Vec::with_capacity(128);
+    text.extend_from_slice(event_type.as_bytes());
+    text.extend_from_slice(b"|[");
     for (i, (k, v)) in pairs.into_iter().enumerate() {
         if i > 0 {
-            text.push(',');
+            text.push(b',');
         }
-        text.push('[');
-        text.push_str(&serde_json::to_string(k).expect("string"));
-        text.push(',');
+        text.push(b'[');
+        json_string(&mut text, k);
+        text.push(b',');
         tagged(&mut text, v);
-        text.push(']');
+        text.push(b']');
     }
-    text.push(']');
-    format!("e_{}", hex::encode(Sha256::digest(text.as_bytes())))
+    text.push(b']');
+    let mut id = String::with_capacity(66);
+    id.push_str("e_");
+    crate::canonical::push_hex(&mut id, &Sha256::digest(&text));
+    id
 }
 
-/// The tagged value form used in event ids (serde's externally tagged enum form).
-fn tagged(out: &mut String, v: &Value) {
+/// A string as JSON text (serde_json's escaping), appended.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to memory");
+}
+
+/// The tagged value form used in event ids (serde's externally tagged enum form), appended.
+fn tagged(out: &mut Vec<u8>, v: &Value) {
+    use std::io::Write;
+    let fail = "writing to memory";
     match v {
-        Value::Null => out.push_str("\"Null\""),
+        Value::Null => out.extend_from_slice(b"\"Null\""),
         Value::String(s) => {
-            out.push_str("{\"String\":");
-            out.push_str(&serde_json::to_string(&**s).expect("string"));
-            out.push('}');
+            out.extend_from_slice(b"{\"String\":");
+            json_string(out, s);
+            out.push(b'}');
         }
-        Value::Int(i) => out.push_str(&format!("{{\"Int\":{i}}}")),
+        Value::Int(i) => write!(out, "{{\"Int\":{i}}}").expect(fail),
         Value::Float(f) => {
-            out.push_str("{\"Float\":");
-            out.push_str(&serde_json::to_string(f).expect("float"));
-            out.push('}');
+            out.extend_from_slice(b"{\"Float\":");
+            serde_json::to_writer(&mut *out, f).expect(fail);
+            out.push(b'}');
         }
-        Value::Bool(b) => out.push_str(&format!("{{\"Bool\":{b}}}")),
+        Value::Bool(b) => write!(out, "{{\"Bool\":{b}}}").expect(fail),
         Value::DateTime(t) => {
             let text = t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            out.push_str(&format!("{{\"DateTime\":\"{text}\"}}"));
+            write!(out, "{{\"DateTime\":\"{text}\"}}").expect(fail);
         }
-        Value::Duration(d) => out.push_str(&format!("{{\"Duration\":{}}}", d.as_secs_f64())),
+        Value::Duration(d) => write!(out, "{{\"Duration\":{}}}", d.as_secs_f64()).expect(fail),
         Value::Array(items) => {
-            out.push_str("{\"Array\":[");
+            out.extend_from_slice(b"{\"Array\":[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 tagged(out, item);
             }
-            out.push_str("]}");
+            out.extend_from_slice(b"]}");
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity};
 use crate::normalize::normalize_hint;
@@ -112,7 +111,7 @@ impl<'a> ErasedValues<'a> {
 /// first character and domain (`a***@example.com`), other text its last four characters.
 pub fn redacted(treatment: Option<&str>, text: &str) -> String {
     match treatment {
-        Some("hash") => format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
+        Some("hash") => format!("sha256:{}", crate::canonical::sha256_hex(text)),
         Some("mask") => mask(text),
         _ => "[REDACTED]".to_string(),
     }

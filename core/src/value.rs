@@ -335,11 +335,70 @@ pub mod typed {
 
     /// A whole map of values (event data, properties) as one typed JSON object text.
     pub fn map_to_text<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
-        let m: Map<String, Json> = entries
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), to_json(v)))
-            .collect();
-        Json::Object(m).to_string()
+        let mut out = Vec::with_capacity(128);
+        write_map(&mut out, entries);
+        String::from_utf8(out).expect("JSON text is UTF-8")
+    }
+
+    /// Appends a map of values as one typed JSON object text: the text of `map_to_text`.
+    pub fn write_map<'a>(
+        out: &mut Vec<u8>,
+        entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    ) {
+        out.push(b'{');
+        for (i, (k, v)) in entries.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, k);
+            out.push(b':');
+            write(out, v);
+        }
+        out.push(b'}');
+    }
+
+    /// Appends a value's typed JSON text: exactly `to_json(v).to_string()`, written without
+    /// building the JSON tree (ledger data and working state are written this way, once per
+    /// event and per slot).
+    pub fn write(out: &mut Vec<u8>, v: &Value) {
+        use std::io::Write;
+        match v {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Int(i) => write!(out, "{i}").expect("writing to memory"),
+            Value::Float(f) if f.is_finite() => {
+                serde_json::to_writer(&mut *out, f).expect("writing to memory")
+            }
+            Value::Float(f) => write_tag(out, "$f", |out| write_str(out, &float_text(*f))),
+            Value::String(s) => write_str(out, s),
+            Value::DateTime(t) => write_tag(out, "$dt", |out| write_str(out, &timestamp_text(t))),
+            Value::Duration(d) => write_tag(out, "$dur", |out| {
+                write!(out, "{}", d.as_nanos() as u64).expect("writing to memory")
+            }),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(out, item);
+                }
+                out.push(b']');
+            }
+        }
+    }
+
+    /// A JSON string (serde_json's escaping), appended.
+    pub fn write_str(out: &mut Vec<u8>, s: &str) {
+        serde_json::to_writer(&mut *out, s).expect("writing to memory");
+    }
+
+    fn write_tag(out: &mut Vec<u8>, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        out.push(b'{');
+        write_str(out, key);
+        out.push(b':');
+        value(out);
+        out.push(b'}');
     }
 
     /// Reads a typed JSON object text (ledger event data) straight into values: the same
@@ -521,10 +580,38 @@ pub mod typed {
             ];
             for v in values {
                 let text = to_json(&v).to_string();
+                let mut written = Vec::new();
+                write(&mut written, &v);
+                assert_eq!(String::from_utf8(written).unwrap(), text);
                 let back = from_json(&serde_json::from_str(&text).unwrap());
                 assert_eq!(back, v, "{text}");
                 assert_eq!(back.kind(), v.kind());
             }
+        }
+
+        #[test]
+        fn a_map_is_written_as_its_json_tree_prints() {
+            let t = instant_from_nanos(-1_000_000_001).unwrap();
+            let entries = [
+                ("plain", Value::str("a \"quoted\" \\ line\nnext\u{1}é😀")),
+                ("ke\"y\u{7f}", Value::Float(-0.0)),
+                ("big", Value::Float(1e300)),
+                ("small", Value::Float(5e-324)),
+                ("int", Value::Int(i64::MIN)),
+                ("when", Value::DateTime(t)),
+                ("inf", Value::Float(f64::INFINITY)),
+                (
+                    "nested",
+                    Value::array(vec![Value::array(vec![]), Value::Null, Value::Bool(false)]),
+                ),
+            ];
+            let tree: Map<String, Json> = entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), to_json(v)))
+                .collect();
+            let text = map_to_text(entries.iter().map(|(k, v)| (*k, v)));
+            assert_eq!(text, Json::Object(tree).to_string());
+            assert_eq!(map_to_text([]), "{}");
         }
     }
 }

@@ -322,6 +322,35 @@ fn event_id_of_the_spec_example() {
     );
 }
 
+#[test]
+fn event_id_covers_every_value_kind() {
+    // The id's text form of each kind, pinned (the id text is written without intermediate
+    // strings; this id was computed by the earlier, string-by-string form).
+    let mut data = defacto_core::fasthash::FastIndexMap::default();
+    data.insert("b".to_string(), Value::Bool(true));
+    data.insert("a".to_string(), Value::Int(-7));
+    data.insert(
+        "t".to_string(),
+        Value::DateTime(defacto_core::normalize::parse_rfc3339("2024-01-01T10:00:00.5Z").unwrap()),
+    );
+    data.insert(
+        "d".to_string(),
+        Value::Duration(std::time::Duration::from_millis(1500)),
+    );
+    data.insert(
+        "l".to_string(),
+        Value::array(vec![
+            Value::str("q\"u\u{e9}"),
+            Value::Float(2.5),
+            Value::Null,
+        ]),
+    );
+    assert_eq!(
+        defacto_core::normalize::event_id("kinds", &data, None),
+        "e_f6c52d59eb2a97df0ec315e8c072b431abe78b5401152b821a051ef925aca027"
+    );
+}
+
 fn call_dedup(
     defs: &Definitions,
     source: &str,

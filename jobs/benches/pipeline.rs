@@ -1,7 +1,8 @@
 //! The pipeline benchmark: generates N app events for the showcase definitions (signups, then
 //! logins and profile updates of ~N/10 customers), and times the real `defacto` binary on the
 //! embedded default (local lake + SQLite): ingest, normalize, a full build, then an
-//! incremental build after 1 % more events; then the exports of the resulting history
+//! incremental build after 1 % more events (builds with `--workers` = the machine's cores);
+//! then the exports of the resulting history
 //! (Parquet, the SQLite warehouse, and — with a Postgres catalog, when one answers at
 //! `DEFACTO_BENCH_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test` — the Postgres
 //! warehouse) and `table --as-of`. Prints events/s or rows/s and peak RSS per job; it never
@@ -121,6 +122,9 @@ fn main() {
     generate(&events, 0, n, customers);
     generate(&more, n, n / 100, customers);
     let as_of = "--as-of=2025-01-01T00:00:00Z";
+    // Builds interpret on as many workers as the machine has cores, as one would run them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = format!("--workers={cores}");
     let report = |name: &str, count: usize, (d, rss): (Duration, f64)| {
         println!(
             "{name:<22} {count:>10} events {:>9.2} s {:>12.0} events/s  peak RSS {:>7.0} MiB",
@@ -130,7 +134,9 @@ fn main() {
         );
         d
     };
-    println!("pipeline benchmark: {n} events, {customers} customers, local lake + SQLite");
+    println!(
+        "pipeline benchmark: {n} events, {customers} customers, local lake + SQLite, builds with {workers}"
+    );
     report(
         "ingest",
         n,
@@ -140,7 +146,7 @@ fn main() {
         ),
     );
     let normalize = report("normalize", n, job(dir, &["normalize"]));
-    let build = report("build (full)", n, job(dir, &["build", as_of]));
+    let build = report("build (full)", n, job(dir, &["build", as_of, &workers]));
     let total = normalize + build;
     println!(
         "{:<22} {n:>10} events {:>9.2} s {:>12.0} events/s",
@@ -154,7 +160,11 @@ fn main() {
         job(dir, &["ingest", "--source", "app", more.to_str().unwrap()]),
     );
     let inc_norm = report("normalize 1 %", n / 100, job(dir, &["normalize"]));
-    let inc = report("build (incremental)", n / 100, job(dir, &["build", as_of]));
+    let inc = report(
+        "build (incremental)",
+        n / 100,
+        job(dir, &["build", as_of, &workers]),
+    );
     println!(
         "incremental normalize + build after 1 % new events: {:.1} % of the full normalize + build",
         100.0 * (inc_norm + inc).as_secs_f64() / total.as_secs_f64()

@@ -1234,7 +1234,7 @@ impl Catalog {
                 key.to_string(),
                 entity.0.clone(),
                 entity.1.clone(),
-                persist::to_json(slot).to_string(),
+                persist::to_text(slot),
                 next_due(entity, slot),
             ])
         });

@@ -15,6 +15,7 @@ use defacto_core::value::{instant_from_nanos, instant_nanos, typed, Instant, Val
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
+use deltalake::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
@@ -133,6 +134,12 @@ pub fn raw_batch(rows: &[RawRecord], batch_id: &str, at: Instant) -> Result<Reco
 }
 
 pub fn events_batch(rows: &[(i64, &NormalizedEvent)]) -> Result<RecordBatch> {
+    let mut data = TextColumn::with_capacity(rows.len(), rows.len() * 96);
+    let mut hints = TextColumn::with_capacity(rows.len(), rows.len() * 64);
+    for (_, e) in rows {
+        data.row(|out| typed::write_map(out, e.data.iter().map(|(k, v)| (k.as_str(), v))));
+        hints.row(|out| serde_json::to_writer(out, &e.hints).expect("hints serialize"));
+    }
     batch(
         &EVENTS_SCHEMA,
         vec![
@@ -155,16 +162,48 @@ pub fn events_batch(rows: &[(i64, &NormalizedEvent)]) -> Result<RecordBatch> {
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|(_, e)| e.source.as_str()),
             )),
-            Arc::new(StringArray::from_iter(rows.iter().map(|(_, e)| {
-                Some(typed::map_to_text(
-                    e.data.iter().map(|(k, v)| (k.as_str(), v)),
-                ))
-            }))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|(_, e)| {
-                Some(serde_json::to_string(&e.hints).expect("hints serialize"))
-            }))),
+            data.finish()?,
+            hints.finish()?,
         ],
     )
+}
+
+/// A text column whose values are written straight into one buffer (JSON per row, say),
+/// instead of one `String` per row copied into the column afterwards.
+pub struct TextColumn {
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+}
+
+impl TextColumn {
+    pub fn with_capacity(rows: usize, bytes: usize) -> TextColumn {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        TextColumn {
+            values: Vec::with_capacity(bytes),
+            offsets,
+        }
+    }
+
+    /// Adds a row: `write` appends its UTF-8 text.
+    pub fn row(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.values);
+        // Past i32::MAX bytes the offsets wrap; `finish` refuses such a column.
+        self.offsets.push(self.values.len() as i32);
+    }
+
+    pub fn finish(self) -> Result<ArrayRef> {
+        if i32::try_from(self.values.len()).is_err() {
+            return Err(Error::Storage(format!(
+                "a batch's text column would hold {} bytes, over the 2 GiB a column can",
+                self.values.len()
+            )));
+        }
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
+        let array = StringArray::try_new(offsets, Buffer::from_vec(self.values), None)
+            .map_err(|e| Error::Storage(format!("building a text column: {e}")))?;
+        Ok(Arc::new(array))
+    }
 }
 
 pub fn assignments_batch(rows: &[(i64, String, String)]) -> Result<RecordBatch> {
@@ -346,7 +385,27 @@ pub fn parse_hints(text: &str, sequence: i64) -> Result<Hints> {
         .map_err(|e| Error::Storage(format!("ledger row {sequence}: bad hints: {e}")))
 }
 
+/// A batch of ledger rows with their hints, decoded in parallel parts of `READ_PART` rows
+/// (the resolve pass reads every event this way, and decoding was most of its main thread).
 pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
+    use rayon::prelude::*;
+    let rows = batch.num_rows();
+    if rows <= READ_PART {
+        return read_events_part(batch);
+    }
+    let parts = (0..rows)
+        .step_by(READ_PART)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|at| read_events_part(&batch.slice(at, READ_PART.min(rows - at))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// Rows decoded per parallel task.
+const READ_PART: usize = 2_048;
+
+fn read_events_part(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
     let c = Columns::new(batch);
     let (seq, id, ty, ns, src, data, hints) = (
         c.i64("sequence")?,

@@ -76,14 +76,33 @@ enum Removes {
 /// none of it. Nothing touches storage before the first rows (the table is created then if it
 /// does not exist). Dropped without a commit, it leaves only unreferenced files, which `abort`
 /// deletes (and a vacuum would).
+///
+/// Batches are encoded into Parquet by a task of their own, fed through a short queue, so a
+/// job goes on making its next batches while the last ones are encoded and written (the
+/// encoding was a quarter of `normalize`'s main thread, with the other core idle meanwhile).
 pub struct TableWriter {
     lake: Lake,
     table: String,
     schema: SchemaRef,
     /// Current and closed rows go to files of their own (a history table).
     history: bool,
-    files: Option<Files>,
+    encoder: Option<Encoder>,
 }
+
+/// The task writing a `TableWriter`'s batches into its open files; it hands the files back
+/// when its queue closes, with the first error it met (after which it writes nothing more).
+enum Encoder {
+    Running {
+        queue: tokio::sync::mpsc::Sender<RecordBatch>,
+        task: tokio::task::JoinHandle<(Files, Result<()>)>,
+    },
+    /// Stopped at a write error, already reported: its files, for `abort` to delete.
+    Failed(Files),
+}
+
+/// Batches waiting for the encoder: enough to keep it busy, few enough that the rows held in
+/// memory stay a couple of batches.
+const ENCODER_QUEUE: usize = 2;
 
 /// The open file writers of a `TableWriter`.
 struct Files {
@@ -111,7 +130,7 @@ impl Lake {
             table: table.to_string(),
             schema: schema.clone(),
             history: history && schema.column_with_name(VALID_TO).is_some(),
-            files: None,
+            encoder: None,
         }
     }
 
@@ -315,67 +334,119 @@ fn tagged(adds: Vec<Add>, rows: &str) -> impl Iterator<Item = Action> + '_ {
     })
 }
 
-impl TableWriter {
-    /// The file writers, opened (and the table created) on first use.
-    async fn files(&mut self) -> Result<&mut Files> {
-        if self.files.is_none() {
-            let t = self.lake.open_or_create(&self.table, &self.schema).await?;
-            // A history table's current rows hold each key (its first column) once: like a
-            // digest, nothing for a dictionary or Snappy to share, and these files are the ones
-            // an incremental build reads and writes again. (Closed rows repeat their key, row
-            // after row, which Snappy does compress.)
-            let key = self.schema.fields().first().map(|f| f.name().as_str());
-            let new = |current: bool| -> Result<RecordBatchWriter> {
-                let mut properties = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
-                let unique = DIGEST_COLUMNS
-                    .into_iter()
-                    .filter(|c| self.schema.column_with_name(c).is_some())
-                    .chain(key.filter(|_| current));
-                for column in unique {
-                    let path = ColumnPath::from(column);
-                    properties = properties
-                        .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
-                        .set_column_dictionary_enabled(path, false);
-                }
-                let properties = properties.build();
-                Ok(RecordBatchWriter::for_table(&t)
-                    .map_err(|e| storage(&format!("Writing table {}", self.table), e))?
-                    .with_target_file_size(TARGET_FILE_BYTES)
-                    .with_writer_properties(properties))
-            };
-            let current = if self.history { Some(new(true)?) } else { None };
-            self.files = Some(Files {
-                all: new(false)?,
-                current,
-            });
+impl Files {
+    /// Writes a batch: for a history table, its current rows to their own files.
+    async fn write(&mut self, batch: RecordBatch, op: &str) -> Result<()> {
+        let Some(current) = self.current.as_mut() else {
+            return self.all.write(batch).await.map_err(|e| storage(op, e));
+        };
+        let valid_to = batch
+            .column_by_name(VALID_TO)
+            .ok_or_else(|| storage(op, "the batch has no valid_to column"))?;
+        let open = is_null(valid_to.as_ref()).map_err(|e| storage(op, e))?;
+        let closed = not(&open).map_err(|e| storage(op, e))?;
+        for (mask, writer) in [(&open, current), (&closed, &mut self.all)] {
+            let part = filter_record_batch(&batch, mask).map_err(|e| storage(op, e))?;
+            if part.num_rows() > 0 {
+                writer.write(part).await.map_err(|e| storage(op, e))?;
+            }
         }
-        Ok(self.files.as_mut().expect("just opened"))
+        Ok(())
+    }
+}
+
+impl TableWriter {
+    /// The file writers, opened (and the table created).
+    async fn open_files(&self) -> Result<Files> {
+        let t = self.lake.open_or_create(&self.table, &self.schema).await?;
+        // A history table's current rows hold each key (its first column) once: like a
+        // digest, nothing for a dictionary or Snappy to share, and these files are the ones
+        // an incremental build reads and writes again. (Closed rows repeat their key, row
+        // after row, which Snappy does compress.)
+        let key = self.schema.fields().first().map(|f| f.name().as_str());
+        let new = |current: bool| -> Result<RecordBatchWriter> {
+            let mut properties = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+            let unique = DIGEST_COLUMNS
+                .into_iter()
+                .filter(|c| self.schema.column_with_name(c).is_some())
+                .chain(key.filter(|_| current));
+            for column in unique {
+                let path = ColumnPath::from(column);
+                properties = properties
+                    .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+                    .set_column_dictionary_enabled(path, false);
+            }
+            let properties = properties.build();
+            Ok(RecordBatchWriter::for_table(&t)
+                .map_err(|e| storage(&format!("Writing table {}", self.table), e))?
+                .with_target_file_size(TARGET_FILE_BYTES)
+                .with_writer_properties(properties))
+        };
+        let current = if self.history { Some(new(true)?) } else { None };
+        Ok(Files {
+            all: new(false)?,
+            current,
+        })
     }
 
     /// Streams a batch into the table's open file(s) (nothing is visible before the commit).
+    /// The batch is queued for the encoder; an error of an earlier batch's write is reported
+    /// here or at the commit.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let op = format!("Writing table {}", self.table);
-        let files = self.files().await?;
-        let Some(current) = files.current.as_mut() else {
-            return files.all.write(batch).await.map_err(|e| storage(&op, e));
+        if self.encoder.is_none() {
+            let mut files = self.open_files().await?;
+            let op = format!("Writing table {}", self.table);
+            let (queue, mut batches) = tokio::sync::mpsc::channel(ENCODER_QUEUE);
+            let task = tokio::spawn(async move {
+                while let Some(batch) = batches.recv().await {
+                    if let Err(e) = files.write(batch, &op).await {
+                        return (files, Err(e));
+                    }
+                }
+                (files, Ok(()))
+            });
+            self.encoder = Some(Encoder::Running { queue, task });
+        }
+        let sent = match self.encoder.as_ref() {
+            Some(Encoder::Running { queue, .. }) => queue.send(batch).await.is_ok(),
+            _ => false,
         };
-        let valid_to = batch
-            .column_by_name(VALID_TO)
-            .ok_or_else(|| storage(&op, "the batch has no valid_to column"))?;
-        let open = is_null(valid_to.as_ref()).map_err(|e| storage(&op, e))?;
-        let closed = not(&open).map_err(|e| storage(&op, e))?;
-        for (mask, writer) in [(&open, current), (&closed, &mut files.all)] {
-            let part = filter_record_batch(&batch, mask).map_err(|e| storage(&op, e))?;
-            if part.num_rows() > 0 {
-                writer.write(part).await.map_err(|e| storage(&op, e))?;
-            }
+        if !sent {
+            // The encoder stopped at an error: that error is this write's.
+            let (files, outcome) = self.stop_encoder().await?.expect("an encoder ran");
+            self.encoder = Some(Encoder::Failed(files));
+            outcome?;
+            return Err(self.earlier_failure());
         }
         Ok(())
+    }
+
+    fn earlier_failure(&self) -> Error {
+        storage(
+            &format!("Writing table {}", self.table),
+            "an earlier batch could not be written",
+        )
+    }
+
+    /// Closes the encoder's queue and waits for it: the open files, and how their writing
+    /// went (`None` when nothing was written).
+    async fn stop_encoder(&mut self) -> Result<Option<(Files, Result<()>)>> {
+        match self.encoder.take() {
+            None => Ok(None),
+            Some(Encoder::Failed(files)) => Ok(Some((files, Err(self.earlier_failure())))),
+            Some(Encoder::Running { queue, task }) => {
+                drop(queue);
+                let done = task
+                    .await
+                    .map_err(|e| storage(&format!("Writing table {}", self.table), e))?;
+                Ok(Some(done))
+            }
+        }
     }
 
     /// Adds every file written to the table in one commit.
@@ -388,12 +459,18 @@ impl TableWriter {
         self.commit(Removes::Everything).await
     }
 
-    /// The Add actions of every file written, tagged by kind for a history table.
-    async fn flush(&mut self) -> Result<Vec<Action>> {
+    /// The Add actions of every file written, tagged by kind for a history table (once the
+    /// encoder is done; a write that failed fails this, unless `anyway`, which an abort uses to
+    /// find the files to delete).
+    async fn flush(&mut self, anyway: bool) -> Result<Vec<Action>> {
         let op = format!("Writing table {}", self.table);
-        let Some(files) = self.files.as_mut() else {
+        let Some((mut files, outcome)) = self.stop_encoder().await? else {
             return Ok(Vec::new());
         };
+        if !anyway {
+            outcome?;
+        }
+        let files = &mut files;
         let adds = files.all.flush().await.map_err(|e| storage(&op, e))?;
         let Some(current) = files.current.as_mut() else {
             return Ok(adds.into_iter().map(Action::Add).collect());
@@ -406,7 +483,7 @@ impl TableWriter {
 
     async fn commit(mut self, removes: Removes) -> Result<()> {
         let op = format!("Writing table {}", self.table);
-        let mut actions = self.flush().await?;
+        let mut actions = self.flush(false).await?;
         let removes_none = match &removes {
             Removes::Nothing => true,
             Removes::These(these) => these.is_empty(),
@@ -459,7 +536,7 @@ impl TableWriter {
     pub async fn abort(mut self) -> Result<()> {
         use deltalake::logstore::object_store::ObjectStoreExt;
         let op = format!("Abandoning a write to {}", self.table);
-        let actions = self.flush().await?;
+        let actions = self.flush(true).await?;
         if actions.is_empty() {
             return Ok(());
         }

@@ -53,7 +53,7 @@ pub fn derived_id(salt: Option<&str>, entity_type: &str, field: &str, value: &st
         if i > 0 {
             text.push('-');
         }
-        text.push_str(&hex::encode(&bytes[group]));
+        crate::canonical::push_hex(&mut text, &bytes[group]);
     }
     text
 }
@@ -63,7 +63,7 @@ pub fn derived_id(salt: Option<&str>, entity_type: &str, field: &str, value: &st
 /// removing a salt all change it).
 pub fn salt_fingerprint(salt: Option<&str>) -> String {
     match salt {
-        Some(salt) => hex::encode(Sha256::digest(salt.as_bytes())),
+        Some(salt) => crate::canonical::sha256_hex(salt),
         None => String::new(),
     }
 }

@@ -1037,8 +1037,12 @@ pub async fn write_changes(
     Ok(())
 }
 
-/// The history rows of a FULL build's changes (of one partition): one batch per history table
-/// of the version, every table (empty ones too), as replacing them all takes.
+/// History rows per Arrow batch of a FULL build.
+const HISTORY_BATCH_ROWS: usize = 8_192;
+
+/// The history rows of a FULL build's changes (of one partition): batches of each history
+/// table of the version, every table (an empty batch for one without rows), as replacing them
+/// all takes.
 fn full_history_batches(
     defs: &Definitions,
     version: &str,
@@ -1062,7 +1066,17 @@ fn full_history_batches(
             }
         }
         let rows: Vec<_> = histories.iter().flat_map(|h| h.rows.iter()).collect();
-        out.push((tables::history(version, name), entity_batch(entity, &rows)?));
+        let table = tables::history(version, name);
+        if rows.is_empty() {
+            out.push((table, entity_batch(entity, &[])?));
+            continue;
+        }
+        // Batches of a partition's rows are built in parallel.
+        let batches = rows
+            .par_chunks(HISTORY_BATCH_ROWS)
+            .map(|part| entity_batch(entity, part))
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(batches.into_iter().map(|b| (table.clone(), b)));
     }
     for rel in relationship_types(defs) {
         out.push((

@@ -75,6 +75,9 @@ async fn normalize_stream(
             (ids, normalized.max(head))
         };
         let mut dedup = StreamDedup::with_ledger(ledger, fixed.clone());
+        // Sequences handed out above `after`: the raw records to come (gaps aside).
+        let pending = ctx.catalog.next_sequence().await? - 1 - after;
+        dedup.reserve(usize::try_from(pending).unwrap_or(0));
         let mut result = IngestResult::default();
         let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA);
         let outcome = normalize_into(ctx, after, &mut dedup, kept, &mut result, &mut writer).await;
@@ -144,11 +147,13 @@ async fn normalize_into(
         }
         if pending.len() >= CHUNK || (done && !pending.is_empty()) {
             head = head.max(pending[pending.len() - 1].sequence);
-            let (batch, mut failed) = normalize_chunk(ctx, &pending, dedup, kept, result)?;
+            let (batches, mut failed) = normalize_chunk(ctx, &pending, dedup, kept, result)?;
             pending.clear();
             failures.append(&mut failed);
-            if let Some(batch) = batch {
-                writer.write(batch).await?;
+            if !batches.is_empty() {
+                for batch in batches {
+                    writer.write(batch).await?;
+                }
                 ctx.renew_leases().await?;
             }
         }
@@ -252,15 +257,15 @@ pub type Failed = Vec<(Option<i64>, EventFailure)>;
 const TASK: usize = 4_096;
 
 /// Normalizes a chunk of raw records (in sequence order; calls may continue across chunks)
-/// in parallel, deduplicates the events in order, and returns the accepted ones as a ledger
-/// batch (none when none were accepted) with the failures, in sequence order.
+/// in parallel, deduplicates the events in order, and returns the accepted ones as ledger
+/// batches (none when none were accepted) with the failures, in sequence order.
 fn normalize_chunk(
     ctx: &Context,
     records: &[RawRecord],
     dedup: &mut StreamDedup,
     kept: &BTreeMap<i64, Kept>,
     result: &mut IngestResult,
-) -> Result<(Option<RecordBatch>, Failed)> {
+) -> Result<(Vec<RecordBatch>, Failed)> {
     let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
     let parts: Vec<(Vec<(i64, NormalizedEvent)>, Failed)> = records
         .par_chunks(TASK)
@@ -287,11 +292,16 @@ fn normalize_chunk(
         .failures
         .extend(failures.iter().map(|(_, f)| f.clone()));
     result.events_failed = result.failures.len() as u64;
-    if accepted.is_empty() {
-        return Ok((None, failures));
-    }
-    let rows: Vec<(i64, &NormalizedEvent)> = accepted.iter().map(|(s, e)| (*s, e)).collect();
-    Ok((Some(events_batch(&rows)?), failures))
+    // The accepted events become ledger batches in parallel, and are freed off this thread.
+    let batches = accepted
+        .par_chunks(TASK)
+        .map(|part| {
+            let rows: Vec<(i64, &NormalizedEvent)> = part.iter().map(|(s, e)| (*s, e)).collect();
+            events_batch(&rows)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rayon::spawn(move || drop(accepted));
+    Ok((batches, failures))
 }
 
 /// Parses and normalizes raw records without deduplicating them.
