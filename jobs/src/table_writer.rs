@@ -553,3 +553,75 @@ impl TableWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+    }
+
+    fn numbers(from: i64, to: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from_iter_values(from..to))],
+        )
+        .unwrap()
+    }
+
+    async fn rows(lake: &Lake) -> Vec<i64> {
+        let mut out = lake
+            .query_map(&[("t", "t", schema())], "SELECT n FROM t", |b| {
+                let c = crate::ledger::Columns::new(b);
+                Ok(c.i64("n")?.values().to_vec())
+            })
+            .await
+            .unwrap();
+        out.sort_unstable();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_batches_all_land_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(&dir.path().display().to_string()).unwrap();
+        let mut writer = lake.writer("t", &schema());
+        // More batches than the encoder's queue holds.
+        for i in 0..10 {
+            writer.write(numbers(i * 100, i * 100 + 100)).await.unwrap();
+        }
+        writer.append().await.unwrap();
+        assert_eq!(rows(&lake).await, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_encoder_cannot_write_fails_the_commit_and_adds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(&dir.path().display().to_string()).unwrap();
+        let mut writer = lake.writer("t", &schema());
+        writer.write(numbers(0, 10)).await.unwrap();
+        // A batch of another schema: the encoder stops at it.
+        let other = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        let bad =
+            RecordBatch::try_new(other, vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
+        let mut failed = writer.write(bad).await.err();
+        for i in 1..5 {
+            if failed.is_some() {
+                break;
+            }
+            failed = writer.write(numbers(i * 10, i * 10 + 10)).await.err();
+        }
+        let error = match failed {
+            Some(e) => e,
+            None => writer
+                .append()
+                .await
+                .expect_err("the commit reports the bad batch"),
+        };
+        assert!(error.to_string().contains("Writing table t"), "{error}");
+        assert!(rows(&lake).await.is_empty(), "nothing was committed");
+    }
+}
