@@ -97,7 +97,7 @@ enum Encoder {
         task: tokio::task::JoinHandle<(Files, Result<()>)>,
     },
     /// Stopped at a write error, already reported: its files, for `abort` to delete.
-    Failed(Files),
+    Failed(Box<Files>),
 }
 
 /// Batches waiting for the encoder: enough to keep it busy, few enough that the rows held in
@@ -419,7 +419,7 @@ impl TableWriter {
         if !sent {
             // The encoder stopped at an error: that error is this write's.
             let (files, outcome) = self.stop_encoder().await?.expect("an encoder ran");
-            self.encoder = Some(Encoder::Failed(files));
+            self.encoder = Some(Encoder::Failed(Box::new(files)));
             outcome?;
             return Err(self.earlier_failure());
         }
@@ -438,7 +438,7 @@ impl TableWriter {
     async fn stop_encoder(&mut self) -> Result<Option<(Files, Result<()>)>> {
         match self.encoder.take() {
             None => Ok(None),
-            Some(Encoder::Failed(files)) => Ok(Some((files, Err(self.earlier_failure())))),
+            Some(Encoder::Failed(files)) => Ok(Some((*files, Err(self.earlier_failure())))),
             Some(Encoder::Running { queue, task }) => {
                 drop(queue);
                 let done = task
