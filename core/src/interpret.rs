@@ -691,12 +691,7 @@ pub mod persist {
                 out.push(b'[');
                 typed::write_str(&mut out, &e.state);
                 out.extend_from_slice(b",[");
-                for (i, p) in e.properties.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    typed::write(&mut out, p);
-                }
+                typed::write_separated(&mut out, &e.properties, typed::write);
                 out.extend_from_slice(b"],");
                 optional(&mut out, &e.last_event_time);
                 out.push(b',');
@@ -704,14 +699,11 @@ pub mod persist {
                 out.push(b',');
                 optional(&mut out, &e.created_time);
                 out.extend_from_slice(b",[");
-                for (n, (i, t)) in e.marks.iter().enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
+                typed::write_separated(&mut out, &e.marks, |out, (i, t)| {
                     write!(out, "[{i},").expect(fail);
-                    instant(&mut out, t);
+                    instant(out, t);
                     out.push(b']');
-                }
+                });
                 out.extend_from_slice(b"]]");
             }
         }

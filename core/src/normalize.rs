@@ -13,7 +13,7 @@ use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
 use crate::expr::Scope;
 use crate::fasthash::{FastIndexMap, FastSet};
 use crate::results::EventFailure;
-use crate::value::{float_text, instant_from_nanos, Instant, Value};
+use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
 
 /// Identity hints of one event: entity type (sorted) → identity field → hint value.
 pub type Hints = BTreeMap<String, FastIndexMap<String, String>>;
@@ -353,26 +353,18 @@ pub fn event_id(
     let mut text: Vec<u8> = Vec::with_capacity(128);
     text.extend_from_slice(event_type.as_bytes());
     text.extend_from_slice(b"|[");
-    for (i, (k, v)) in pairs.into_iter().enumerate() {
-        if i > 0 {
-            text.push(b',');
-        }
+    typed::write_separated(&mut text, pairs, |text, (k, v)| {
         text.push(b'[');
-        json_string(&mut text, k);
+        typed::write_str(text, k);
         text.push(b',');
-        tagged(&mut text, v);
+        tagged(text, v);
         text.push(b']');
-    }
+    });
     text.push(b']');
     let mut id = String::with_capacity(66);
     id.push_str("e_");
     crate::canonical::push_hex(&mut id, &Sha256::digest(&text));
     id
-}
-
-/// A string as JSON text (serde_json's escaping), appended.
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to memory");
 }
 
 /// The tagged value form used in event ids (serde's externally tagged enum form), appended.
@@ -383,7 +375,7 @@ fn tagged(out: &mut Vec<u8>, v: &Value) {
         Value::Null => out.extend_from_slice(b"\"Null\""),
         Value::String(s) => {
             out.extend_from_slice(b"{\"String\":");
-            json_string(out, s);
+            typed::write_str(out, s);
             out.push(b'}');
         }
         Value::Int(i) => write!(out, "{{\"Int\":{i}}}").expect(fail),
@@ -400,12 +392,7 @@ fn tagged(out: &mut Vec<u8>, v: &Value) {
         Value::Duration(d) => write!(out, "{{\"Duration\":{}}}", d.as_secs_f64()).expect(fail),
         Value::Array(items) => {
             out.extend_from_slice(b"{\"Array\":[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                tagged(out, item);
-            }
+            typed::write_separated(out, items.iter(), tagged);
             out.extend_from_slice(b"]}");
         }
     }

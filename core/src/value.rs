@@ -346,15 +346,27 @@ pub mod typed {
         entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
     ) {
         out.push(b'{');
-        for (i, (k, v)) in entries.into_iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        write_separated(out, entries, |out, (k, v)| {
             write_str(out, k);
             out.push(b':');
             write(out, v);
-        }
+        });
         out.push(b'}');
+    }
+
+    /// Appends items separated by commas, each written by `each` (the inside of a JSON list
+    /// or object).
+    pub fn write_separated<T>(
+        out: &mut Vec<u8>,
+        items: impl IntoIterator<Item = T>,
+        mut each: impl FnMut(&mut Vec<u8>, T),
+    ) {
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            each(out, item);
+        }
     }
 
     /// Appends a value's typed JSON text: exactly `to_json(v).to_string()`, written without
@@ -377,12 +389,7 @@ pub mod typed {
             }),
             Value::Array(items) => {
                 out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(out, item);
-                }
+                write_separated(out, items.iter(), write);
                 out.push(b']');
             }
         }
