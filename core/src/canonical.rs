@@ -29,12 +29,11 @@ pub fn sha256_hex(text: &str) -> String {
 /// `char`s one at a time: 5 % of a normalize's instructions went to it for event ids.)
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = Vec::with_capacity(bytes.len() * 2);
+    out.reserve(bytes.len() * 2);
     for b in bytes {
-        text.push(DIGITS[usize::from(b >> 4)]);
-        text.push(DIGITS[usize::from(b & 0x0F)]);
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0F)]));
     }
-    out.push_str(std::str::from_utf8(&text).expect("hex digits are ASCII"));
 }
 
 fn write_value(out: &mut String, value: &Json, ascii: bool) {

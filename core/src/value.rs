@@ -333,14 +333,7 @@ pub mod typed {
         }
     }
 
-    /// A whole map of values (event data, properties) as one typed JSON object text.
-    pub fn map_to_text<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
-        let mut out = Vec::with_capacity(128);
-        write_map(&mut out, entries);
-        String::from_utf8(out).expect("JSON text is UTF-8")
-    }
-
-    /// Appends a map of values as one typed JSON object text: the text of `map_to_text`.
+    /// Appends a whole map of values (event data, properties) as one typed JSON object text.
     pub fn write_map<'a>(
         out: &mut Vec<u8>,
         entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
@@ -616,9 +609,14 @@ pub mod typed {
                 .iter()
                 .map(|(k, v)| (k.to_string(), to_json(v)))
                 .collect();
-            let text = map_to_text(entries.iter().map(|(k, v)| (*k, v)));
+            let map_to_text = |entries: &[(&str, Value)]| {
+                let mut out = Vec::new();
+                write_map(&mut out, entries.iter().map(|(k, v)| (*k, v)));
+                String::from_utf8(out).unwrap()
+            };
+            let text = map_to_text(&entries);
             assert_eq!(text, Json::Object(tree).to_string());
-            assert_eq!(map_to_text([]), "{}");
+            assert_eq!(map_to_text(&[]), "{}");
         }
     }
 }

@@ -170,13 +170,13 @@ pub fn events_batch(rows: &[(i64, &NormalizedEvent)]) -> Result<RecordBatch> {
 
 /// A text column whose values are written straight into one buffer (JSON per row, say),
 /// instead of one `String` per row copied into the column afterwards.
-pub struct TextColumn {
+struct TextColumn {
     values: Vec<u8>,
     offsets: Vec<i32>,
 }
 
 impl TextColumn {
-    pub fn with_capacity(rows: usize, bytes: usize) -> TextColumn {
+    fn with_capacity(rows: usize, bytes: usize) -> TextColumn {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
         TextColumn {
@@ -186,13 +186,13 @@ impl TextColumn {
     }
 
     /// Adds a row: `write` appends its UTF-8 text.
-    pub fn row(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+    fn row(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         write(&mut self.values);
         // Past i32::MAX bytes the offsets wrap; `finish` refuses such a column.
         self.offsets.push(self.values.len() as i32);
     }
 
-    pub fn finish(self) -> Result<ArrayRef> {
+    fn finish(self) -> Result<ArrayRef> {
         if i32::try_from(self.values.len()).is_err() {
             return Err(Error::Storage(format!(
                 "a batch's text column would hold {} bytes, over the 2 GiB a column can",
@@ -393,11 +393,12 @@ pub fn read_events(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
     if rows <= READ_PART {
         return read_events_part(batch);
     }
-    let parts = (0..rows)
-        .step_by(READ_PART)
-        .collect::<Vec<_>>()
+    let parts = (0..rows.div_ceil(READ_PART))
         .into_par_iter()
-        .map(|at| read_events_part(&batch.slice(at, READ_PART.min(rows - at))))
+        .map(|p| {
+            let at = p * READ_PART;
+            read_events_part(&batch.slice(at, READ_PART.min(rows - at)))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(parts.into_iter().flatten().collect())
 }

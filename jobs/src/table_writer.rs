@@ -356,6 +356,11 @@ impl Files {
 }
 
 impl TableWriter {
+    /// What this writer does, for errors.
+    fn op(&self) -> String {
+        format!("Writing table {}", self.table)
+    }
+
     /// The file writers, opened (and the table created).
     async fn open_files(&self) -> Result<Files> {
         let t = self.lake.open_or_create(&self.table, &self.schema).await?;
@@ -380,7 +385,7 @@ impl TableWriter {
             }
             let properties = properties.build();
             Ok(RecordBatchWriter::for_table(&t)
-                .map_err(|e| storage(&format!("Writing table {}", self.table), e))?
+                .map_err(|e| storage(&self.op(), e))?
                 .with_target_file_size(TARGET_FILE_BYTES)
                 .with_writer_properties(properties))
         };
@@ -400,7 +405,7 @@ impl TableWriter {
         }
         if self.encoder.is_none() {
             let mut files = self.open_files().await?;
-            let op = format!("Writing table {}", self.table);
+            let op = self.op();
             let (queue, mut batches) = tokio::sync::mpsc::channel(ENCODER_QUEUE);
             let task = tokio::spawn(async move {
                 while let Some(batch) = batches.recv().await {
@@ -427,10 +432,7 @@ impl TableWriter {
     }
 
     fn earlier_failure(&self) -> Error {
-        storage(
-            &format!("Writing table {}", self.table),
-            "an earlier batch could not be written",
-        )
+        storage(&self.op(), "an earlier batch could not be written")
     }
 
     /// Closes the encoder's queue and waits for it: the open files, and how their writing
@@ -441,9 +443,7 @@ impl TableWriter {
             Some(Encoder::Failed(files)) => Ok(Some((*files, Err(self.earlier_failure())))),
             Some(Encoder::Running { queue, task }) => {
                 drop(queue);
-                let done = task
-                    .await
-                    .map_err(|e| storage(&format!("Writing table {}", self.table), e))?;
+                let done = task.await.map_err(|e| storage(&self.op(), e))?;
                 Ok(Some(done))
             }
         }
@@ -463,7 +463,7 @@ impl TableWriter {
     /// encoder is done; a write that failed fails this, unless `anyway`, which an abort uses to
     /// find the files to delete).
     async fn flush(&mut self, anyway: bool) -> Result<Vec<Action>> {
-        let op = format!("Writing table {}", self.table);
+        let op = self.op();
         let Some((mut files, outcome)) = self.stop_encoder().await? else {
             return Ok(Vec::new());
         };
@@ -482,7 +482,7 @@ impl TableWriter {
     }
 
     async fn commit(mut self, removes: Removes) -> Result<()> {
-        let op = format!("Writing table {}", self.table);
+        let op = self.op();
         let mut actions = self.flush(false).await?;
         let removes_none = match &removes {
             Removes::Nothing => true,
