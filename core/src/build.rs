@@ -317,11 +317,19 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
     }
 
     fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {
-        let mut seqs: BTreeSet<i64> = BTreeSet::new();
-        for id in self.cluster(&key.1) {
-            if let Some(s) = self.inputs.assignments.get(&(key.0.clone(), id)) {
+        let cluster = self.cluster(&key.1);
+        let mut seqs: Vec<i64> = Vec::new();
+        let mut of = (key.0.clone(), String::new());
+        for id in &cluster {
+            of.1.clone_from(id);
+            if let Some(s) = self.inputs.assignments.get(&of) {
                 seqs.extend(s.range(..=self.plan.resolve_cursor));
             }
+        }
+        // One entity's sequences come sorted and distinct; a cluster's may interleave.
+        if cluster.len() > 1 {
+            seqs.sort_unstable();
+            seqs.dedup();
         }
         let ledger = self.inputs.ledger;
         let positions = self.positions.get_or_init(|| Positions::new(ledger));
@@ -398,14 +406,28 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
             .filter(|k| self.owns(&k.1))
             .cloned()
             .collect();
+        // Everything starts empty and the replays come in key order: the maps are built from
+        // sorted runs at once (a key compared once, not searched for at every insert).
+        let (mut changes, mut touched, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for (key, r) in self.replay(&keys) {
-            self.install(key, r, slots);
+            self.failures.extend(r.failures);
+            self.result.effects_produced += r.snapshots as u64;
+            touched.push(key.clone());
+            if !r.history.rows.is_empty() || !r.relationships.rows.is_empty() {
+                let change = HistoryChange {
+                    replaced: Some((r.history, r.relationships)),
+                    snapshots: Vec::new(),
+                };
+                changes.push((key.clone(), change));
+            }
+            if r.slot != Slot::default() {
+                kept.push((key, r.slot));
+            }
         }
-        self.changes.retain(|_, c| {
-            c.replaced
-                .as_ref()
-                .is_some_and(|(h, r)| !h.rows.is_empty() || !r.rows.is_empty())
-        });
+        debug_assert!(self.changes.is_empty() && self.touched_slots.is_empty() && slots.is_empty());
+        self.changes = changes.into_iter().collect();
+        self.touched_slots = touched.into_iter().collect();
+        *slots = kept.into_iter().collect();
     }
 
     fn incremental(&mut self, slots: &mut BTreeMap<EntityKey, Slot>) {
@@ -635,31 +657,95 @@ impl<S: IdentityStore + Sync> RelateLookup for Lookup<'_, S> {
     }
 }
 
-/// Applies a key's history changes to in-memory histories (the reference for storage).
+/// Applies a build's history changes to in-memory histories (the reference for storage),
+/// taking them out of `out`: replayed histories move in whole. A FULL build's histories
+/// replace all the others, and arrive in key order: the maps are built from them at once.
 pub fn apply_changes(
     history: &mut BTreeMap<EntityKey, EntityHistory>,
     relationships: &mut BTreeMap<EntityKey, RelationshipHistory>,
     defs: &Definitions,
-    out: &BuildOutput,
+    out: &mut BuildOutput,
 ) {
-    if out.full {
-        history.clear();
-        relationships.clear();
+    let changes = std::mem::take(&mut out.changes);
+    if !out.full {
+        for (key, change) in changes {
+            apply_change(history, relationships, defs, &key, change);
+        }
+        return;
     }
-    for (key, change) in &out.changes {
-        apply_change(history, relationships, defs, key, change);
+    let (mut rows, mut rels) = (Vec::new(), Vec::new());
+    for (key, change) in changes {
+        let (h, r) = changed(defs, &key, Default::default(), change);
+        if !r.rows.is_empty() {
+            rels.push((key.clone(), r));
+        }
+        if !h.rows.is_empty() {
+            rows.push((key, h));
+        }
     }
+    *history = rows.into_iter().collect();
+    *relationships = rels.into_iter().collect();
 }
 
+/// Applies one key's change, moving a replayed history in (not copied, as the borrowing
+/// halves below must).
 pub fn apply_change(
     history: &mut BTreeMap<EntityKey, EntityHistory>,
     relationships: &mut BTreeMap<EntityKey, RelationshipHistory>,
     defs: &Definitions,
     key: &EntityKey,
-    change: &HistoryChange,
+    change: HistoryChange,
 ) {
-    apply_history_change(history, key, change);
-    apply_relationship_change(relationships, defs, key, change);
+    let before = (
+        history.remove(key).unwrap_or_default(),
+        relationships.remove(key).unwrap_or_default(),
+    );
+    let (h, r) = changed(defs, key, before, change);
+    if !h.rows.is_empty() {
+        history.insert(key.clone(), h);
+    }
+    if !r.rows.is_empty() {
+        relationships.insert(key.clone(), r);
+    }
+}
+
+/// A key's entity and relationship rows after `change`, from `before` (its rows so far).
+fn changed(
+    defs: &Definitions,
+    key: &EntityKey,
+    before: (EntityHistory, RelationshipHistory),
+    change: HistoryChange,
+) -> (EntityHistory, RelationshipHistory) {
+    let (mut h, mut r) = change.replaced.unwrap_or(before);
+    snapshot_rows(&mut h, key, &change.snapshots);
+    snapshot_relationships(&mut r, defs, key, &change.snapshots);
+    (h, r)
+}
+
+fn snapshot_rows(history: &mut EntityHistory, key: &EntityKey, snapshots: &[Snapshot]) {
+    for s in snapshots {
+        history.apply(&key.1, s);
+    }
+}
+
+fn snapshot_relationships(
+    relationships: &mut RelationshipHistory,
+    defs: &Definitions,
+    key: &EntityKey,
+    snapshots: &[Snapshot],
+) {
+    for s in snapshots {
+        for rec in &s.relationships {
+            if crate::replay::declared_relationship(defs, &rec.relationship_type) {
+                relationships.apply(
+                    &key.1,
+                    &rec.relationship_type,
+                    &rec.target_entity_id,
+                    s.valid_from,
+                );
+            }
+        }
+    }
 }
 
 /// The entity-row half of a change.
@@ -668,14 +754,15 @@ pub fn apply_history_change(
     key: &EntityKey,
     change: &HistoryChange,
 ) {
-    if let Some((h, _)) = &change.replaced {
-        history.insert(key.clone(), h.clone());
-    }
-    for s in &change.snapshots {
-        history.entry(key.clone()).or_default().apply(&key.1, s);
-    }
-    if history.get(key).is_some_and(|h| h.rows.is_empty()) {
+    let mut h = match &change.replaced {
+        Some((h, _)) => h.clone(),
+        None => history.remove(key).unwrap_or_default(),
+    };
+    snapshot_rows(&mut h, key, &change.snapshots);
+    if h.rows.is_empty() {
         history.remove(key);
+    } else {
+        history.insert(key.clone(), h);
     }
 }
 
@@ -686,23 +773,15 @@ pub fn apply_relationship_change(
     key: &EntityKey,
     change: &HistoryChange,
 ) {
-    if let Some((_, r)) = &change.replaced {
-        relationships.insert(key.clone(), r.clone());
-    }
-    for s in &change.snapshots {
-        for rec in &s.relationships {
-            if crate::replay::declared_relationship(defs, &rec.relationship_type) {
-                relationships.entry(key.clone()).or_default().apply(
-                    &key.1,
-                    &rec.relationship_type,
-                    &rec.target_entity_id,
-                    s.valid_from,
-                );
-            }
-        }
-    }
-    if relationships.get(key).is_some_and(|r| r.rows.is_empty()) {
+    let mut r = match &change.replaced {
+        Some((_, r)) => r.clone(),
+        None => relationships.remove(key).unwrap_or_default(),
+    };
+    snapshot_relationships(&mut r, defs, key, &change.snapshots);
+    if r.rows.is_empty() {
         relationships.remove(key);
+    } else {
+        relationships.insert(key.clone(), r);
     }
 }
 

@@ -594,12 +594,17 @@ impl Engine {
     fn execute(&mut self, plan: &BuildPlan) -> BuildOutput {
         let all = |_: &str| true;
         let mut slots = std::mem::take(&mut self.slots);
-        let out = {
+        let mut out = {
             let inputs = self.inputs(&all);
             build::run(&inputs, plan, &mut slots)
         };
         self.slots = slots;
-        build::apply_changes(&mut self.history, &mut self.relationships, &self.defs, &out);
+        build::apply_changes(
+            &mut self.history,
+            &mut self.relationships,
+            &self.defs,
+            &mut out,
+        );
         out
     }
 
@@ -612,12 +617,12 @@ impl Engine {
             build::tick(&inputs, &mut slots, as_of)
         };
         self.slots = slots;
-        for (key, change) in &changes {
+        for (key, change) in changes {
             build::apply_change(
                 &mut self.history,
                 &mut self.relationships,
                 &self.defs,
-                key,
+                &key,
                 change,
             );
         }

@@ -74,9 +74,11 @@ pub struct MemoryIdentity {
     entities: FastMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
-    /// What changed since loading (or the last `take_changes`), for writing back.
-    changed_keys: BTreeSet<Key>,
-    new_entities: BTreeSet<String>,
+    /// What changed since loading (or the last `take_changes`), for writing back: journals
+    /// in the order of change, repeats included, sorted and deduplicated when taken (a
+    /// sorted set here cost a dozen string comparisons per new key on resolution's hot path).
+    changed_keys: Vec<Key>,
+    new_entities: Vec<String>,
     new_merges: BTreeSet<String>,
 }
 
@@ -151,8 +153,12 @@ impl MemoryIdentity {
 
     /// The changes since loading, in key order; the journal starts again empty.
     pub fn take_changes(&mut self) -> IdentityChanges {
-        let keys = std::mem::take(&mut self.changed_keys);
-        let entities = std::mem::take(&mut self.new_entities);
+        let mut keys = std::mem::take(&mut self.changed_keys);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut entities = std::mem::take(&mut self.new_entities);
+        entities.sort_unstable();
+        entities.dedup();
         let merges = std::mem::take(&mut self.new_merges);
         IdentityChanges {
             mappings: keys
@@ -302,11 +308,11 @@ impl IdentityStore for MemoryIdentity {
             return stored.clone();
         }
         self.ids.insert(PackedKey::new(&key), id.to_string());
-        let entity_type = key.entity_type.clone();
         if !self.entities.contains_key(id) {
-            self.new_entities.insert(id.to_string());
+            self.new_entities.push(id.to_string());
         }
-        self.changed_keys.insert(key.clone());
+        self.changed_keys.push(key.clone());
+        let entity_type = key.entity_type.clone();
         self.entity(id, &entity_type).keys.insert(key);
         id.to_string()
     }
@@ -331,10 +337,10 @@ impl IdentityStore for MemoryIdentity {
             if let Some(id) = self.ids.get_mut(key as &dyn KeyParts) {
                 *id = to.to_string();
             }
-            self.changed_keys.insert(key.clone());
+            self.changed_keys.push(key.clone());
         }
         if !self.entities.contains_key(to) {
-            self.new_entities.insert(to.to_string());
+            self.new_entities.push(to.to_string());
         }
         let count = moved.len();
         let target = &mut self.entity(to, &entity_type).keys;
