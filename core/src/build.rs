@@ -358,8 +358,8 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         }
     }
 
-    fn replay(&self, keys: &[EntityKey]) -> BTreeMap<EntityKey, EntityReplay> {
-        let jobs: Vec<EntityJob<'_>> = keys.iter().map(|k| self.job(k)).collect();
+    /// Replays the entities `keys` (each gathering its own events on the pool), in their order.
+    fn replay(&self, keys: &[EntityKey]) -> Vec<EntityReplay> {
         let lookup = Lookup {
             defs: self.inputs.defs,
             identity: self.inputs.identity,
@@ -367,7 +367,8 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         };
         replay_entities(
             self.inputs.defs,
-            &jobs,
+            keys.len(),
+            |i| self.job(&keys[i]),
             self.plan.as_of,
             &lookup,
             self.inputs.workers,
@@ -409,7 +410,8 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         // Everything starts empty and the replays come in key order: the maps are built from
         // sorted runs at once (a key compared once, not searched for at every insert).
         let (mut changes, mut touched, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, r) in self.replay(&keys) {
+        let replays = self.replay(&keys);
+        for (key, r) in keys.into_iter().zip(replays) {
             self.failures.extend(r.failures);
             self.result.effects_produced += r.snapshots as u64;
             touched.push(key.clone());
@@ -498,7 +500,8 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
             return;
         }
         let keys: Vec<EntityKey> = keys.into_iter().collect();
-        for (key, r) in self.replay(&keys) {
+        let replays = self.replay(&keys);
+        for (key, r) in keys.into_iter().zip(replays) {
             self.failures.retain(|(_, f)| {
                 !(f.entity_type.as_deref() == Some(key.0.as_str())
                     && f.entity_id.as_deref() == Some(key.1.as_str()))

@@ -4,8 +4,6 @@
 //! in parallel across entities and sequentially within one; the result does not depend on
 //! the number of workers.
 
-use std::collections::BTreeMap;
-
 use rayon::prelude::*;
 
 use crate::definitions::Definitions;
@@ -155,34 +153,22 @@ pub fn declared_relationship(defs: &Definitions, relationship_type: &str) -> boo
     })
 }
 
-/// Replays many entities on a pool of `workers` threads; results are keyed by
-/// (entity type, entity id), so their order never depends on scheduling.
-pub fn replay_entities(
+/// Replays `count` entities on a pool of `workers` threads, entity `i` from the job `job(i)`
+/// makes (on the pool too: gathering an entity's events is part of the work). The replays
+/// come back in the order of `i`, whatever the scheduling.
+pub fn replay_entities<'e>(
     defs: &Definitions,
-    jobs: &[EntityJob<'_>],
+    count: usize,
+    job: impl Fn(usize) -> EntityJob<'e> + Sync,
     as_of: Instant,
     relate: &(dyn RelateLookup + Sync),
     workers: usize,
-) -> BTreeMap<(String, String), EntityReplay> {
-    let run = || {
-        jobs.par_iter()
-            .map(|job| {
-                let r = replay_entity(defs, job, as_of, relate);
-                ((job.entity_type.clone(), job.entity_id.clone()), r)
-            })
-            .collect::<BTreeMap<_, _>>()
-    };
+) -> Vec<EntityReplay> {
+    let one = |i: usize| replay_entity(defs, &job(i), as_of, relate);
     if workers <= 1 {
-        return jobs
-            .iter()
-            .map(|job| {
-                (
-                    (job.entity_type.clone(), job.entity_id.clone()),
-                    replay_entity(defs, job, as_of, relate),
-                )
-            })
-            .collect();
+        return (0..count).map(one).collect();
     }
+    let run = || (0..count).into_par_iter().map(one).collect();
     match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
         Ok(pool) => pool.install(run),
         Err(_) => run(),

@@ -438,6 +438,35 @@ fn a_crashed_build_is_repaired_by_the_next(backend: Backend) {
     }
 }
 
+// A FULL build saves the identity its resolve pass changed while it replays (the catalog is
+// otherwise idle then), but always before it writes history: a build that dies just before
+// writing history leaves identity saved and the resolve step complete — a resolve run after
+// it has nothing to do and resets nothing, and identity is that of a clean resolve.
+on_all!(a_full_build_saves_identity_before_it_writes_history);
+fn a_full_build_saves_identity_before_it_writes_history(backend: Backend) {
+    let dir = showcase(backend);
+    load_showcase(&dir);
+    let out = TestCommand::new(&dir)
+        .env("DEFACTO_CRASH_AT", "before-history")
+        .args(["build", "--as-of", AS_OF])
+        .run();
+    assert_ne!(out.code, 0, "the build was expected to die");
+    let after_crash = run(&dir, &["identity", "list", "--format", "json"]);
+    let resolved = run(&dir, &["resolve"]);
+    assert_eq!(resolved["events_resolved"], 0, "{resolved}");
+    assert_eq!(resolved["identity_reset"], false, "{resolved}");
+
+    let clean = showcase(backend);
+    load_showcase(&clean);
+    run(&clean, &["resolve"]);
+    let expected = run(&clean, &["identity", "list", "--format", "json"]);
+    assert!(
+        expected.as_array().is_some_and(|m| m.len() > 10),
+        "{expected}"
+    );
+    assert_eq!(after_crash, expected);
+}
+
 // Issue 4 crash safety with a real `kill -9` in the middle of a build.
 #[test]
 fn a_build_killed_with_sigkill_is_repaired_by_the_next() {

@@ -142,14 +142,18 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let key = state_key(&row.version, shard.map(|s| s.0));
     let mut resolve = None;
     let mut resolved_identity = None;
+    let mut unsaved = None;
+    let mut resolved_assignments = None;
     if shard.is_none() {
         ctx.lease(GLOBAL_LEASE).await?;
     }
     ctx.lease(&build_lease(&key)).await?;
     if shard.is_none() {
-        let (result, identity) = resolve_with_identity(ctx, &row.hashes, args.from_raw).await?;
-        resolve = Some(result);
-        resolved_identity = Some(identity);
+        let resolved = resolve_with_identity(ctx, &row.hashes, args.from_raw).await?;
+        resolve = Some(resolved.result);
+        resolved_identity = Some(resolved.identity);
+        unsaved = Some(resolved.unsaved);
+        resolved_assignments = resolved.assignments;
     } else {
         let rs = ctx.catalog.resolve_state().await?;
         if rs.source_hash.as_deref() != Some(&row.hashes.source_hash)
@@ -162,7 +166,10 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
             )));
         }
     }
-    let rs = ctx.catalog.resolve_state().await?;
+    let rs = match &unsaved {
+        Some(u) => u.state().clone(),
+        None => ctx.catalog.resolve_state().await?,
+    };
     let mut state = ctx.catalog.build_state(&key, &row).await?;
     let mode = detect(
         &state.stored(),
@@ -190,6 +197,9 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         m => m,
     };
     if mode == BuildMode::Skip {
+        if let Some(u) = unsaved {
+            u.save(&ctx.catalog).await?;
+        }
         let complete = state.last_build_time.is_some() && !state.dirty;
         if complete && !row.active && shard.is_none() {
             ctx.catalog.complete_build(&state, true).await?;
@@ -233,6 +243,29 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         merges,
         rebuilds,
     };
+    // The identity the resolve pass changed is saved while an unsharded FULL build replays
+    // with all of identity in memory (the catalog's single SQLite connection is free then);
+    // every other build reads identity from the catalog, so saves it first. Either way it is
+    // saved before any history is written.
+    let full_in_memory = plan.replays_everything()
+        && shard.is_none()
+        && resolved_identity.as_ref().is_some_and(|i| i.is_whole());
+    let saving = match unsaved {
+        Some(u) if full_in_memory => {
+            // On a thread of its own: the save's future is not `Send` (its row iterators
+            // borrow), and the replay keeps this one busy without awaiting.
+            let catalog = ctx.catalog.clone();
+            let runtime = tokio::runtime::Handle::current();
+            Some(tokio::task::spawn_blocking(move || {
+                runtime.block_on(u.save(&catalog))
+            }))
+        }
+        Some(u) => {
+            u.save(&ctx.catalog).await?;
+            None
+        }
+        None => None,
+    };
     // A build that replays everything reads all of identity; an incremental one, the part its
     // new rows, merges and due slots reach (the resolve pass's part, extended).
     let mut identity = match resolved_identity {
@@ -248,11 +281,21 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
             &defs,
             &row.version,
             &identity,
+            resolved_assignments,
             &plan,
-            args.workers,
-            partition_size,
+            Split {
+                workers: args.workers,
+                partition_size,
+            },
         )
-        .await?;
+        .await;
+        // Saved (or failed) before anything else happens, the build's own failure included.
+        if let Some(saving) = saving {
+            saving.await.map_err(|e| {
+                Error::Storage(format!("Saving identity failed: the task stopped: {e}"))
+            })??;
+        }
+        let full = full?;
         timing = full.timing;
         timing.load += identity_loaded - loading;
         (full.out, Some(full.tables))
@@ -570,6 +613,14 @@ struct FullBuild {
     timing: Timing,
 }
 
+/// How an unsharded FULL build divides its work: interpretation workers, and ledger rows
+/// per partition.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    workers: usize,
+    partition_size: i64,
+}
+
 /// An unsharded FULL build, a partition of the entities at a time (`partition_size` ledger
 /// rows each, about; at most `build::MAX_PARTITIONS`). The
 /// ledger is scanned once and kept as Arrow batches, each row marked with the partitions that
@@ -583,12 +634,21 @@ async fn full_in_partitions(
     defs: &Definitions,
     version: &str,
     identity: &ScopedIdentity,
+    assignments: Option<BTreeMap<EntityKey, BTreeSet<i64>>>,
     plan: &BuildPlan,
-    workers: usize,
-    partition_size: i64,
+    split: Split,
 ) -> Result<FullBuild> {
+    let Split {
+        workers,
+        partition_size,
+    } = split;
     let started = Clock::now();
-    let assignments = load_assignments(ctx).await?;
+    // All of ledger/assignments: the resolve pass's own when it went through the whole ledger.
+    let assignments = match assignments {
+        Some(all) => all,
+        None => load_assignments(ctx).await?,
+    };
+    tracing::debug!(ms = ms_since(started), "assignments loaded");
     let parts = (plan.resolve_cursor.max(1) + partition_size - 1)
         .div_euclid(partition_size)
         .clamp(1, build::MAX_PARTITIONS as i64) as usize;
@@ -658,8 +718,11 @@ async fn full_in_partitions(
             owns: &owns,
             workers: workers.max(1),
         };
-        let mut out = build::run(&inputs, plan, &mut BTreeMap::new());
-        drop(events);
+        let mut slots = BTreeMap::new();
+        let mut out = build::run(&inputs, plan, &mut slots);
+        // Freed on the pool while this thread goes on (a partition's events and histories
+        // are millions of small allocations: freeing them here held up the next partition).
+        rayon::spawn(move || drop((events, slots)));
         let converting = Clock::now();
         timing.replay += converting - replaying;
         // Each partition's rows go out to the tables' files at once; the tables are replaced
@@ -675,7 +738,8 @@ async fn full_in_partitions(
                 .write(batch)
                 .await?;
         }
-        out.changes.clear();
+        let changes = std::mem::take(&mut out.changes);
+        rayon::spawn(move || drop(changes));
         timing.history_batches += converting.elapsed();
         tracing::debug!(partition = p, of = parts, "partition replayed");
         match folded.as_mut() {
