@@ -392,6 +392,8 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         None => write_changes(ctx, &defs, &row.version, &identity, &out.changes).await?,
     }
     timing.write_history += writing.elapsed();
+    // Identity is not read past this point: freed on the pool while working state is saved.
+    rayon::spawn(move || drop(identity));
     crash_point("after-history");
     ctx.catalog
         .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
@@ -748,6 +750,8 @@ async fn full_in_partitions(
         }
     }
     let mut out = folded.expect("a FULL build has at least one partition");
+    drop(parts_of);
+    rayon::spawn(move || drop(assignments));
     // Rows of merged entities were replayed by several partitions; count each once, as the
     // latest event of the whole ledger sets the watermark.
     out.result.events_processed = events;
