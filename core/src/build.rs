@@ -29,6 +29,10 @@ pub struct BuildInputs<'a, S: IdentityStore + Sync> {
     pub identity: &'a S,
     /// Which entity ids this build owns (its shard, §14); every id when unsharded.
     pub owns: &'a (dyn Fn(&str) -> bool + Sync),
+    /// The entities a FULL build replays, when the caller has listed them already (those of
+    /// `assignments` it owns, in key order — a partition's, say): otherwise found by asking
+    /// `owns` of every assigned entity.
+    pub entities: Option<&'a [&'a EntityKey]>,
     pub workers: usize,
 }
 
@@ -400,13 +404,16 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
             .iter()
             .filter(|e| e.sequence <= self.plan.resolve_cursor)
             .count() as u64;
-        let keys: Vec<EntityKey> = self
-            .inputs
-            .assignments
-            .keys()
-            .filter(|k| self.owns(&k.1))
-            .cloned()
-            .collect();
+        let keys: Vec<EntityKey> = match self.inputs.entities {
+            Some(listed) => listed.iter().map(|k| (*k).clone()).collect(),
+            None => self
+                .inputs
+                .assignments
+                .keys()
+                .filter(|k| self.owns(&k.1))
+                .cloned()
+                .collect(),
+        };
         // Everything starts empty and the replays come in key order: the maps are built from
         // sorted runs at once (a key compared once, not searched for at every insert).
         let (mut changes, mut touched, mut kept) = (Vec::new(), Vec::new(), Vec::new());

@@ -586,6 +586,7 @@ impl Engine {
             assignments: &self.assignments,
             identity: self.resolver.store(),
             owns,
+            entities: None,
             workers: self.workers,
         }
     }

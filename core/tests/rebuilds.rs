@@ -541,15 +541,27 @@ fn full_pass(
         merges: Vec::new(),
         rebuilds: Vec::new(),
     };
-    let inputs = defacto_core::build::BuildInputs {
-        defs: e.definitions(),
-        ledger,
-        assignments: e.assignments(),
-        identity: e.resolver().store(),
-        owns,
-        workers: 2,
+    // The entities found through `owns`, and the same entities listed by the caller, as the
+    // jobs list a partition's: the same output.
+    let listed: Vec<_> = e.assignments().keys().filter(|k| owns(&k.1)).collect();
+    let run = |entities| {
+        let inputs = defacto_core::build::BuildInputs {
+            defs: e.definitions(),
+            ledger,
+            assignments: e.assignments(),
+            identity: e.resolver().store(),
+            owns,
+            entities,
+            workers: 2,
+        };
+        defacto_core::build::run(&inputs, &plan, &mut std::collections::BTreeMap::new())
     };
-    defacto_core::build::run(&inputs, &plan, &mut std::collections::BTreeMap::new())
+    let found = run(None);
+    let given = run(Some(listed.as_slice()));
+    assert_eq!(found.changes, given.changes);
+    assert_eq!(found.slots, given.slots);
+    assert_eq!(found.result, given.result);
+    found
 }
 
 // Issue 4: a FULL build replayed a partition of entities at a time, each partition given only

@@ -68,6 +68,7 @@ async fn tick(ctx: &Context, args: &TickArgs) -> Result<TickResult> {
         assignments: &assignments,
         identity: &identity,
         owns: &owns,
+        entities: None,
         workers: args.workers.max(1),
     };
     let (changes, result, _failures) = build::tick(&inputs, &mut slots, ctx.as_of);
