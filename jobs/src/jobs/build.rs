@@ -705,7 +705,7 @@ async fn full_in_partitions(
     };
     let mut folded: Option<BuildOutput> = None;
     let mut tables: BTreeMap<String, TableWriter> = BTreeMap::new();
-    for p in 0..parts {
+    for (p, entities) in listed.iter().enumerate() {
         let decoding = Clock::now();
         let decoded = spill
             .read(p)?
@@ -723,7 +723,7 @@ async fn full_in_partitions(
             assignments: &assignments,
             identity,
             owns: &owns,
-            entities: Some(&listed[p]),
+            entities: Some(entities),
             workers: workers.max(1),
         };
         let mut slots = BTreeMap::new();
