@@ -483,53 +483,68 @@ impl TableWriter {
 
     async fn commit(mut self, removes: Removes) -> Result<()> {
         let op = self.op();
-        let mut actions = self.flush(false).await?;
+        let adds = self.flush(false).await?;
         let removes_none = match &removes {
             Removes::Nothing => true,
             Removes::These(these) => these.is_empty(),
             Removes::Everything => false,
         };
-        if actions.is_empty() && removes_none {
+        if adds.is_empty() && removes_none {
             // Nothing to commit: the table is not even opened again.
             return Ok(());
         }
-        let t = self.lake.open_or_create(&self.table, &self.schema).await?;
-        let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
-        let mode = match removes {
-            Removes::Nothing => SaveMode::Append,
-            Removes::Everything => {
-                let all: Vec<Action> = snapshot
-                    .snapshot()
-                    .file_views(&t.log_store(), None)
-                    .map_ok(|f| Action::Remove(f.remove_action(true)))
-                    .try_collect()
-                    .await
-                    .map_err(|e| storage(&op, e))?;
-                actions.extend(all);
-                SaveMode::Overwrite
+        // Two writers that create a table at once (the shards of a first build) can both
+        // commit its metadata, the second one at the next version; the other's commit then
+        // fails as "metadata changed". When what this commit removes does not come from the
+        // snapshot it read (nothing, or everything there is), it is made again on the new one.
+        let independent = !matches!(&removes, Removes::These(these) if !these.is_empty());
+        let mut attempt = 0;
+        loop {
+            let t = self.lake.open_or_create(&self.table, &self.schema).await?;
+            let snapshot = t.snapshot().map_err(|e| storage(&op, e))?;
+            let mut actions = adds.clone();
+            let mode = match &removes {
+                Removes::Nothing => SaveMode::Append,
+                Removes::Everything => {
+                    let all: Vec<Action> = snapshot
+                        .snapshot()
+                        .file_views(&t.log_store(), None)
+                        .map_ok(|f| Action::Remove(f.remove_action(true)))
+                        .try_collect()
+                        .await
+                        .map_err(|e| storage(&op, e))?;
+                    actions.extend(all);
+                    SaveMode::Overwrite
+                }
+                Removes::These(these) => {
+                    actions.extend(these.iter().cloned().map(Action::Remove));
+                    SaveMode::Overwrite
+                }
+            };
+            if actions.is_empty() {
+                return Ok(());
             }
-            Removes::These(these) => {
-                actions.extend(these.into_iter().map(Action::Remove));
-                SaveMode::Overwrite
+            let committed = CommitBuilder::default()
+                .with_actions(actions)
+                .build(
+                    Some(snapshot),
+                    t.log_store(),
+                    DeltaOperation::Write {
+                        mode,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await;
+            match committed {
+                Ok(_) => return Ok(()),
+                Err(e) if independent && attempt < 5 && metadata_race(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(storage(&op, e)),
             }
-        };
-        if actions.is_empty() {
-            return Ok(());
         }
-        CommitBuilder::default()
-            .with_actions(actions)
-            .build(
-                Some(snapshot),
-                t.log_store(),
-                DeltaOperation::Write {
-                    mode,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
-            .await
-            .map_err(|e| storage(&op, e))?;
-        Ok(())
     }
 
     /// Deletes the files written, committing nothing.
@@ -552,6 +567,11 @@ impl TableWriter {
         }
         Ok(())
     }
+}
+
+/// A commit that lost to another writer's metadata (the table created twice at once).
+fn metadata_race(e: &impl std::fmt::Display) -> bool {
+    e.to_string().contains("Metadata changed since last commit")
 }
 
 #[cfg(test)]

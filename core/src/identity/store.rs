@@ -6,6 +6,8 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
+use rayon::prelude::*;
+
 use super::key::Key;
 use crate::fasthash::FastMap;
 use crate::value::Instant;
@@ -151,22 +153,24 @@ impl MemoryIdentity {
             .insert(from.to_string());
     }
 
-    /// The changes since loading, in key order; the journal starts again empty.
+    /// The changes since loading, in key order; the journal starts again empty. Sorted and
+    /// looked up on all cores: after a pass from the start of a large ledger these are every
+    /// key and entity, and a job waits for them.
     pub fn take_changes(&mut self) -> IdentityChanges {
         let mut keys = std::mem::take(&mut self.changed_keys);
-        keys.sort_unstable();
+        keys.par_sort_unstable();
         keys.dedup();
         let mut entities = std::mem::take(&mut self.new_entities);
-        entities.sort_unstable();
+        entities.par_sort_unstable();
         entities.dedup();
         let merges = std::mem::take(&mut self.new_merges);
         IdentityChanges {
             mappings: keys
-                .into_iter()
+                .into_par_iter()
                 .filter_map(|k| self.ids.get(&k as &dyn KeyParts).cloned().map(|id| (k, id)))
                 .collect(),
             entities: entities
-                .into_iter()
+                .into_par_iter()
                 .filter_map(|id| {
                     self.entities
                         .get(&id)
