@@ -711,11 +711,18 @@ pub fn apply_change(
         relationships.remove(key).unwrap_or_default(),
     );
     let (h, r) = changed(defs, key, before, change);
-    if !h.rows.is_empty() {
-        history.insert(key.clone(), h);
-    }
-    if !r.rows.is_empty() {
-        relationships.insert(key.clone(), r);
+    let empty = h.rows.is_empty();
+    put(history, key, h, empty);
+    let empty = r.rows.is_empty();
+    put(relationships, key, r, empty);
+}
+
+/// Stores a key's rows, or removes its entry when it has none left.
+fn put<V>(map: &mut BTreeMap<EntityKey, V>, key: &EntityKey, rows: V, empty: bool) {
+    if empty {
+        map.remove(key);
+    } else {
+        map.insert(key.clone(), rows);
     }
 }
 
@@ -769,11 +776,8 @@ pub fn apply_history_change(
         None => history.remove(key).unwrap_or_default(),
     };
     snapshot_rows(&mut h, key, &change.snapshots);
-    if h.rows.is_empty() {
-        history.remove(key);
-    } else {
-        history.insert(key.clone(), h);
-    }
+    let empty = h.rows.is_empty();
+    put(history, key, h, empty);
 }
 
 /// The relationship-row half of a change (rows whose source is the entity).
@@ -788,11 +792,8 @@ pub fn apply_relationship_change(
         None => relationships.remove(key).unwrap_or_default(),
     };
     snapshot_relationships(&mut r, defs, key, &change.snapshots);
-    if r.rows.is_empty() {
-        relationships.remove(key);
-    } else {
-        relationships.insert(key.clone(), r);
-    }
+    let empty = r.rows.is_empty();
+    put(relationships, key, r, empty);
 }
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     }
     ctx.lease(&build_lease(&key)).await?;
     if shard.is_none() {
-        let resolved = resolve_with_identity(ctx, &row.hashes, args.from_raw).await?;
+        let resolved = resolve_with_identity(ctx, &row.hashes, args.from_raw, true).await?;
         resolve = Some(resolved.result);
         resolved_identity = Some(resolved.identity);
         unsaved = Some(resolved.unsaved);
@@ -657,13 +657,13 @@ async fn full_in_partitions(
     // Each entity's partition hashed once (SHA-256, §14), and each partition's entities
     // listed once, in key order: asking every partition of every entity cost a lookup per
     // entity per partition (at 10 M events, 64 partitions of a million entities).
-    let parts_of: FastMap<&str, usize> = assignments
-        .keys()
-        .map(|(_, id)| (id.as_str(), shard_of(id, parts as u32) as usize))
-        .collect();
+    let mut parts_of: FastMap<&str, usize> = FastMap::default();
+    parts_of.reserve(assignments.len());
     let mut listed: Vec<Vec<&EntityKey>> = vec![Vec::new(); parts];
     for key in assignments.keys() {
-        listed[parts_of[key.1.as_str()]].push(key);
+        let part = shard_of(&key.1, parts as u32) as usize;
+        parts_of.insert(key.1.as_str(), part);
+        listed[part].push(key);
     }
     let part_of = |id: &str| {
         parts_of

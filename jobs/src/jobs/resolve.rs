@@ -119,7 +119,7 @@ impl Grouping {
 /// included). The caller holds the global lease.
 pub async fn resolve_step(ctx: &Context, hashes: &Hashes, from_raw: bool) -> Result<ResolveResult> {
     let started = Clock::now();
-    let mut resolved = resolve_with_identity(ctx, hashes, from_raw).await?;
+    let mut resolved = resolve_with_identity(ctx, hashes, from_raw, false).await?;
     resolved.unsaved.save(&ctx.catalog).await?;
     resolved.result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(resolved.result)
@@ -133,8 +133,8 @@ pub struct Resolved {
     /// instead of loading it again).
     pub identity: ScopedIdentity,
     pub unsaved: UnsavedIdentity,
-    /// Every assignment by entity, when the pass resolved the ledger from its start: all of
-    /// ledger/assignments, which a FULL build then need not read back.
+    /// Every assignment by entity, when asked for and the pass resolved the ledger from its
+    /// start: all of ledger/assignments, which a FULL build then need not read back.
     pub assignments: Option<BTreeMap<EntityKey, BTreeSet<i64>>>,
 }
 
@@ -165,11 +165,13 @@ impl UnsavedIdentity {
     }
 }
 
-/// The resolve step up to saving identity (see `Resolved`).
+/// The resolve step up to saving identity (see `Resolved`); `keep_assignments` asks for the
+/// assignments grouped by entity (a build's).
 pub async fn resolve_with_identity(
     ctx: &Context,
     hashes: &Hashes,
     from_raw: bool,
+    keep_assignments: bool,
 ) -> Result<Resolved> {
     let started = Clock::now();
     let mut result = ResolveResult::default();
@@ -211,7 +213,7 @@ pub async fn resolve_with_identity(
         whole = store.is_whole(),
         "identity loaded"
     );
-    let mut pass = resolve_events(ctx, state.cursor, store).await?;
+    let mut pass = resolve_events(ctx, state.cursor, store, keep_assignments).await?;
     if !pass.misses.is_empty() {
         // The new events' keys bring in everything a pass reads; should one read more, the
         // pass runs again on all of identity (nothing it wrote is committed yet).
@@ -222,7 +224,7 @@ pub async fn resolve_with_identity(
         );
         pass.writer.abort().await?;
         store = ScopedIdentity::whole(&ctx.catalog).await?;
-        pass = resolve_events(ctx, state.cursor, store).await?;
+        pass = resolve_events(ctx, state.cursor, store, keep_assignments).await?;
     }
     result.events_resolved = pass.events;
     result.merges_detected = pass.merges_detected;
@@ -308,7 +310,12 @@ struct Pass {
     groups: Option<Grouping>,
 }
 
-async fn resolve_events(ctx: &Context, cursor: i64, store: ScopedIdentity) -> Result<Pass> {
+async fn resolve_events(
+    ctx: &Context,
+    cursor: i64,
+    store: ScopedIdentity,
+    keep_assignments: bool,
+) -> Result<Pass> {
     let mut resolver = ctx.resolver(store);
     // Events are resolved as the sorted scan hands them over, and their assignments go out
     // to ledger/assignments' files as they accumulate (committed by the caller).
@@ -326,7 +333,7 @@ async fn resolve_events(ctx: &Context, cursor: i64, store: ScopedIdentity) -> Re
     let mut merges_detected = 0;
     let mut events_resolved = 0;
     let from_start = cursor == 0;
-    let groups = from_start.then(Grouping::start);
+    let groups = (from_start && keep_assignments).then(Grouping::start);
     while let Some(batch) = stream
         .try_next()
         .await
