@@ -213,12 +213,14 @@ impl Lake {
         // the rewrite needs.
         let whole: HashSet<&str> = keys.difference(appended).copied().collect();
         #[allow(deprecated)]
-        let (closed_files, open_files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+        let tag = |f: &deltalake::kernel::LogicalFileView| {
             f.add_action()
                 .tags
                 .and_then(|t| t.get(ROWS_TAG).cloned().flatten())
-                .is_some_and(|v| v == "closed")
-        });
+        };
+        let (closed_files, open_files): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|f| tag(f).is_some_and(|v| v == "closed"));
         // The appended keys seen in the files that are not closed: with a current row.
         let mut current: HashSet<String> = HashSet::new();
         let mut unseen_closed: HashSet<String> = HashSet::new();
@@ -236,32 +238,38 @@ impl Lake {
                 let wanted = if closed { &whole } else { keys };
                 let path = file.object_store_path();
                 let size = file.size() as u64;
-                let mut holds = false;
-                let mut ids = read_parquet(&store, &path, size, Some(column))
-                    .await
-                    .map_err(|e| storage(&op, e))?;
-                while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
-                    let values = crate::ledger::Columns::new(&batch).str(column)?;
-                    for i in 0..batch.num_rows() {
-                        let Some(v) = values.get(i) else { continue };
-                        if wanted.contains(v) {
-                            holds = true;
-                            if !closed && appended.contains(v) {
-                                current.insert(v.to_string());
+                // A file of current rows holds a row of nearly every entity an increment
+                // reaches: it is read whole at once, without a first pass over its key column
+                // (should it hold none of the keys, it is rewritten as it was).
+                let at_once = tag(&file).is_some_and(|v| v == "current");
+                if !at_once {
+                    let mut holds = false;
+                    let mut ids = read_parquet(&store, &path, size, Some(column))
+                        .await
+                        .map_err(|e| storage(&op, e))?;
+                    while let Some(batch) = ids.try_next().await.map_err(|e| storage(&op, e))? {
+                        let values = crate::ledger::Columns::new(&batch).str(column)?;
+                        for i in 0..batch.num_rows() {
+                            let Some(v) = values.get(i) else { continue };
+                            if wanted.contains(v) {
+                                holds = true;
+                                if !closed && appended.contains(v) {
+                                    current.insert(v.to_string());
+                                }
+                            } else if closed && appended.contains(v) {
+                                unseen_closed.insert(v.to_string());
                             }
-                        } else if closed && appended.contains(v) {
-                            unseen_closed.insert(v.to_string());
                         }
                     }
-                }
-                tracing::debug!(
-                    ms = started.elapsed().as_millis() as u64,
-                    closed,
-                    holds,
-                    "key column read"
-                );
-                if !holds {
-                    continue;
+                    tracing::debug!(
+                        ms = started.elapsed().as_millis() as u64,
+                        closed,
+                        holds,
+                        "key column read"
+                    );
+                    if !holds {
+                        continue;
+                    }
                 }
                 let mut batches = read_parquet(&store, &path, size, None)
                     .await
@@ -269,6 +277,16 @@ impl Lake {
                 while let Some(batch) = batches.try_next().await.map_err(|e| storage(&op, e))? {
                     let batch = conform(&batch, schema)?;
                     let mask = key_mask(&batch, column, wanted)?;
+                    if at_once {
+                        let values = crate::ledger::Columns::new(&batch).str(column)?;
+                        current.extend(
+                            (0..batch.num_rows())
+                                .filter(|&i| mask.value(i))
+                                .filter_map(|i| values.get(i))
+                                .filter(|v| appended.contains(v))
+                                .map(str::to_string),
+                        );
+                    }
                     let rest = not(&mask).map_err(|e| storage(&op, e))?;
                     old.push(filter_record_batch(&batch, &mask).map_err(|e| storage(&op, e))?);
                     writer

@@ -252,12 +252,10 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         && resolved_identity.as_ref().is_some_and(|i| i.is_whole());
     let saving = match unsaved {
         Some(u) if full_in_memory => {
-            // On a thread of its own: the save's future is not `Send` (its row iterators
-            // borrow), and the replay keeps this one busy without awaiting.
+            // The replay keeps this thread busy without awaiting.
             let catalog = ctx.catalog.clone();
-            let runtime = tokio::runtime::Handle::current();
-            Some(tokio::task::spawn_blocking(move || {
-                runtime.block_on(u.save(&catalog))
+            Some(Beside::start("Saving identity", move || async move {
+                u.save(&catalog).await
             }))
         }
         Some(u) => {
@@ -274,7 +272,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         _ => ScopedIdentity::empty(),
     };
     let mut timing = Timing::default();
-    let (out, full_tables) = if plan.replays_everything() && shard.is_none() {
+    let (mut out, full_tables) = if plan.replays_everything() && shard.is_none() {
         let identity_loaded = Clock::now();
         let full = full_in_partitions(
             ctx,
@@ -291,9 +289,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         .await;
         // Saved (or failed) before anything else happens, the build's own failure included.
         if let Some(saving) = saving {
-            saving.await.map_err(|e| {
-                Error::Storage(format!("Saving identity failed: the task stopped: {e}"))
-            })??;
+            saving.join().await?;
         }
         let full = full?;
         timing = full.timing;
@@ -383,22 +379,49 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     };
     let writing = Clock::now();
     crash_point("before-history");
-    match full_tables {
-        Some(tables) => {
-            for writer in tables.into_values() {
-                writer.replace().await?;
+    // History (the lake) and working state (the catalog) are written at the same time: the
+    // build state stays dirty until both are, and a dirty build state makes the next build
+    // FULL, so a crash or a failure between them, in either order, loses nothing.
+    // The working state is saved on a thread of its own: the rewrite of history decodes and
+    // encodes on this one.
+    let working_state = {
+        let (catalog, key, defs, as_of, full) = (
+            ctx.catalog.clone(),
+            key.clone(),
+            defs.clone(),
+            ctx.as_of,
+            out.full,
+        );
+        let slots = std::mem::take(&mut out.slots);
+        Beside::start("Saving working state", move || async move {
+            catalog
+                .save_working_state(&key, &slots, full, &next_due(&defs, as_of))
+                .await?;
+            tracing::debug!(ms = ms_since(writing), "working state saved");
+            // Freed here, off the job's thread.
+            drop(slots);
+            Ok(())
+        })
+    };
+    let history = async {
+        match full_tables {
+            Some(tables) => {
+                for writer in tables.into_values() {
+                    writer.replace().await?;
+                }
             }
+            None => write_changes(ctx, &defs, &row.version, &identity, &out.changes).await?,
         }
-        None => write_changes(ctx, &defs, &row.version, &identity, &out.changes).await?,
-    }
-    timing.write_history += writing.elapsed();
-    // Identity is not read past this point: freed on the pool while working state is saved.
+        crash_point("after-history");
+        Ok::<_, Error>(writing.elapsed())
+    };
+    // Both finish (or fail) before the build goes on, whichever fails first.
+    let history = history.await;
+    let saved = working_state.join().await;
+    timing.write_history += history?;
+    saved?;
+    // Identity is not read past this point: freed on the pool.
     rayon::spawn(move || drop(identity));
-    crash_point("after-history");
-    ctx.catalog
-        .save_working_state(&key, &out.slots, out.full, &next_due(&defs, ctx.as_of))
-        .await?;
-    tracing::debug!(ms = ms_since(writing), "working state saved");
     crash_point("after-working-state");
 
     state.cursor = out.cursor;
@@ -458,6 +481,34 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// A catalog write run on a blocking thread of its own, beside the job's work, and joined
+/// later. Its future need not be `Send` (the catalog's row iterators borrow), and the job's
+/// thread stays free for its own work, which often does not await for long.
+struct Beside {
+    what: &'static str,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Beside {
+    /// Starts the future `job` makes; `what` names it in the error should its thread stop.
+    fn start<F, Fut>(what: &'static str, job: F) -> Beside
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || runtime.block_on(job()));
+        Beside { what, task }
+    }
+
+    /// Waits for it to finish: its own result.
+    async fn join(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Storage(format!("{} failed: the task stopped: {e}", self.what)))?
+    }
 }
 
 /// Milliseconds since `start`, for debug timing logs.
@@ -1036,79 +1087,93 @@ pub async fn write_changes(
         .filter(|(_, c)| c.replaced.is_none())
         .map(|(k, _)| k.1.as_str())
         .collect();
+    let appended = &appended;
+    let ids: HashSet<&str> = changes.keys().map(|k| k.1.as_str()).collect();
+    let ids = &ids;
+    let entity_type_of = &entity_type_of;
+    // Each table is rewritten by a future of its own, all at once: one table's reads and
+    // commit wait on storage while another's rows are made.
+    let mut rewrites: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + '_>>> =
+        Vec::new();
     for (name, entity) in &defs.entities {
-        let table = tables::history(version, name);
         let keys: Vec<&EntityKey> = changes.keys().filter(|k| &k.0 == name).collect();
         if keys.is_empty() {
             continue;
         }
-        let ids: HashSet<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let column = format!("{name}_id");
-        let new_rows = |old: Vec<RecordBatch>, unseen: &HashSet<String>| {
-            // An entity's rows may span batches: grouped once, all together.
-            let mut rows = Vec::new();
-            for b in &old {
-                rows.extend(read_entity_rows(entity, b)?);
-            }
-            let mut histories = group_rows(name, rows);
-            for key in &keys {
-                let change = &changes[*key];
-                // Closed rows not read are left as they are: right when the entity's
-                // current row was read and no snapshot comes before it.
-                if unseen.contains(&key.1) {
-                    let current = histories
-                        .get(*key)
-                        .and_then(|h| h.rows.last())
-                        .filter(|r| r.valid_to.is_none())
-                        .map(|r| r.valid_from);
-                    let follows = current
-                        .is_some_and(|from| change.snapshots.iter().all(|s| s.valid_from >= from));
-                    if !follows {
-                        return Ok(None);
-                    }
+        rewrites.push(Box::pin(async move {
+            let table = tables::history(version, name);
+            let ids: HashSet<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+            let column = format!("{name}_id");
+            let new_rows = |old: Vec<RecordBatch>, unseen: &HashSet<String>| {
+                // An entity's rows may span batches: grouped once, all together.
+                let mut rows = Vec::new();
+                for b in &old {
+                    rows.extend(read_entity_rows(entity, b)?);
                 }
-                build::apply_history_change(&mut histories, key, change);
-            }
-            let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
-            Ok(Some(vec![entity_batch(entity, &rows)?]))
-        };
-        let target = KeyedRows {
-            table: &table,
-            schema: &entity_schema(entity),
-            column: &column,
-            keys: &ids,
-        };
-        let started = Clock::now();
-        ctx.lake.replace_keys(&target, &appended, new_rows).await?;
-        tracing::debug!(ms = ms_since(started), table, "history rows replaced");
+                let mut histories = group_rows(name, rows);
+                for key in &keys {
+                    let change = &changes[*key];
+                    // Closed rows not read are left as they are: right when the entity's
+                    // current row was read and no snapshot comes before it.
+                    if unseen.contains(&key.1) {
+                        let current = histories
+                            .get(*key)
+                            .and_then(|h| h.rows.last())
+                            .filter(|r| r.valid_to.is_none())
+                            .map(|r| r.valid_from);
+                        let follows = current.is_some_and(|from| {
+                            change.snapshots.iter().all(|s| s.valid_from >= from)
+                        });
+                        if !follows {
+                            return Ok(None);
+                        }
+                    }
+                    build::apply_history_change(&mut histories, key, change);
+                }
+                let rows: Vec<_> = histories.values().flat_map(|h| h.rows.iter()).collect();
+                Ok(Some(vec![entity_batch(entity, &rows)?]))
+            };
+            let target = KeyedRows {
+                table: &table,
+                schema: &entity_schema(entity),
+                column: &column,
+                keys: &ids,
+            };
+            let started = Clock::now();
+            ctx.lake.replace_keys(&target, appended, new_rows).await?;
+            tracing::debug!(ms = ms_since(started), table, "history rows replaced");
+            Ok(())
+        }));
     }
     // Relationship rows belong to their source entity. A snapshot only opens relationship
     // rows, after the last one of its kind: the open rows are all it needs.
-    let ids: HashSet<&str> = changes.keys().map(|k| k.1.as_str()).collect();
-    if ids.is_empty() {
-        return Ok(());
+    if !ids.is_empty() {
+        for rel in relationship_types(defs) {
+            rewrites.push(Box::pin(async move {
+                let table = tables::relationship_history(version, &rel);
+                let schema = relationship_schema(defs, &rel);
+                let new_rows = |old: Vec<RecordBatch>, _: &HashSet<String>| {
+                    let mut rows = Vec::new();
+                    for b in &old {
+                        rows.extend(read_relationship_rows(b)?);
+                    }
+                    let rels = group_relationships(entity_type_of, rows);
+                    Ok(Some(vec![relationships_after(defs, &rel, rels, changes)?]))
+                };
+                let target = KeyedRows {
+                    table: &table,
+                    schema: &schema,
+                    column: "source_id",
+                    keys: ids,
+                };
+                let started = Clock::now();
+                ctx.lake.replace_keys(&target, appended, new_rows).await?;
+                tracing::debug!(ms = ms_since(started), table, "relationship rows replaced");
+                Ok(())
+            }));
+        }
     }
-    for rel in relationship_types(defs) {
-        let table = tables::relationship_history(version, &rel);
-        let schema = relationship_schema(defs, &rel);
-        let new_rows = |old: Vec<RecordBatch>, _: &HashSet<String>| {
-            let mut rows = Vec::new();
-            for b in &old {
-                rows.extend(read_relationship_rows(b)?);
-            }
-            let rels = group_relationships(&entity_type_of, rows);
-            Ok(Some(vec![relationships_after(defs, &rel, rels, changes)?]))
-        };
-        let target = KeyedRows {
-            table: &table,
-            schema: &schema,
-            column: "source_id",
-            keys: &ids,
-        };
-        let started = Clock::now();
-        ctx.lake.replace_keys(&target, &appended, new_rows).await?;
-        tracing::debug!(ms = ms_since(started), table, "relationship rows replaced");
-    }
+    futures::future::try_join_all(rewrites).await?;
     Ok(())
 }
 
