@@ -274,6 +274,8 @@ impl Engine {
         self.next_sequence += raws.len() as i64;
         let mut result = IngestResult::default();
         let accepted = self.normalize_call(&rows, as_of, &mut result);
+        self.canonical.reserve(accepted.len());
+        self.ledger.reserve(accepted.len());
         for (sequence, e) in accepted {
             self.append(sequence, e);
         }

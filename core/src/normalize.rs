@@ -16,7 +16,142 @@ use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
 
 /// Identity hints of one event: entity type (sorted) → identity field → hint value.
-pub type Hints = BTreeMap<String, FastIndexMap<String, String>>;
+///
+/// A map kept as a vector sorted by entity type: an event names one or two types, and each
+/// event of a ledger holds its hints, so a B-tree (a node of eleven slots allocated for the
+/// first entry) cost most of the hint extraction of `normalize`. It reads, writes (a JSON
+/// object, keys in order) and compares as the map it stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints(Vec<(String, TypeHints)>);
+
+/// One entity type's hints: identity field → hint value, in the source's listed order.
+pub type TypeHints = FastIndexMap<String, String>;
+
+impl Hints {
+    pub fn new() -> Hints {
+        Hints(Vec::new())
+    }
+
+    /// Empty, with room for `types` entity types.
+    pub fn with_capacity(types: usize) -> Hints {
+        Hints(Vec::with_capacity(types))
+    }
+
+    /// Sets `entity_type`'s hints, returning those it replaces.
+    pub fn insert(&mut self, entity_type: String, values: TypeHints) -> Option<TypeHints> {
+        match self
+            .0
+            .binary_search_by(|(t, _)| t.as_str().cmp(&entity_type))
+        {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, values)),
+            Err(at) => {
+                self.0.insert(at, (entity_type, values));
+                None
+            }
+        }
+    }
+
+    pub fn get(&self, entity_type: &str) -> Option<&TypeHints> {
+        self.0
+            .binary_search_by(|(t, _)| t.as_str().cmp(entity_type))
+            .ok()
+            .map(|at| &self.0[at].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entity types in order, with their hints.
+    pub fn iter(&self) -> HintsIter<'_> {
+        self.0.iter().map(|(t, v)| (t, v))
+    }
+}
+
+/// The iterator of `Hints::iter`.
+pub type HintsIter<'a> = std::iter::Map<
+    std::slice::Iter<'a, (String, TypeHints)>,
+    fn(&'a (String, TypeHints)) -> (&'a String, &'a TypeHints),
+>;
+
+impl std::ops::Index<&str> for Hints {
+    type Output = TypeHints;
+
+    /// `entity_type`'s hints; panics when there are none, as a map's index does.
+    fn index(&self, entity_type: &str) -> &TypeHints {
+        self.get(entity_type)
+            .unwrap_or_else(|| panic!("no hints of entity type '{entity_type}'"))
+    }
+}
+
+impl<'a> IntoIterator for &'a Hints {
+    type Item = (&'a String, &'a TypeHints);
+    type IntoIter = HintsIter<'a>;
+
+    fn into_iter(self) -> HintsIter<'a> {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Hints {
+    type Item = (String, TypeHints);
+    type IntoIter = std::vec::IntoIter<(String, TypeHints)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl FromIterator<(String, TypeHints)> for Hints {
+    fn from_iter<I: IntoIterator<Item = (String, TypeHints)>>(items: I) -> Hints {
+        let mut hints = Hints::new();
+        for (t, v) in items {
+            hints.insert(t, v);
+        }
+        hints
+    }
+}
+
+impl<const N: usize> From<[(String, TypeHints); N]> for Hints {
+    fn from(items: [(String, TypeHints); N]) -> Hints {
+        items.into_iter().collect()
+    }
+}
+
+impl serde::Serialize for Hints {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hints {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Hints, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Hints;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of entity types to their hints")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Hints, A::Error> {
+                let mut hints = Hints(Vec::with_capacity(map.size_hint().unwrap_or(1)));
+                // Written in order, read in order: `insert` appends (a later duplicate of a
+                // type replaces the earlier, as in a map).
+                while let Some((t, v)) = map.next_entry::<String, TypeHints>()? {
+                    hints.insert(t, v);
+                }
+                Ok(hints)
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
 
 /// A normalized event (PIPELINE.md §2.7) before it has a ledger sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -405,7 +540,7 @@ pub fn extract_hints(
     data: &FastIndexMap<String, Value>,
     as_of: Instant,
 ) -> Hints {
-    let mut hints = Hints::new();
+    let mut hints = Hints::with_capacity(event.hints.len());
     let mut types: Vec<(&String, &Vec<String>)> = event.hints.iter().collect();
     types.sort_by(|a, b| a.0.cmp(b.0));
     for (entity_type, fields) in types {
@@ -566,7 +701,8 @@ pub fn normalize_records<'r, 'k>(
     records: impl IntoIterator<Item = (i64, &'r str, impl Borrow<Json>)>,
     kept: impl Fn(i64) -> Option<&'k Kept>,
 ) -> Normalized {
-    let mut normalized = Vec::new();
+    let records = records.into_iter();
+    let mut normalized = Vec::with_capacity(records.size_hint().0);
     let mut failures = Vec::new();
     // An owned raw event is dropped as soon as it is normalized.
     for (sequence, source, raw) in records {
@@ -607,7 +743,8 @@ pub fn dedup_call<T>(
     let mut sorted = events;
     sorted.sort_by_key(|(i, e)| (key(e).1, *i));
     let mut seen: FastSet<String> = FastSet::default();
-    let mut accepted = Vec::new();
+    seen.reserve(sorted.len());
+    let mut accepted = Vec::with_capacity(sorted.len());
     let mut duplicates: Vec<(usize, String)> = Vec::new();
     for (i, e) in sorted {
         let id = key(&e).0;
@@ -622,5 +759,44 @@ pub fn dedup_call<T>(
     Deduplicated {
         accepted,
         duplicate_ids: duplicates.into_iter().map(|(_, id)| id).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> TypeHints {
+        pairs
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hints_keep_their_types_in_order_and_read_back_as_written() {
+        let mut hints = Hints::new();
+        assert_eq!(hints.insert("sub".into(), fields(&[("id", "s1")])), None);
+        hints.insert("cust".into(), fields(&[("email", "a@x"), ("phone", "5")]));
+        let replaced = hints.insert("sub".into(), fields(&[("id", "s2")]));
+        assert_eq!(replaced, Some(fields(&[("id", "s1")])));
+        let types: Vec<&String> = hints.iter().map(|(t, _)| t).collect();
+        assert_eq!(types, ["cust", "sub"]);
+        assert_eq!(hints["sub"]["id"], "s2");
+        assert!(hints.get("order").is_none());
+        // The stored form is the JSON object of the map: types sorted, fields in order.
+        let text = serde_json::to_string(&hints).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cust":{"email":"a@x","phone":"5"},"sub":{"id":"s2"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Hints>(&text).unwrap(), hints);
+        // Read from an object in any order, a repeated type keeping its last value.
+        let read: Hints = serde_json::from_str(
+            r#"{"sub":{"id":"x"},"cust":{"email":"a@x","phone":"5"},"sub":{"id":"s2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read, hints);
+        assert!(serde_json::from_str::<Hints>("[]").is_err());
     }
 }
