@@ -193,6 +193,8 @@ fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
     assert_eq!(one_pass["mode"], "FULL");
     assert_same_history(&dir, &version, engine_history(&dir, &calls, &[1]));
     let status_after_one_pass = run(&dir, &["status"]);
+    let slots_after_one_pass = working_state(&dir, &version);
+    assert!(slots_after_one_pass.len() > 10, "{slots_after_one_pass:?}");
 
     // Issue 4: a FULL build replayed a few entities at a time (3 ledger rows per partition:
     // dozens of partitions, the merged customers' among them) writes the same rows, counts the
@@ -229,6 +231,8 @@ fn showcase_pipeline_agrees_with_the_engine(backend: Backend) {
     ] {
         assert_eq!(status[field], status_after_one_pass[field], "{field}");
     }
+    // Saved partition by partition as they replay, the working state is one pass's.
+    assert_eq!(working_state(&dir, &version), slots_after_one_pass);
     // A bad partition size is a configuration error (exit 2) before anything is touched.
     let out = full_in_parts("zero");
     out.assert_code(2);
@@ -527,6 +531,21 @@ fn a_held_lease_stops_a_second_build(backend: Backend) {
         Json::Null,
         "nothing was built"
     );
+}
+
+/// The working state of the unsharded build of `version`, from the catalog.
+fn working_state(
+    dir: &Dir,
+    version: &str,
+) -> BTreeMap<(String, String), defacto_core::interpret::Slot> {
+    let (database, namespace) = catalog_of(dir);
+    let key = defacto_jobs::jobs::build::state_key(version, None);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let catalog = defacto_jobs::catalog::Catalog::connect(&database, &namespace)
+            .await
+            .unwrap();
+        catalog.load_working_state(&key, None).await.unwrap()
+    })
 }
 
 fn catalog_of(dir: &Dir) -> (String, String) {

@@ -250,19 +250,28 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let full_in_memory = plan.replays_everything()
         && shard.is_none()
         && resolved_identity.as_ref().is_some_and(|i| i.is_whole());
+    // The working state saver of a FULL build waits for that save to finish: both write
+    // through the catalog's one SQLite connection.
+    let (identity_saved, on_identity_saved) = tokio::sync::oneshot::channel::<()>();
     let saving = match unsaved {
         Some(u) if full_in_memory => {
             // The replay keeps this thread busy without awaiting.
             let catalog = ctx.catalog.clone();
             Some(Beside::start("Saving identity", move || async move {
-                u.save(&catalog).await
+                let saved = u.save(&catalog).await;
+                let _ = identity_saved.send(());
+                saved
             }))
         }
         Some(u) => {
+            drop(identity_saved);
             u.save(&ctx.catalog).await?;
             None
         }
-        None => None,
+        None => {
+            drop(identity_saved);
+            None
+        }
     };
     // A build that replays everything reads all of identity; an incremental one, the part its
     // new rows, merges and due slots reach (the resolve pass's part, extended).
@@ -272,8 +281,12 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         _ => ScopedIdentity::empty(),
     };
     let mut timing = Timing::default();
+    // A FULL build's working state is saved by partition, as each is replayed, on a thread
+    // of its own (`streamed`); every other build saves it with its history, at the end.
+    let mut streamed = None;
     let (mut out, full_tables) = if plan.replays_everything() && shard.is_none() {
         let identity_loaded = Clock::now();
+        let (slot_sink, saver) = stream_working_state(ctx, &key, &defs, on_identity_saved);
         let full = full_in_partitions(
             ctx,
             &defs,
@@ -285,12 +298,21 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
                 workers: args.workers,
                 partition_size,
             },
+            &slot_sink,
         )
         .await;
+        drop(slot_sink);
         // Saved (or failed) before anything else happens, the build's own failure included.
-        if let Some(saving) = saving {
-            saving.join().await?;
+        let identity_saved = match saving {
+            Some(saving) => saving.join().await,
+            None => Ok(()),
+        };
+        if full.is_err() || identity_saved.is_err() {
+            let _ = saver.join().await;
+        } else {
+            streamed = Some(saver);
         }
+        identity_saved?;
         let full = full?;
         timing = full.timing;
         timing.load += identity_loaded - loading;
@@ -384,7 +406,9 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     // FULL, so a crash or a failure between them, in either order, loses nothing.
     // The working state is saved on a thread of its own: the rewrite of history decodes and
     // encodes on this one.
-    let working_state = {
+    let working_state = if let Some(saver) = streamed {
+        saver
+    } else {
         let (catalog, key, defs, as_of, full) = (
             ctx.catalog.clone(),
             key.clone(),
@@ -481,6 +505,54 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// Working state a partition of a FULL build replayed.
+type Slots = BTreeMap<EntityKey, Option<Slot>>;
+
+/// Saves a FULL build's working state as its partitions send it, once `identity_saved` says
+/// the catalog's connection is free (or is dropped): the state is cleared (PIPELINE.md §10.5)
+/// with the first partition's slots (or at the end, should none come), and each partition's
+/// slots are saved in a transaction of their own. A crash between them leaves the build state
+/// dirty, as it already is, and the next build FULL. Partitions own disjoint entities, and
+/// their slots are saved in the order sent, so the saved state is that of one pass.
+fn stream_working_state(
+    ctx: &Context,
+    key: &str,
+    defs: &Definitions,
+    identity_saved: tokio::sync::oneshot::Receiver<()>,
+) -> (tokio::sync::mpsc::UnboundedSender<Slots>, Beside) {
+    let (sink, mut source) = tokio::sync::mpsc::unbounded_channel::<Slots>();
+    let (catalog, key, defs, as_of) = (
+        ctx.catalog.clone(),
+        key.to_string(),
+        defs.clone(),
+        ctx.as_of,
+    );
+    let saver = Beside::start("Saving working state", move || async move {
+        let _ = identity_saved.await;
+        let due = next_due(&defs, as_of);
+        let mut cleared = false;
+        while let Some(slots) = source.recv().await {
+            let started = Clock::now();
+            catalog
+                .save_working_state(&key, &slots, !cleared, &due)
+                .await?;
+            cleared = true;
+            tracing::debug!(
+                ms = ms_since(started),
+                slots = slots.len(),
+                "a partition's working state saved"
+            );
+        }
+        if !cleared {
+            catalog
+                .save_working_state(&key, &Slots::new(), true, &due)
+                .await?;
+        }
+        Ok(())
+    });
+    (sink, saver)
 }
 
 /// A catalog write run on a blocking thread of its own, beside the job's work, and joined
@@ -690,6 +762,7 @@ async fn full_in_partitions(
     assignments: Option<BTreeMap<EntityKey, BTreeSet<i64>>>,
     plan: &BuildPlan,
     split: Split,
+    slot_sink: &tokio::sync::mpsc::UnboundedSender<Slots>,
 ) -> Result<FullBuild> {
     let Split {
         workers,
@@ -799,6 +872,8 @@ async fn full_in_partitions(
         }
         let changes = std::mem::take(&mut out.changes);
         rayon::spawn(move || drop(changes));
+        // Should the saver have stopped, its error is reported when it is joined.
+        let _ = slot_sink.send(std::mem::take(&mut out.slots));
         timing.history_batches += converting.elapsed();
         tracing::debug!(partition = p, of = parts, "partition replayed");
         match folded.as_mut() {
