@@ -290,7 +290,6 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         let full = full_in_partitions(
             ctx,
             &defs,
-            &row.version,
             &identity,
             resolved_assignments,
             &plan,
@@ -298,7 +297,10 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
                 workers: args.workers,
                 partition_size,
             },
-            &slot_sink,
+            FullOutputs {
+                version: &row.version,
+                slots: &slot_sink,
+            },
         )
         .await;
         drop(slot_sink);
@@ -746,6 +748,13 @@ struct Split {
     partition_size: i64,
 }
 
+/// Where an unsharded FULL build's output goes: the history tables of `version` (written,
+/// committed by the caller) and each partition's working state, sent to its saver.
+struct FullOutputs<'a> {
+    version: &'a str,
+    slots: &'a tokio::sync::mpsc::UnboundedSender<Slots>,
+}
+
 /// An unsharded FULL build, a partition of the entities at a time (`partition_size` ledger
 /// rows each, about; at most `build::MAX_PARTITIONS`). The
 /// ledger is scanned once and kept as Arrow batches, each row marked with the partitions that
@@ -757,17 +766,20 @@ struct Split {
 async fn full_in_partitions(
     ctx: &Context,
     defs: &Definitions,
-    version: &str,
     identity: &ScopedIdentity,
     assignments: Option<BTreeMap<EntityKey, BTreeSet<i64>>>,
     plan: &BuildPlan,
     split: Split,
-    slot_sink: &tokio::sync::mpsc::UnboundedSender<Slots>,
+    outputs: FullOutputs<'_>,
 ) -> Result<FullBuild> {
     let Split {
         workers,
         partition_size,
     } = split;
+    let FullOutputs {
+        version,
+        slots: slot_sink,
+    } = outputs;
     let started = Clock::now();
     // All of ledger/assignments: the resolve pass's own when it went through the whole ledger.
     let assignments = match assignments {
