@@ -250,28 +250,25 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let full_in_memory = plan.replays_everything()
         && shard.is_none()
         && resolved_identity.as_ref().is_some_and(|i| i.is_whole());
-    // The working state saver of a FULL build waits for that save to finish: both write
-    // through the catalog's one SQLite connection.
-    let (identity_saved, on_identity_saved) = tokio::sync::oneshot::channel::<()>();
-    let saving = match unsaved {
+    // The working state saver of a FULL build waits for that save to finish (`identity_saved`):
+    // both write through the catalog's one SQLite connection.
+    let (saving, identity_saved) = match unsaved {
         Some(u) if full_in_memory => {
             // The replay keeps this thread busy without awaiting.
             let catalog = ctx.catalog.clone();
-            Some(Beside::start("Saving identity", move || async move {
+            let (done, identity_saved) = tokio::sync::oneshot::channel::<()>();
+            let saving = Beside::start("Saving identity", move || async move {
                 let saved = u.save(&catalog).await;
-                let _ = identity_saved.send(());
+                let _ = done.send(());
                 saved
-            }))
+            });
+            (Some(saving), Some(identity_saved))
         }
         Some(u) => {
-            drop(identity_saved);
             u.save(&ctx.catalog).await?;
-            None
+            (None, None)
         }
-        None => {
-            drop(identity_saved);
-            None
-        }
+        None => (None, None),
     };
     // A build that replays everything reads all of identity; an incremental one, the part its
     // new rows, merges and due slots reach (the resolve pass's part, extended).
@@ -286,7 +283,7 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     let mut streamed = None;
     let (mut out, full_tables) = if plan.replays_everything() && shard.is_none() {
         let identity_loaded = Clock::now();
-        let (slot_sink, saver) = stream_working_state(ctx, &key, &defs, on_identity_saved);
+        let (slot_sink, saver) = save_working_state(ctx, &key, &defs, true, identity_saved);
         let full = full_in_partitions(
             ctx,
             &defs,
@@ -305,16 +302,16 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
         .await;
         drop(slot_sink);
         // Saved (or failed) before anything else happens, the build's own failure included.
-        let identity_saved = match saving {
+        let identity_result = match saving {
             Some(saving) => saving.join().await,
             None => Ok(()),
         };
-        if full.is_err() || identity_saved.is_err() {
+        if full.is_err() || identity_result.is_err() {
             let _ = saver.join().await;
         } else {
             streamed = Some(saver);
         }
-        identity_saved?;
+        identity_result?;
         let full = full?;
         timing = full.timing;
         timing.load += identity_loaded - loading;
@@ -408,26 +405,13 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     // FULL, so a crash or a failure between them, in either order, loses nothing.
     // The working state is saved on a thread of its own: the rewrite of history decodes and
     // encodes on this one.
-    let working_state = if let Some(saver) = streamed {
-        saver
-    } else {
-        let (catalog, key, defs, as_of, full) = (
-            ctx.catalog.clone(),
-            key.clone(),
-            defs.clone(),
-            ctx.as_of,
-            out.full,
-        );
-        let slots = std::mem::take(&mut out.slots);
-        Beside::start("Saving working state", move || async move {
-            catalog
-                .save_working_state(&key, &slots, full, &next_due(&defs, as_of))
-                .await?;
-            tracing::debug!(ms = ms_since(writing), "working state saved");
-            // Freed here, off the job's thread.
-            drop(slots);
-            Ok(())
-        })
+    let working_state = match streamed {
+        Some(saver) => saver,
+        None => {
+            let (sink, saver) = save_working_state(ctx, &key, &defs, out.full, None);
+            let _ = sink.send(std::mem::take(&mut out.slots));
+            saver
+        }
     };
     let history = async {
         match full_tables {
@@ -509,20 +493,23 @@ pub async fn build(ctx: &Context, args: &BuildArgs) -> Result<BuildResult> {
     Ok(result)
 }
 
-/// Working state a partition of a FULL build replayed.
+/// Working state a build (or a partition of a FULL build) replayed.
 type Slots = BTreeMap<EntityKey, Option<Slot>>;
 
-/// Saves a FULL build's working state as its partitions send it, once `identity_saved` says
-/// the catalog's connection is free (or is dropped): the state is cleared (PIPELINE.md §10.5)
-/// with the first partition's slots (or at the end, should none come), and each partition's
-/// slots are saved in a transaction of their own. A crash between them leaves the build state
-/// dirty, as it already is, and the next build FULL. Partitions own disjoint entities, and
-/// their slots are saved in the order sent, so the saved state is that of one pass.
-fn stream_working_state(
+/// Saves a build's working state, in the slot maps sent to it, on a thread of its own: at the
+/// end of a build, or partition by partition as a FULL build replays. It starts once
+/// `identity_saved` (when given) says identity's save has freed the catalog's connection. With
+/// `clear`, the key's state is cleared first (PIPELINE.md §10.5), with the first map (or at the
+/// end, should none come). Each map is saved in a transaction of its own: a crash between two
+/// leaves the build state dirty, as it already is, and the next build FULL. A FULL build's
+/// partitions own disjoint entities and are saved in the order sent, so the saved state is
+/// that of one pass.
+fn save_working_state(
     ctx: &Context,
     key: &str,
     defs: &Definitions,
-    identity_saved: tokio::sync::oneshot::Receiver<()>,
+    clear: bool,
+    identity_saved: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> (tokio::sync::mpsc::UnboundedSender<Slots>, Beside) {
     let (sink, mut source) = tokio::sync::mpsc::unbounded_channel::<Slots>();
     let (catalog, key, defs, as_of) = (
@@ -532,22 +519,24 @@ fn stream_working_state(
         ctx.as_of,
     );
     let saver = Beside::start("Saving working state", move || async move {
-        let _ = identity_saved.await;
+        if let Some(saved) = identity_saved {
+            let _ = saved.await;
+        }
         let due = next_due(&defs, as_of);
-        let mut cleared = false;
+        let mut clear = clear;
         while let Some(slots) = source.recv().await {
             let started = Clock::now();
             catalog
-                .save_working_state(&key, &slots, !cleared, &due)
+                .save_working_state(&key, &slots, clear, &due)
                 .await?;
-            cleared = true;
+            clear = false;
             tracing::debug!(
                 ms = ms_since(started),
                 slots = slots.len(),
-                "a partition's working state saved"
+                "working state saved"
             );
         }
-        if !cleared {
+        if clear {
             catalog
                 .save_working_state(&key, &Slots::new(), true, &due)
                 .await?;
