@@ -49,6 +49,9 @@ pub mod tables {
     }
 }
 
+/// Batches `Lake::query_ahead` converts ahead of its receiver.
+const QUERY_AHEAD: usize = 2;
+
 fn storage(op: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{op} failed: {e}"))
 }
@@ -348,6 +351,38 @@ impl Lake {
             out.extend(convert(&batch)?);
         }
         Ok(out)
+    }
+
+    /// Runs a query and converts its batches on tasks of their own, up to `QUERY_AHEAD`
+    /// batches ahead of the receiver: the scan and the conversion of the next batches go on
+    /// while the caller works on this one (a sequential pass on one core, say). Items arrive
+    /// in the query's order; an error is the last item (a failed scan names the query's
+    /// first table). Dropping the receiver stops the scan.
+    pub async fn query_ahead<T: Send + 'static>(
+        &self,
+        tables: &[(&str, &str, SchemaRef)],
+        sql: &str,
+        convert: fn(&RecordBatch) -> Result<T>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<T>>> {
+        let mut stream = self.query(tables, sql).await?;
+        let reading = format!("Reading {}", tables.first().map_or("", |t| t.1));
+        let (sink, source) = tokio::sync::mpsc::channel(QUERY_AHEAD);
+        tokio::spawn(async move {
+            loop {
+                let item = match stream.try_next().await {
+                    Ok(None) => break,
+                    Ok(Some(batch)) => tokio::task::spawn_blocking(move || convert(&batch))
+                        .await
+                        .unwrap_or_else(|e| Err(storage("Converting query results", e))),
+                    Err(e) => Err(storage(&reading, e)),
+                };
+                let failed = item.is_err();
+                if sink.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(source)
     }
 
     /// The rows of `table` matching `predicate` (SQL), in the declared `schema`.

@@ -317,13 +317,15 @@ async fn resolve_events(
     keep_assignments: bool,
 ) -> Result<Pass> {
     let mut resolver = ctx.resolver(store);
-    // Events are resolved as the sorted scan hands them over, and their assignments go out
-    // to ledger/assignments' files as they accumulate (committed by the caller).
-    let mut stream = ctx
+    // Events are resolved as the sorted scan hands them over, decoded ahead on other threads
+    // while this one resolves, and their assignments go out to ledger/assignments' files as
+    // they accumulate (committed by the caller).
+    let mut decoded = ctx
         .lake
-        .query(
+        .query_ahead(
             &[("events", tables::EVENTS, EVENTS_SCHEMA.clone())],
             &events_sql(cursor),
+            read_events,
         )
         .await?;
     let mut writer = ctx.lake.writer(tables::ASSIGNMENTS, &ASSIGNMENTS_SCHEMA);
@@ -334,12 +336,18 @@ async fn resolve_events(
     let mut events_resolved = 0;
     let from_start = cursor == 0;
     let groups = (from_start && keep_assignments).then(Grouping::start);
-    while let Some(batch) = stream
-        .try_next()
-        .await
-        .map_err(|e| Error::Storage(format!("Reading ledger/events failed: {e}")))?
-    {
-        let events = read_events(&batch)?;
+    // Where the pass's time goes (debug log): waiting for decoded events (the sorted scan
+    // and decoding, beyond what overlaps resolving), resolving, and writing assignments.
+    let mut spent = [std::time::Duration::ZERO; 3];
+    let mut clock = Clock::now();
+    let mut lap = |i: usize| {
+        let now = Clock::now();
+        spent[i] += now - clock;
+        clock = now;
+    };
+    while let Some(events) = decoded.recv().await {
+        let events = events?;
+        lap(0);
         events_resolved += events.len() as u64;
         for e in &events {
             head = head.max(e.event.sequence);
@@ -372,11 +380,24 @@ async fn resolve_events(
                 merges_detected += 1;
             }
         }
+        // Freed on the pool: a batch's hints are many small allocations this thread would
+        // otherwise free between resolving one batch and the next.
+        rayon::spawn(move || drop(events));
+        lap(1);
         if assignments.len() >= ASSIGNMENT_BATCH {
             write_assignments(ctx, &mut writer, &mut assignments, groups.as_ref()).await?;
         }
+        lap(2);
     }
     write_assignments(ctx, &mut writer, &mut assignments, groups.as_ref()).await?;
+    lap(2);
+    let ms = |i: usize| spent[i].as_millis() as u64;
+    tracing::debug!(
+        waiting_ms = ms(0),
+        resolving_ms = ms(1),
+        writing_ms = ms(2),
+        "resolve pass"
+    );
     let misses = resolver.store_mut().take_misses();
     Ok(Pass {
         resolver,
