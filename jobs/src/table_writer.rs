@@ -39,6 +39,12 @@ use crate::lake::{conform, Lake};
 const TARGET_FILE_BYTES: u64 = 128 << 20;
 const ROW_GROUP_ROWS: usize = 131_072;
 
+/// The dictionary a column chunk builds before the writer gives up on it and writes the
+/// values plain (Parquet's default is 1 MiB). A column of few distinct values (states, plans,
+/// event types) needs a few KiB; one of ids, emails or JSON text never fits, and every value
+/// interned until the limit is reached was hashing work thrown away.
+const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
+
 /// Columns of digests (`e_` + 64 hex digits, unique per row): stored plain and uncompressed.
 /// A dictionary has nothing to share in them and Snappy saves about 6 of their 70 bytes
 /// (1 M ledger events: 116.4 MB instead of 110.4 MB), while `normalize` reads the whole
@@ -390,6 +396,7 @@ impl TableWriter {
         let new = |current: bool| -> Result<RecordBatchWriter> {
             let mut properties = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
+                .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
             let unique = DIGEST_COLUMNS
                 .into_iter()
