@@ -643,6 +643,62 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_converted_ahead_arrive_in_query_order_and_stop_at_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(&dir.path().display().to_string()).unwrap();
+        // Ten files, written in descending order, so only the query's sort orders them; more
+        // rows than one query batch holds.
+        for i in (0..10).rev() {
+            let mut writer = lake.writer("t", &schema());
+            writer
+                .write(numbers(i * 2_000, i * 2_000 + 2_000))
+                .await
+                .unwrap();
+            writer.append().await.unwrap();
+        }
+        let tables = [("t", "t", schema())];
+        let sql = "SELECT n FROM t ORDER BY n";
+        let values = |b: &RecordBatch| -> Result<Vec<i64>> {
+            Ok(crate::ledger::Columns::new(b).i64("n")?.values().to_vec())
+        };
+        let mut ahead = lake.query_ahead(&tables, sql, values).await.unwrap();
+        let (mut all, mut batches) = (Vec::new(), 0);
+        while let Some(item) = ahead.recv().await {
+            all.extend(item.unwrap());
+            batches += 1;
+        }
+        assert!(batches > 1, "the query gave {batches} batch");
+        assert_eq!(all, (0..20_000).collect::<Vec<_>>());
+
+        // A conversion that fails at the batch holding 10 000: what came before arrives, then
+        // the error, then nothing.
+        let failing = |b: &RecordBatch| -> Result<Vec<i64>> {
+            let v = crate::ledger::Columns::new(b).i64("n")?.values().to_vec();
+            if v.contains(&10_000) {
+                Err(Error::Storage("no conversion for 10000".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        let mut ahead = lake.query_ahead(&tables, sql, failing).await.unwrap();
+        let mut items = Vec::new();
+        while let Some(item) = ahead.recv().await {
+            items.push(item);
+        }
+        let error = items
+            .pop()
+            .unwrap()
+            .expect_err("the last item is the error");
+        assert!(
+            error.to_string().contains("no conversion for 10000"),
+            "{error}"
+        );
+        let before: Vec<i64> = items.into_iter().flat_map(|i| i.unwrap()).collect();
+        assert_eq!(before, (0..before.len() as i64).collect::<Vec<_>>());
+        assert!(before.len() <= 10_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_the_encoder_cannot_write_fails_the_commit_and_adds_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::new(&dir.path().display().to_string()).unwrap();

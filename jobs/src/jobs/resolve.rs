@@ -107,9 +107,19 @@ impl Grouping {
         let _ = self.batches.send(batch.clone());
     }
 
-    fn finish(self) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+    /// No more batches: the thread sorts the groups out while the caller goes on.
+    fn close(self) -> Closed {
         drop(self.batches);
-        self.thread.join().map_err(|_| {
+        Closed(self.thread)
+    }
+}
+
+/// A `Grouping` given all its batches.
+struct Closed(std::thread::JoinHandle<Result<BTreeMap<EntityKey, BTreeSet<i64>>>>);
+
+impl Closed {
+    fn join(self) -> Result<BTreeMap<EntityKey, BTreeSet<i64>>> {
+        self.0.join().map_err(|_| {
             Error::Storage("Grouping assignments by entity failed: the thread panicked".into())
         })?
     }
@@ -234,9 +244,15 @@ pub async fn resolve_with_identity(
         ms = loading.elapsed().as_millis() as u64,
         "assignments committed"
     );
-    let assignments = pass.groups.map(Grouping::finish).transpose()?;
+    // The groups are sorted out on their thread while this one takes identity's changes.
+    let groups = pass.groups.map(Grouping::close);
     let mut identity = pass.resolver.into_store();
     let changes = identity.take_changes();
+    let assignments = groups.map(Closed::join).transpose()?;
+    tracing::debug!(
+        ms = loading.elapsed().as_millis() as u64,
+        "identity changes taken"
+    );
     ctx.catalog
         .append_merge_requests(IDENTITY_MERGE, &pass.merges)
         .await?;
