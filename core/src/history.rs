@@ -42,7 +42,7 @@ impl EntityHistory {
     /// `valid_to`); otherwise the row is inserted and its neighbours' bounds adjusted.
     /// Returns true when a row was written or replaced.
     pub fn apply(&mut self, entity_id: &str, s: &Snapshot) -> bool {
-        let row = HistoryRow {
+        self.write(HistoryRow {
             entity_id: entity_id.to_string(),
             state: s.state.clone(),
             properties: s.properties.clone(),
@@ -52,10 +52,29 @@ impl EntityHistory {
             last_event_time: s.last_event_time,
             state_entered_time: s.state_entered_time,
             created_time: s.created_time,
-        };
+        })
+    }
+
+    /// `apply` of a snapshot that is not needed afterwards: its state and properties become
+    /// the row's without being copied.
+    pub fn apply_owned(&mut self, entity_id: &str, s: Snapshot) -> bool {
+        self.write(HistoryRow {
+            entity_id: entity_id.to_string(),
+            state: s.state,
+            properties: s.properties,
+            valid_from: s.valid_from,
+            valid_to: None,
+            merged_into: None,
+            last_event_time: s.last_event_time,
+            state_entered_time: s.state_entered_time,
+            created_time: s.created_time,
+        })
+    }
+
+    fn write(&mut self, row: HistoryRow) -> bool {
         match self
             .rows
-            .binary_search_by(|r| r.valid_from.cmp(&s.valid_from))
+            .binary_search_by(|r| r.valid_from.cmp(&row.valid_from))
         {
             Ok(i) => {
                 let kept = (self.rows[i].valid_to, self.rows[i].merged_into.take());
@@ -68,7 +87,7 @@ impl EntityHistory {
             Err(i) => {
                 let next = self.rows.get(i).map(|r| r.valid_from);
                 if i > 0 {
-                    self.rows[i - 1].valid_to = Some(s.valid_from);
+                    self.rows[i - 1].valid_to = Some(row.valid_from);
                 }
                 self.rows.insert(
                     i,

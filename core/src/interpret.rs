@@ -152,13 +152,20 @@ impl<'d> Machine<'d> {
         if existed {
             self.evaluate_rules(slot, event.timestamp, out)?;
         }
-        let before = slot.entity.clone();
-        let result = self.run_handlers(slot, event, relate, out);
+        let last_event_time = slot.entity.as_ref().and_then(|e| e.last_event_time);
+        let mut undo = Undo::default();
+        let result = self.run_handlers(slot, event, relate, out, &mut undo);
         if slot.entity.is_some() {
             slot.raise_horizon(event.timestamp, false);
         }
         if result.is_err() {
-            slot.entity = before;
+            match slot.entity.as_mut() {
+                Some(entity) if existed => {
+                    undo.restore(entity);
+                    entity.last_event_time = last_event_time;
+                }
+                _ => slot.entity = None,
+            }
         }
         result
     }
@@ -169,6 +176,7 @@ impl<'d> Machine<'d> {
         event: &EventView<'_>,
         relate: &dyn RelateLookup,
         out: &mut Vec<Snapshot>,
+        undo: &mut Undo,
     ) -> Result<(), String> {
         let def = self.def;
         let mut handlers: [Option<&Handler>; 2] = [None, None];
@@ -205,7 +213,7 @@ impl<'d> Machine<'d> {
                 }
             }
             for effect in &handler.effects {
-                changed |= self.apply_effect(slot, effect, event, relate, &mut records)?;
+                changed |= self.apply_effect(slot, effect, event, relate, &mut records, undo)?;
             }
         }
         if !changed {
@@ -249,6 +257,7 @@ impl<'d> Machine<'d> {
         event: &EventView<'_>,
         relate: &dyn RelateLookup,
         records: &mut Vec<RelationshipRecord>,
+        undo: &mut Undo,
     ) -> Result<bool, String> {
         let ts = event.timestamp;
         match effect {
@@ -276,6 +285,7 @@ impl<'d> Machine<'d> {
                     .entity
                     .as_mut()
                     .ok_or_else(|| format!("transition to '{to}' but entity doesn't exist"))?;
+                undo.keep_state(entity);
                 entity.state = to.clone();
                 entity.state_entered_time = Some(ts);
                 entity.marks.clear();
@@ -311,7 +321,8 @@ impl<'d> Machine<'d> {
                 } else {
                     Value::Null
                 };
-                slot.entity.as_mut().expect("checked above").properties[idx] = new;
+                let entity = slot.entity.as_mut().expect("checked above");
+                undo.set(entity, idx, new);
                 Ok(true)
             }
             Effect::Increment { property, by } => {
@@ -322,8 +333,9 @@ impl<'d> Machine<'d> {
                     format!("increment '{property}' failed: property is not declared")
                 })?;
                 let by = Value::from_json(by);
-                entity.properties[idx] = add(&entity.properties[idx], &by)
+                let sum = add(&entity.properties[idx], &by)
                     .map_err(|e| format!("increment '{property}' failed: {e}"))?;
+                undo.set(entity, idx, sum);
                 Ok(true)
             }
             Effect::Relate {
@@ -571,6 +583,49 @@ impl<'d> Machine<'d> {
             snapshot.transitioned = transitioned;
             out.push(snapshot);
             slot.raise_horizon(crossing, true);
+        }
+    }
+}
+
+/// What an event's handlers changed in an entity that existed before the event, so that a
+/// failure can put it back (§6.1). Kept as the changes are made, instead of a copy of the
+/// whole working state taken before every event in case one fails. (`last_event_time` is
+/// kept by the caller; computed properties change only once every handler has succeeded.)
+#[derive(Default)]
+struct Undo {
+    /// The values properties had before they were replaced, in the order of replacement.
+    properties: Vec<(usize, Value)>,
+    /// The state, its entry time and the time-rule marks before the first transition.
+    state: Option<(String, Option<Instant>, BTreeMap<usize, Instant>)>,
+}
+
+impl Undo {
+    /// Sets property `idx` to `value`, keeping the value it replaces.
+    fn set(&mut self, entity: &mut EntityState, idx: usize, value: Value) {
+        let old = std::mem::replace(&mut entity.properties[idx], value);
+        self.properties.push((idx, old));
+    }
+
+    /// Keeps what a transition changes, unless an earlier transition of the event did.
+    fn keep_state(&mut self, entity: &EntityState) {
+        if self.state.is_none() {
+            self.state = Some((
+                entity.state.clone(),
+                entity.state_entered_time,
+                entity.marks.clone(),
+            ));
+        }
+    }
+
+    /// Puts back what was kept: properties in the reverse order of their replacement.
+    fn restore(self, entity: &mut EntityState) {
+        for (idx, old) in self.properties.into_iter().rev() {
+            entity.properties[idx] = old;
+        }
+        if let Some((state, entered, marks)) = self.state {
+            entity.state = state;
+            entity.state_entered_time = entered;
+            entity.marks = marks;
         }
     }
 }

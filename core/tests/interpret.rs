@@ -275,6 +275,52 @@ fn a_failing_event_is_rolled_back_alone() {
     );
 }
 
+// CONTRACTS E4 (a failing event is rolled back whole: the sets, increments and transition
+// its handler applied before the failing effect are undone, and its time is not recorded)
+#[test]
+fn effects_applied_before_a_failure_are_undone() {
+    let defs = small(
+        "          first: {effects: [{set: {property: s, value: x}}, {increment: {property: n, by: 1}}]}\n          \
+         bad: {effects: [{set: {property: s, value: y}}, {increment: {property: n, by: 5}}, {transition: {to: open}}, {set: {property: s, value: w}}, {increment: {property: x, by: 1}}]}\n",
+        "      s: {type: string}\n      n: {type: integer, default: 0}\n      x: {type: integer}\n",
+        &["first", "bad"],
+    );
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("first", "01-02", json!({})),
+            ev("bad", "01-03", json!({})),
+            ev("first", "01-04", json!({})),
+        ],
+        "01-05",
+    );
+    assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+    assert!(r.failures[0].1.error.contains("increment 'x' failed"));
+    let rows = &r.history.rows;
+    let froms: Vec<_> = rows.iter().map(|row| row.valid_from).collect();
+    assert_eq!(froms, vec![t("01-01"), t("01-02"), t("01-04")]);
+    // The event after the failure starts from the state before it: n counts 1 + 1, not 1 + 5.
+    assert_eq!(eprop(&defs, &rows[2], "s"), Value::str("x"));
+    assert_eq!(eprop(&defs, &rows[2], "n"), Value::Int(2));
+    assert_eq!(eprop(&defs, &rows[2], "x"), Value::Null);
+    assert_eq!(rows[2].state_entered_time, Some(t("01-01")));
+    // Ending on the failure: the entity is as the event before left it.
+    let r = small_replay(
+        &defs,
+        &[
+            ev("open", "01-01", json!({})),
+            ev("first", "01-02", json!({})),
+            ev("bad", "01-03", json!({})),
+        ],
+        "01-05",
+    );
+    let entity = r.slot.entity.as_ref().unwrap();
+    assert_eq!(entity.last_event_time, Some(t("01-02")));
+    assert_eq!(entity.state_entered_time, Some(t("01-01")));
+    assert_eq!(entity.properties, r.history.rows[1].properties);
+}
+
 /// A one-entity definition set `e` with state `open`, property `s`/`x`/`y`/`n`, the given
 /// handlers in `open`, and one source event per handler name (mapping `k`, `flag`, `v`).
 fn small(handlers: &str, props: &str, extra_events: &[&str]) -> Definitions {

@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use rayon::prelude::*;
 
 use super::key::Key;
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, FastSet};
 use crate::value::Instant;
 
 /// The identity stores of PIPELINE.md §1 as resolution uses them. Implementations must be
@@ -72,7 +72,8 @@ pub struct MergeLogRow {
 /// depend on hashing.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryIdentity {
-    ids: FastMap<PackedKey, String>,
+    /// Key → entity, each mapping one allocation (`Mapping`), found by the key's parts.
+    ids: FastSet<Mapping>,
     entities: FastMap<String, Entity>,
     winners: BTreeMap<String, (String, Instant)>,
     losers: BTreeMap<String, BTreeSet<String>>,
@@ -110,11 +111,7 @@ impl MemoryIdentity {
 
     /// Every mapping, by ascending key.
     pub fn mappings(&self) -> impl Iterator<Item = (Key, &str)> + '_ {
-        let mut all: Vec<(Key, &str)> = self
-            .ids
-            .iter()
-            .map(|(k, id)| (k.key(), id.as_str()))
-            .collect();
+        let mut all: Vec<(Key, &str)> = self.ids.iter().map(|m| (m.key(), m.id())).collect();
         all.sort();
         all.into_iter()
     }
@@ -133,7 +130,7 @@ impl MemoryIdentity {
 
     /// Loads a stored mapping (no change is recorded).
     pub fn load_mapping(&mut self, key: Key, id: &str) {
-        self.ids.insert(PackedKey::new(&key), id.to_string());
+        self.ids.replace(Mapping::new(&key, id));
         let entity_type = key.entity_type.clone();
         self.entity(id, &entity_type).keys.insert(key);
     }
@@ -167,7 +164,10 @@ impl MemoryIdentity {
         IdentityChanges {
             mappings: keys
                 .into_par_iter()
-                .filter_map(|k| self.ids.get(&k as &dyn KeyParts).cloned().map(|id| (k, id)))
+                .filter_map(|k| {
+                    let id = self.ids.get(&k as &dyn KeyParts)?.id().to_string();
+                    Some((k, id))
+                })
                 .collect(),
             entities: entities
                 .into_par_iter()
@@ -237,26 +237,38 @@ impl PartialEq for dyn KeyParts + '_ {
 
 impl Eq for dyn KeyParts + '_ {}
 
-/// A key as the map of mappings holds it: its three parts end to end in one allocation, with
-/// where the field and the value start. A lookup follows one pointer instead of three (each
-/// a likely cache miss in a map of a million keys), and an entry is a third of a `Key`.
+/// A mapping as the map of mappings holds it: the key's three parts and the entity id end to
+/// end in one allocation, with where the field, the value and the id start. A lookup follows
+/// one pointer to compare the key and finds the id beside it (a key and an id allocated apart
+/// were two likely cache misses per lookup in a map of a million keys). Hashing and equality
+/// are the key's only, so a set of mappings is a map from keys to ids.
 #[derive(Debug, Clone)]
-struct PackedKey {
+struct Mapping {
     text: Box<str>,
     field_at: u32,
     value_at: u32,
+    id_at: u32,
 }
 
-impl PackedKey {
-    fn new(key: &Key) -> PackedKey {
-        let offset = |n: usize| u32::try_from(n).expect("type and field names are short");
-        PackedKey {
-            text: [&key.entity_type, &key.field, &key.value]
-                .map(String::as_str)
-                .concat()
-                .into_boxed_str(),
-            field_at: offset(key.entity_type.len()),
-            value_at: offset(key.entity_type.len() + key.field.len()),
+impl Mapping {
+    fn new(key: &Key, id: &str) -> Mapping {
+        let offset = |n: usize| u32::try_from(n).expect("a key and an id are far below 4 GiB");
+        let (field_at, value_at) = (
+            key.entity_type.len(),
+            key.entity_type.len() + key.field.len(),
+        );
+        Mapping {
+            text: [
+                key.entity_type.as_str(),
+                key.field.as_str(),
+                key.value.as_str(),
+                id,
+            ]
+            .concat()
+            .into_boxed_str(),
+            field_at: offset(field_at),
+            value_at: offset(value_at),
+            id_at: offset(value_at + key.value.len()),
         }
     }
 
@@ -264,54 +276,66 @@ impl PackedKey {
         let (entity_type, field, value) = self.parts();
         Key::new(entity_type, field, value)
     }
+
+    fn id(&self) -> &str {
+        &self.text[self.id_at as usize..]
+    }
 }
 
-impl KeyParts for PackedKey {
+impl KeyParts for Mapping {
     fn parts(&self) -> (&str, &str, &str) {
-        let (field_at, value_at) = (self.field_at as usize, self.value_at as usize);
+        let (field_at, value_at, id_at) = (
+            self.field_at as usize,
+            self.value_at as usize,
+            self.id_at as usize,
+        );
         (
             &self.text[..field_at],
             &self.text[field_at..value_at],
-            &self.text[value_at..],
+            &self.text[value_at..id_at],
         )
     }
 }
 
-impl<'a> Borrow<dyn KeyParts + 'a> for PackedKey {
+impl<'a> Borrow<dyn KeyParts + 'a> for Mapping {
     fn borrow(&self) -> &(dyn KeyParts + 'a) {
         self
     }
 }
 
-impl Hash for PackedKey {
+impl Hash for Mapping {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (self as &dyn KeyParts).hash(state);
     }
 }
 
-impl PartialEq for PackedKey {
+impl PartialEq for Mapping {
     fn eq(&self, other: &Self) -> bool {
         self.parts() == other.parts()
     }
 }
 
-impl Eq for PackedKey {}
+impl Eq for Mapping {}
 
 impl IdentityStore for MemoryIdentity {
     fn get(&self, key: &Key) -> Option<String> {
-        self.ids.get(key as &dyn KeyParts).cloned()
+        self.ids
+            .get(key as &dyn KeyParts)
+            .map(|m| m.id().to_string())
     }
 
     fn get_parts(&self, entity_type: &str, field: &str, value: &str) -> Option<String> {
         let parts = (entity_type, field, value);
-        self.ids.get(&parts as &dyn KeyParts).cloned()
+        self.ids
+            .get(&parts as &dyn KeyParts)
+            .map(|m| m.id().to_string())
     }
 
     fn insert_if_absent(&mut self, key: Key, id: &str) -> String {
         if let Some(stored) = self.ids.get(&key as &dyn KeyParts) {
-            return stored.clone();
+            return stored.id().to_string();
         }
-        self.ids.insert(PackedKey::new(&key), id.to_string());
+        self.ids.insert(Mapping::new(&key, id));
         if !self.entities.contains_key(id) {
             self.new_entities.push(id.to_string());
         }
@@ -338,8 +362,8 @@ impl IdentityStore for MemoryIdentity {
         let mut moved = std::mem::take(&mut source.keys);
         let entity_type = source.entity_type.clone();
         for key in &moved {
-            if let Some(id) = self.ids.get_mut(key as &dyn KeyParts) {
-                *id = to.to_string();
+            if self.ids.contains(key as &dyn KeyParts) {
+                self.ids.replace(Mapping::new(key, to));
             }
             self.changed_keys.push(key.clone());
         }
@@ -444,5 +468,13 @@ mod journal_tests {
         assert_eq!(m.get_parts("c", "emai", "la@x").as_deref(), Some("B"));
         assert_eq!(m.get_parts("c", "email", "a@y"), None);
         assert_eq!(m.get_parts("d", "email", "a@x"), None);
+        // The same text end to end as ("c", "email", "a@x") → "A": the boundaries tell them apart.
+        m.load_mapping(Key::new("c", "email", "a"), "@xA");
+        assert_eq!(m.get_parts("c", "email", "a").as_deref(), Some("@xA"));
+        assert_eq!(m.get_parts("c", "email", "a@x").as_deref(), Some("A"));
+        assert_eq!(m.repoint("A", "Z"), 1);
+        assert_eq!(m.get(&Key::new("c", "email", "a@x")).as_deref(), Some("Z"));
+        assert_eq!(m.get_parts("c", "email", "a").as_deref(), Some("@xA"));
+        assert_eq!(m.keys_of("Z"), vec![Key::new("c", "email", "a@x")]);
     }
 }
