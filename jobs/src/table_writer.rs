@@ -617,12 +617,14 @@ mod tests {
         .unwrap()
     }
 
+    /// The column `n` of a batch.
+    fn n_values(b: &RecordBatch) -> Result<Vec<i64>> {
+        Ok(crate::ledger::Columns::new(b).i64("n")?.values().to_vec())
+    }
+
     async fn rows(lake: &Lake) -> Vec<i64> {
         let mut out = lake
-            .query_map(&[("t", "t", schema())], "SELECT n FROM t", |b| {
-                let c = crate::ledger::Columns::new(b);
-                Ok(c.i64("n")?.values().to_vec())
-            })
+            .query_map(&[("t", "t", schema())], "SELECT n FROM t", n_values)
             .await
             .unwrap();
         out.sort_unstable();
@@ -658,10 +660,7 @@ mod tests {
         }
         let tables = [("t", "t", schema())];
         let sql = "SELECT n FROM t ORDER BY n";
-        let values = |b: &RecordBatch| -> Result<Vec<i64>> {
-            Ok(crate::ledger::Columns::new(b).i64("n")?.values().to_vec())
-        };
-        let mut ahead = lake.query_ahead(&tables, sql, values).await.unwrap();
+        let mut ahead = lake.query_ahead(&tables, sql, n_values).await.unwrap();
         let (mut all, mut batches) = (Vec::new(), 0);
         while let Some(item) = ahead.recv().await {
             all.extend(item.unwrap());
@@ -673,7 +672,7 @@ mod tests {
         // A conversion that fails at the batch holding 10 000: what came before arrives, then
         // the error, then nothing.
         let failing = |b: &RecordBatch| -> Result<Vec<i64>> {
-            let v = crate::ledger::Columns::new(b).i64("n")?.values().to_vec();
+            let v = n_values(b)?;
             if v.contains(&10_000) {
                 Err(Error::Storage("no conversion for 10000".into()))
             } else {
