@@ -42,23 +42,13 @@ impl EntityHistory {
     /// `valid_to`); otherwise the row is inserted and its neighbours' bounds adjusted.
     /// Returns true when a row was written or replaced.
     pub fn apply(&mut self, entity_id: &str, s: &Snapshot) -> bool {
-        self.write(HistoryRow {
-            entity_id: entity_id.to_string(),
-            state: s.state.clone(),
-            properties: s.properties.clone(),
-            valid_from: s.valid_from,
-            valid_to: None,
-            merged_into: None,
-            last_event_time: s.last_event_time,
-            state_entered_time: s.state_entered_time,
-            created_time: s.created_time,
-        })
+        self.apply_owned(entity_id, s.clone())
     }
 
     /// `apply` of a snapshot that is not needed afterwards: its state and properties become
     /// the row's without being copied.
     pub fn apply_owned(&mut self, entity_id: &str, s: Snapshot) -> bool {
-        self.write(HistoryRow {
+        let row = HistoryRow {
             entity_id: entity_id.to_string(),
             state: s.state,
             properties: s.properties,
@@ -68,10 +58,7 @@ impl EntityHistory {
             last_event_time: s.last_event_time,
             state_entered_time: s.state_entered_time,
             created_time: s.created_time,
-        })
-    }
-
-    fn write(&mut self, row: HistoryRow) -> bool {
+        };
         match self
             .rows
             .binary_search_by(|r| r.valid_from.cmp(&row.valid_from))
