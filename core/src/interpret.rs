@@ -152,18 +152,14 @@ impl<'d> Machine<'d> {
         if existed {
             self.evaluate_rules(slot, event.timestamp, out)?;
         }
-        let last_event_time = slot.entity.as_ref().and_then(|e| e.last_event_time);
-        let mut undo = Undo::default();
+        let mut undo = Undo::of(slot.entity.as_ref());
         let result = self.run_handlers(slot, event, relate, out, &mut undo);
         if slot.entity.is_some() {
             slot.raise_horizon(event.timestamp, false);
         }
         if result.is_err() {
             match slot.entity.as_mut() {
-                Some(entity) if existed => {
-                    undo.restore(entity);
-                    entity.last_event_time = last_event_time;
-                }
+                Some(entity) if existed => undo.restore(entity),
                 _ => slot.entity = None,
             }
         }
@@ -589,10 +585,11 @@ impl<'d> Machine<'d> {
 
 /// What an event's handlers changed in an entity that existed before the event, so that a
 /// failure can put it back (§6.1). Kept as the changes are made, instead of a copy of the
-/// whole working state taken before every event in case one fails. (`last_event_time` is
-/// kept by the caller; computed properties change only once every handler has succeeded.)
-#[derive(Default)]
+/// whole working state taken before every event in case one fails. (Computed properties
+/// change only once every handler has succeeded, so they need nothing kept.)
 struct Undo {
+    /// `last_event_time` before the event.
+    last_event_time: Option<Instant>,
     /// The values properties had before they were replaced, in the order of replacement.
     properties: Vec<(usize, Value)>,
     /// The state, its entry time and the time-rule marks before the first transition.
@@ -600,6 +597,15 @@ struct Undo {
 }
 
 impl Undo {
+    /// An undo of nothing yet, for an entity about to be given an event.
+    fn of(entity: Option<&EntityState>) -> Undo {
+        Undo {
+            last_event_time: entity.and_then(|e| e.last_event_time),
+            properties: Vec::new(),
+            state: None,
+        }
+    }
+
     /// Sets property `idx` to `value`, keeping the value it replaces.
     fn set(&mut self, entity: &mut EntityState, idx: usize, value: Value) {
         let old = std::mem::replace(&mut entity.properties[idx], value);
@@ -627,6 +633,7 @@ impl Undo {
             entity.state_entered_time = entered;
             entity.marks = marks;
         }
+        entity.last_event_time = self.last_event_time;
     }
 }
 

@@ -132,7 +132,7 @@ pub fn replay_entity(
 
 /// Asks for the cache line at `at` without waiting for it (nothing on other targets).
 #[inline(always)]
-pub(crate) fn prefetch(at: *const u8) {
+fn prefetch(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults, whatever the address.
     unsafe {
