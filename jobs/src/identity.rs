@@ -14,9 +14,10 @@
 //! cannot be repeated, loads everything), so a part that turns out too small costs a rerun,
 //! never a wrong answer.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use defacto_core::fasthash::FastSet;
 use defacto_core::identity::{IdentityChanges, IdentityStore, Key, MemoryIdentity};
 use defacto_core::value::Instant;
 
@@ -33,10 +34,11 @@ pub struct ScopedIdentity {
 
 #[derive(Debug, Default)]
 struct Scope {
-    /// Keys looked up: loaded with their mapping, or known to have none.
-    keys: HashSet<Key>,
+    /// Keys looked up: loaded with their mapping, or known to have none. (Every lookup of a
+    /// pass checks these sets: hashed with the engine's fast hasher, as its own maps are.)
+    keys: FastSet<Key>,
     /// Entities loaded with their keys, type and merges (or known to be new).
-    ids: HashSet<String>,
+    ids: FastSet<String>,
     missed_keys: Mutex<BTreeSet<Key>>,
     missed_ids: Mutex<BTreeSet<String>>,
 }
@@ -87,7 +89,7 @@ impl ScopedIdentity {
         let Some(scope) = self.scope.as_mut() else {
             return Ok(());
         };
-        let fresh: HashSet<Key> = keys
+        let fresh: FastSet<Key> = keys
             .into_iter()
             .filter(|k| !scope.keys.contains(k))
             .collect();
@@ -130,23 +132,41 @@ impl ScopedIdentity {
             "identity: clusters"
         );
         let ids: Vec<&str> = reached.iter().map(String::as_str).collect();
-        for (id, ty) in catalog.entity_types(&ids).await? {
-            self.store.load_entity(&id, &ty);
-        }
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "identity: types");
         mappings.extend(catalog.mappings_to(&ids).await?);
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "identity: keys of entities"
         );
+        // An entity's type is its keys' type (resolution maps a key only to an entity of the
+        // key's type, and merges only join entities of one type): only the entities without
+        // a key (merged away, their keys moved to the winner) are looked up for theirs.
+        let mut keyless: BTreeSet<&str> = ids.iter().copied().collect();
         for (key, id) in &mappings {
-            // A key in the scope before may have been re-pointed in memory since: memory
-            // wins. (A key both looked up and reached through its entity comes twice.)
-            if !scope.keys.contains(key) && self.store.get(key).is_none() {
-                self.store.load_mapping(key.clone(), id);
+            if keyless.remove(id.as_str()) {
+                self.store.load_entity(id, &key.entity_type);
             }
         }
-        scope.keys.extend(mappings.into_iter().map(|(key, _)| key));
+        let keyless: Vec<&str> = keyless.into_iter().collect();
+        for (id, ty) in catalog.entity_types(&keyless).await? {
+            self.store.load_entity(&id, &ty);
+        }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            keyless = keyless.len(),
+            "identity: types"
+        );
+        for (key, id) in mappings {
+            // A key in the scope before may have been re-pointed in memory since: memory
+            // wins. (A key both looked up and reached through its entity comes twice: the
+            // second finds it in the scope.)
+            if scope.keys.contains(&key) {
+                continue;
+            }
+            if !self.store.has_mapping(&key) {
+                self.store.load_mapping(key.clone(), &id);
+            }
+            scope.keys.insert(key);
+        }
         scope.keys.extend(fresh);
         for m in merges {
             if self.store.merged_into(&m.from).is_none() {

@@ -128,6 +128,11 @@ impl MemoryIdentity {
             .collect()
     }
 
+    /// Whether `key` has a mapping (`get` without making the id's text).
+    pub fn has_mapping(&self, key: &Key) -> bool {
+        self.ids.contains(key as &dyn KeyParts)
+    }
+
     /// Loads a stored mapping (no change is recorded).
     pub fn load_mapping(&mut self, key: Key, id: &str) {
         self.ids.replace(Mapping::new(&key, id));
@@ -468,6 +473,8 @@ mod journal_tests {
         assert_eq!(m.get_parts("c", "emai", "la@x").as_deref(), Some("B"));
         assert_eq!(m.get_parts("c", "email", "a@y"), None);
         assert_eq!(m.get_parts("d", "email", "a@x"), None);
+        assert!(m.has_mapping(&Key::new("c", "emai", "la@x")));
+        assert!(!m.has_mapping(&Key::new("c", "emai", "l@x")));
         // The same text end to end as ("c", "email", "a@x") → "A": the boundaries tell them apart.
         m.load_mapping(Key::new("c", "email", "a"), "@xA");
         assert_eq!(m.get_parts("c", "email", "a").as_deref(), Some("@xA"));
