@@ -199,7 +199,7 @@ impl<'a> Normalizer<'a> {
         let event = lookup_event(src, raw).map_err(|(field, e)| fail(None, field, e))?;
         let handler = Some(event.name.as_str());
         let ts_field = &src.timestamp_field;
-        let timestamp = parse_timestamp_field(raw.get(ts_field.as_str()), ts_field)
+        let timestamp = parse_timestamp_field(top_field(raw, ts_field), ts_field)
             .map_err(|e| fail(handler, Some(ts_field), e))?;
         let data = self
             .map_fields(event, raw)
@@ -251,7 +251,7 @@ fn lookup_event<'s>(
     raw: &Json,
 ) -> Result<&'s SourceEvent, (Option<&'s str>, String)> {
     let field = src.event_type_field.as_str();
-    let Some(Json::String(raw_type)) = raw.get(field) else {
+    let Some(Json::String(raw_type)) = top_field(raw, field) else {
         return Err((
             Some(field),
             format!("Missing or non-string event type field '{field}'"),
@@ -285,12 +285,31 @@ fn coerce_mapped(field: &str, mapping: &Mapping, value: Value) -> Result<Value, 
     })
 }
 
+/// Objects of at most this many fields are searched key by key rather than hashed: a raw
+/// event's handful of fields is found sooner by comparing names than by hashing one (serde's
+/// map hashes with SipHash).
+const SCANNED_FIELDS: usize = 12;
+
+/// A field of a JSON object (see `SCANNED_FIELDS`).
+fn object_field<'j>(map: &'j serde_json::Map<String, Json>, key: &str) -> Option<&'j Json> {
+    if map.len() <= SCANNED_FIELDS {
+        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        map.get(key)
+    }
+}
+
+/// A top-level field of a raw event (none when it is not an object).
+fn top_field<'j>(raw: &'j Json, key: &str) -> Option<&'j Json> {
+    raw.as_object().and_then(|m| object_field(m, key))
+}
+
 /// Walks a `from` dot path (§2.4): object keys, array indexes; anything else is absent.
 pub fn walk_path<'j>(raw: &'j Json, path: &str) -> Option<&'j Json> {
     let mut node = raw;
     for segment in path.split('.') {
         node = match node {
-            Json::Object(m) => m.get(segment)?,
+            Json::Object(m) => object_field(m, segment)?,
             Json::Array(items)
                 if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) =>
             {
@@ -542,10 +561,12 @@ pub fn extract_hints(
 ) -> Hints {
     let mut hints = Hints::with_capacity(event.hints.len());
     let mut types: Vec<(&String, &Vec<String>)> = event.hints.iter().collect();
-    types.sort_by(|a, b| a.0.cmp(b.0));
+    if types.len() > 1 {
+        types.sort_by(|a, b| a.0.cmp(b.0));
+    }
     for (entity_type, fields) in types {
         let entity = defs.entities.get(entity_type);
-        let mut values = FastIndexMap::default();
+        let mut values = FastIndexMap::with_capacity_and_hasher(fields.len(), Default::default());
         for field in fields {
             let Some(text) = data.get(field).and_then(hint_text) else {
                 continue;
@@ -771,6 +792,27 @@ mod tests {
             .iter()
             .map(|(f, v)| (f.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn paths_find_fields_in_small_and_large_objects_alike() {
+        // Up to SCANNED_FIELDS fields are compared name by name, beyond that hashed.
+        for width in [1, SCANNED_FIELDS, SCANNED_FIELDS + 1, 40] {
+            let mut inner = serde_json::Map::new();
+            for i in 0..width {
+                inner.insert(format!("f{i}"), Json::from(i));
+            }
+            let raw = serde_json::json!({"type": "t", "a": {"b": [Json::Object(inner)]}});
+            let last = format!("a.b.0.f{}", width - 1);
+            assert_eq!(walk_path(&raw, &last), Some(&Json::from(width - 1)));
+            assert_eq!(walk_path(&raw, "a.b.0.f0"), Some(&Json::from(0)));
+            assert_eq!(walk_path(&raw, &format!("a.b.0.f{width}")), None);
+            assert_eq!(walk_path(&raw, "a.b.1.f0"), None);
+            assert_eq!(walk_path(&raw, "a.b.0.f0.x"), None);
+            assert_eq!(top_field(&raw, "type"), Some(&Json::from("t")));
+            assert_eq!(top_field(&raw, "typ"), None);
+            assert_eq!(top_field(&Json::from(3), "type"), None);
+        }
     }
 
     #[test]
