@@ -92,6 +92,21 @@ fn main() {
     let raws = generate(n);
     let as_of = Utc.with_ymd_and_hms(2024, 12, 31, 0, 0, 0).unwrap();
 
+    // The jobs read raw events as text (ledger/raw): parsing it is part of their normalize.
+    let texts: Vec<String> = raws.iter().map(|r| r.to_string()).collect();
+    let t = Clock::now();
+    let parsed = texts
+        .iter()
+        .filter(|t| serde_json::from_str::<Json>(t).is_ok())
+        .count();
+    let parse = t.elapsed();
+    drop(texts);
+    println!(
+        "parse raw text: {n} events in {:.2?} = {:.0} events/s ({parsed} ok)",
+        parse,
+        n as f64 / parse.as_secs_f64()
+    );
+
     let normalizer = Normalizer::new(&defs, as_of);
     let t = Clock::now();
     let mut ok = 0usize;
