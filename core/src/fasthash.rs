@@ -112,6 +112,36 @@ pub type FastSet<K> = HashSet<K, FastBuild>;
 pub type FastIndexMap<K, V> = indexmap::IndexMap<K, V, FastBuild>;
 pub type FastIndexSet<K> = indexmap::IndexSet<K, FastBuild>;
 
+/// Maps of names with at most this many entries are searched name by name (`ByName`).
+const SCANNED_NAMES: usize = 8;
+
+/// Lookups by name in the small insertion-ordered maps the replay consults per event (an
+/// entity's properties, states and handlers; an event's data). A handful of names is found
+/// sooner by comparing them (most differ in length, so most comparisons end at once) than by
+/// hashing the name and probing the table; larger maps are hashed as usual.
+pub trait ByName<V> {
+    /// The position of `name`.
+    fn index_by_name(&self, name: &str) -> Option<usize>;
+    /// The value of `name`.
+    fn by_name(&self, name: &str) -> Option<&V>;
+}
+
+impl<V> ByName<V> for FastIndexMap<String, V> {
+    #[inline]
+    fn index_by_name(&self, name: &str) -> Option<usize> {
+        if self.len() <= SCANNED_NAMES {
+            self.keys().position(|k| k.as_str() == name)
+        } else {
+            self.get_index_of(name)
+        }
+    }
+
+    #[inline]
+    fn by_name(&self, name: &str) -> Option<&V> {
+        self.index_by_name(name).map(|i| &self[i])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +149,23 @@ mod tests {
 
     fn hash<T: std::hash::Hash>(value: T) -> u64 {
         FastBuild::default().hash_one(value)
+    }
+
+    #[test]
+    fn names_are_found_alike_in_scanned_and_hashed_maps() {
+        for size in [0, 1, SCANNED_NAMES, SCANNED_NAMES + 1, 30] {
+            let map: FastIndexMap<String, usize> =
+                (0..size).map(|i| (format!("p{i}"), i * 10)).collect();
+            for i in 0..size {
+                let name = format!("p{i}");
+                assert_eq!(map.index_by_name(&name), Some(i));
+                assert_eq!(map.by_name(&name), Some(&(i * 10)));
+            }
+            for absent in ["", "p", "q0", &format!("p{size}")] {
+                assert_eq!(map.index_by_name(absent), None, "{absent} of {size}");
+                assert_eq!(map.by_name(absent), None);
+            }
+        }
     }
 
     #[test]

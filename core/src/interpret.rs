@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::definitions::{Effect, Entity, Handler, TimeRuleKind};
 use crate::expr::{Expr, Scope};
-use crate::fasthash::FastIndexMap;
+use crate::fasthash::{ByName, FastIndexMap};
 use crate::value::{Instant, Value};
 
 /// The working state of an entity that exists (§1 "working state").
@@ -179,15 +179,15 @@ impl<'d> Machine<'d> {
         handlers[0] = match &slot.entity {
             Some(e) => def
                 .states
-                .get(&e.state)
-                .and_then(|s| s.when.get(event.event_type)),
+                .by_name(&e.state)
+                .and_then(|s| s.when.by_name(event.event_type)),
             None => def
                 .states
-                .get(&def.starts)
-                .and_then(|s| s.when.get(event.event_type))
+                .by_name(&def.starts)
+                .and_then(|s| s.when.by_name(event.event_type))
                 .filter(|h| h.creates()),
         };
-        handlers[1] = def.always.get(event.event_type);
+        handlers[1] = def.always.by_name(event.event_type);
         let mut changed = false;
         let mut records = Vec::new();
         for handler in handlers.into_iter().flatten() {
@@ -242,7 +242,7 @@ impl<'d> Machine<'d> {
     fn property_index(&self, name: &str) -> Result<usize, String> {
         self.def
             .properties
-            .get_index_of(name)
+            .index_by_name(name)
             .ok_or_else(|| format!("property '{name}' is not declared on '{}'", self.def.name))
     }
 
@@ -325,7 +325,7 @@ impl<'d> Machine<'d> {
                 let entity = slot.entity.as_mut().ok_or_else(|| {
                     format!("increment property '{property}' but entity doesn't exist")
                 })?;
-                let idx = self.def.properties.get_index_of(property).ok_or_else(|| {
+                let idx = self.def.properties.index_by_name(property).ok_or_else(|| {
                     format!("increment '{property}' failed: property is not declared")
                 })?;
                 let by = Value::from_json(by);
@@ -348,7 +348,7 @@ impl<'d> Machine<'d> {
                 let mut keys: Vec<(&String, &Vec<String>)> = hints.iter().collect();
                 keys.sort_by(|a, b| a.0.cmp(b.0));
                 for field in keys.into_iter().flat_map(|(_, fields)| fields) {
-                    let Some(Value::String(v)) = event.data.get(field) else {
+                    let Some(Value::String(v)) = event.data.by_name(field) else {
                         continue;
                     };
                     let normalized = relate.normalize_hint(target, field, v);
@@ -391,11 +391,14 @@ impl<'d> Machine<'d> {
             return Value::Null;
         };
         match head {
-            "event" => data.and_then(|d| d.get(key)).cloned().unwrap_or_default(),
+            "event" => data
+                .and_then(|d| d.by_name(key))
+                .cloned()
+                .unwrap_or_default(),
             "entity" => self
                 .def
                 .properties
-                .get_index_of(key)
+                .index_by_name(key)
                 .map(|i| entity.properties[i].clone())
                 .unwrap_or_default(),
             _ => Value::Null,
@@ -469,7 +472,7 @@ impl<'d> Machine<'d> {
     /// The eligible rule with the earliest crossing (ties: the smallest index), with its
     /// crossing instant and reference (§7.3 step 1).
     fn next_due(&self, entity: &EntityState, as_of: Instant) -> Option<(Instant, usize, Instant)> {
-        let state = self.def.states.get(&entity.state)?;
+        let state = self.def.states.by_name(&entity.state)?;
         let mut best: Option<(Instant, usize, Instant)> = None;
         for (i, rule) in state.after.iter().enumerate() {
             let reference = match rule.kind {
@@ -508,7 +511,7 @@ impl<'d> Machine<'d> {
                 .entity
                 .as_mut()
                 .expect("rules run on existing entities");
-            let Some(state) = self.def.states.get(&entity.state) else {
+            let Some(state) = self.def.states.by_name(&entity.state) else {
                 return Ok(());
             };
             let best = self.next_due(entity, as_of);
@@ -661,11 +664,11 @@ struct HandlerScope<'a> {
 
 impl Scope for HandlerScope<'_> {
     fn event_field(&self, key: &str) -> Option<&Value> {
-        self.data?.get(key)
+        self.data?.by_name(key)
     }
     fn entity_field(&self, key: &str) -> Option<&Value> {
         let props = self.properties?;
-        self.def.properties.get_index_of(key).map(|i| &props[i])
+        self.def.properties.index_by_name(key).map(|i| &props[i])
     }
     fn now(&self) -> Instant {
         self.now
