@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
 use crate::expr::Scope;
-use crate::fasthash::{FastIndexMap, FastSet};
+use crate::fasthash::{ByName, FastIndexMap, FastSet};
 use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
 
@@ -189,7 +189,7 @@ impl<'a> Normalizer<'a> {
         let fail = |handler: Option<&str>, field: Option<&str>, error: String| {
             EventFailure::normalization(raw, source, handler, field, error)
         };
-        let Some(src) = self.defs.sources.get(source) else {
+        let Some(src) = self.defs.sources.by_name(source) else {
             return Err(fail(
                 None,
                 None,
@@ -565,10 +565,10 @@ pub fn extract_hints(
         types.sort_by(|a, b| a.0.cmp(b.0));
     }
     for (entity_type, fields) in types {
-        let entity = defs.entities.get(entity_type);
+        let entity = defs.entities.by_name(entity_type);
         let mut values = FastIndexMap::with_capacity_and_hasher(fields.len(), Default::default());
         for field in fields {
-            let Some(text) = data.get(field).and_then(hint_text) else {
+            let Some(text) = data.by_name(field).and_then(hint_text) else {
                 continue;
             };
             let value = match entity {
@@ -599,7 +599,7 @@ pub fn hint_text(v: &Value) -> Option<String> {
 pub fn normalize_hint(entity: &Entity, field: &str, text: String, as_of: Instant) -> String {
     let Some(expr) = entity
         .identity
-        .get(field)
+        .by_name(field)
         .and_then(|f| f.normalize.as_ref())
     else {
         return text;
