@@ -182,13 +182,21 @@ async fn pending_keys(
     after: i64,
     kept: &BTreeMap<i64, Kept>,
 ) -> Result<Option<KeyMap<()>>> {
+    let limit = pending_limit(after);
+    // The sequences handed out above `after` bound the records to come. Beyond the limit
+    // nothing is read: a first normalize of a large ingest, say, would otherwise normalize
+    // `CHUNK` records only to give up. (Sequences of a failed ingest are never used, so the
+    // bound may exceed the count; such an increment only loses the gathering, not a result.)
+    let handed_out = ctx.catalog.next_sequence().await? - 1 - after;
+    if usize::try_from(handed_out).map_or(false, |n| n > limit) {
+        return Ok(None);
+    }
     let sql = format!("SELECT sequence, call, source, raw FROM raw WHERE sequence > {after}");
     let mut stream = ctx
         .lake
         .query(&[("raw", tables::RAW, RAW_SCHEMA.clone())], &sql)
         .await?;
     let normalizer = Normalizer::new(&ctx.defs, ctx.as_of);
-    let limit = pending_limit(after);
     let (mut keys, mut records) = (KeyMap::default(), 0);
     while let Some(batch) = stream
         .try_next()
