@@ -112,8 +112,9 @@ pub type FastSet<K> = HashSet<K, FastBuild>;
 pub type FastIndexMap<K, V> = indexmap::IndexMap<K, V, FastBuild>;
 pub type FastIndexSet<K> = indexmap::IndexSet<K, FastBuild>;
 
-/// Maps of names with at most this many entries are searched name by name (`ByName`).
-const SCANNED_NAMES: usize = 8;
+/// Maps of names with at most this many entries are searched name by name (`ByName`; raw
+/// events' JSON objects in `normalize` too).
+pub const SCANNED_NAMES: usize = 8;
 
 /// Lookups by name in the small insertion-ordered maps the replay consults per event (an
 /// entity's properties, states and handlers; an event's data). A handful of names is found

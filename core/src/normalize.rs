@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
 use crate::expr::Scope;
-use crate::fasthash::{ByName, FastIndexMap, FastSet};
+use crate::fasthash::{ByName, FastIndexMap, FastSet, SCANNED_NAMES};
 use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
 
@@ -285,14 +285,11 @@ fn coerce_mapped(field: &str, mapping: &Mapping, value: Value) -> Result<Value, 
     })
 }
 
-/// Objects of at most this many fields are searched key by key rather than hashed: a raw
-/// event's handful of fields is found sooner by comparing names than by hashing one (serde's
-/// map hashes with SipHash).
-const SCANNED_FIELDS: usize = 12;
-
-/// A field of a JSON object (see `SCANNED_FIELDS`).
+/// A field of a JSON object, found as `ByName` finds names: a raw event's handful of fields
+/// is compared name by name (serde's map would hash the name with SipHash), larger objects
+/// are hashed.
 fn object_field<'j>(map: &'j serde_json::Map<String, Json>, key: &str) -> Option<&'j Json> {
-    if map.len() <= SCANNED_FIELDS {
+    if map.len() <= SCANNED_NAMES {
         map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
     } else {
         map.get(key)
@@ -796,8 +793,8 @@ mod tests {
 
     #[test]
     fn paths_find_fields_in_small_and_large_objects_alike() {
-        // Up to SCANNED_FIELDS fields are compared name by name, beyond that hashed.
-        for width in [1, SCANNED_FIELDS, SCANNED_FIELDS + 1, 40] {
+        // Up to SCANNED_NAMES fields are compared name by name, beyond that hashed.
+        for width in [1, SCANNED_NAMES, SCANNED_NAMES + 1, 40] {
             let mut inner = serde_json::Map::new();
             for i in 0..width {
                 inner.insert(format!("f{i}"), Json::from(i));
