@@ -188,7 +188,7 @@ async fn pending_keys(
     // `CHUNK` records only to give up. (Sequences of a failed ingest are never used, so the
     // bound may exceed the count; such an increment only loses the gathering, not a result.)
     let handed_out = ctx.catalog.next_sequence().await? - 1 - after;
-    if usize::try_from(handed_out).map_or(false, |n| n > limit) {
+    if usize::try_from(handed_out).is_ok_and(|n| n > limit) {
         return Ok(None);
     }
     let sql = format!("SELECT sequence, call, source, raw FROM raw WHERE sequence > {after}");
