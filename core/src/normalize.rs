@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
-use crate::expr::Scope;
+use crate::expr::{Expr, Scope};
 use crate::fasthash::{ByName, FastIndexMap, FastSet, SCANNED_NAMES};
 use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
@@ -565,12 +565,11 @@ pub fn extract_hints(
         let entity = defs.entities.by_name(entity_type);
         let mut values = FastIndexMap::with_capacity_and_hasher(fields.len(), Default::default());
         for field in fields {
-            let Some(text) = data.by_name(field).and_then(hint_text) else {
+            let Some(value) = data
+                .by_name(field)
+                .and_then(|v| hint_value(entity, field, v, as_of))
+            else {
                 continue;
-            };
-            let value = match entity {
-                Some(e) => normalize_hint(e, field, text, as_of),
-                None => text,
             };
             values.insert(field.clone(), value);
         }
@@ -591,23 +590,45 @@ pub fn hint_text(v: &Value) -> Option<String> {
     }
 }
 
+/// The hint a data value gives (§2.5): its text (`hint_text`), through the identity field's
+/// `normalize` expression when the entity type declares one.
+fn hint_value(entity: Option<&Entity>, field: &str, v: &Value, as_of: Instant) -> Option<String> {
+    let Some(expr) = entity.and_then(|e| normalize_expr(e, field)) else {
+        return hint_text(v);
+    };
+    match v {
+        // A String is its own text: the expression reads it as it is, not a copy.
+        Value::String(_) => normalized(expr, v.clone(), as_of).or_else(|| hint_text(v)),
+        _ => {
+            let text = hint_text(v)?;
+            Some(normalized(expr, Value::str(text.as_str()), as_of).unwrap_or(text))
+        }
+    }
+}
+
 /// Applies the identity field's `normalize` expression; a failure or a non-String result
 /// leaves the value as it was (§2.5 step 2).
 pub fn normalize_hint(entity: &Entity, field: &str, text: String, as_of: Instant) -> String {
-    let Some(expr) = entity
+    match normalize_expr(entity, field) {
+        Some(expr) => normalized(expr, Value::str(text.as_str()), as_of).unwrap_or(text),
+        None => text,
+    }
+}
+
+/// The `normalize` expression of `entity`'s identity field `field`, if any.
+fn normalize_expr<'e>(entity: &'e Entity, field: &str) -> Option<&'e Expr> {
+    entity
         .identity
         .by_name(field)
         .and_then(|f| f.normalize.as_ref())
-    else {
-        return text;
-    };
-    let scope = ValueScope {
-        value: Value::str(text.as_str()),
-        now: as_of,
-    };
-    match expr.eval(&scope) {
-        Ok(Value::String(s)) => s.to_string(),
-        _ => text,
+}
+
+/// A `normalize` expression's result on the hint text `value`: none when it fails or gives
+/// something other than a String.
+fn normalized(expr: &Expr, value: Value, as_of: Instant) -> Option<String> {
+    match expr.eval(&ValueScope { value, now: as_of }) {
+        Ok(Value::String(s)) => Some(s.to_string()),
+        _ => None,
     }
 }
 
