@@ -529,7 +529,11 @@ fn tagged(out: &mut Vec<u8>, v: &Value) {
             typed::write_str(out, s);
             out.push(b'}');
         }
-        Value::Int(i) => write!(out, "{{\"Int\":{i}}}").expect(fail),
+        Value::Int(i) => {
+            out.extend_from_slice(b"{\"Int\":");
+            typed::write_int(out, *i);
+            out.push(b'}');
+        }
         Value::Float(f) => {
             out.extend_from_slice(b"{\"Float\":");
             serde_json::to_writer(&mut *out, f).expect(fail);

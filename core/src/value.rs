@@ -362,6 +362,26 @@ pub mod typed {
         }
     }
 
+    /// Appends `i` in decimal, as `Display` writes it, without the formatting machinery
+    /// (most events carry an integer or two, written into ledger data and event ids).
+    pub fn write_int(out: &mut Vec<u8>, i: i64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = i.unsigned_abs();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if i < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
+
     /// Appends a value's typed JSON text: exactly `to_json(v).to_string()`, written without
     /// building the JSON tree (ledger data and working state are written this way, once per
     /// event and per slot).
@@ -370,7 +390,7 @@ pub mod typed {
         match v {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Value::Int(i) => write!(out, "{i}").expect("writing to memory"),
+            Value::Int(i) => write_int(out, *i),
             Value::Float(f) if f.is_finite() => {
                 serde_json::to_writer(&mut *out, f).expect("writing to memory")
             }
@@ -522,6 +542,36 @@ pub mod typed {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn integers_are_written_as_display_writes_them() {
+            let mut samples = vec![
+                0,
+                1,
+                -1,
+                9,
+                10,
+                -10,
+                99,
+                100,
+                i64::MAX,
+                i64::MIN,
+                i64::MIN + 1,
+            ];
+            let mut n: i64 = 1;
+            while let Some(next) = n.checked_mul(10) {
+                samples.extend([n - 1, n, n + 1, -n, -(n - 1), next - 1]);
+                n = next;
+            }
+            for i in samples {
+                let mut out = b"x".to_vec();
+                write_int(&mut out, i);
+                assert_eq!(out, format!("x{i}").into_bytes(), "{i}");
+                let mut typed = Vec::new();
+                write(&mut typed, &Value::Int(i));
+                assert_eq!(typed, to_json(&Value::Int(i)).to_string().into_bytes());
+            }
+        }
 
         // The direct reader agrees with the JSON-tree path on every kind, nesting, tags,
         // malformed tags, duplicate keys and non-object documents.
