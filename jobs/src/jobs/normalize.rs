@@ -63,11 +63,13 @@ async fn normalize_stream(
 ) -> Result<IngestResult> {
     let mut fixed = KeyMap::default();
     loop {
+        // The last sequence handed out: raw records lie at or below it (gaps aside).
+        let last = ctx.catalog.next_sequence().await? - 1;
         let (ledger, after) = if replace {
             (LedgerKeys::default(), 0)
         } else {
             let normalized = ctx.catalog.counter(NORMALIZE_CURSOR).await?;
-            let pending = pending_keys(ctx, normalized, kept).await?;
+            let pending = pending_keys(ctx, normalized, last, kept).await?;
             let (ids, head) = known_events(ctx, normalized, pending.as_ref()).await?;
             // A run that committed its events but died before moving the cursor left the
             // cursor behind the ledger: sequences already in ledger/events are never
@@ -76,8 +78,7 @@ async fn normalize_stream(
         };
         let mut dedup = StreamDedup::with_ledger(ledger, fixed.clone());
         // Sequences handed out above `after`: the raw records to come (gaps aside).
-        let pending = ctx.catalog.next_sequence().await? - 1 - after;
-        dedup.reserve(usize::try_from(pending).unwrap_or(0));
+        dedup.reserve(usize::try_from(last - after).unwrap_or(0));
         let mut result = IngestResult::default();
         let mut writer = ctx.lake.writer(tables::EVENTS, &EVENTS_SCHEMA);
         let outcome = normalize_into(ctx, after, &mut dedup, kept, &mut result, &mut writer).await;
@@ -174,12 +175,14 @@ fn pending_limit(normalized: i64) -> usize {
 }
 
 /// The dedup keys of the events the raw records after `after` normalize to, when there are
-/// at most `pending_limit(after)` of them (`None` beyond). An increment is normalized here
+/// at most `pending_limit(after)` of them (`None` beyond; `last` is the last sequence handed
+/// out). An increment is normalized here
 /// once just for its ids — cheap next to the scan of every ledger id — so that of the
 /// ledger's ids only those it can collide with are kept (`known_events`).
 async fn pending_keys(
     ctx: &Context,
     after: i64,
+    last: i64,
     kept: &BTreeMap<i64, Kept>,
 ) -> Result<Option<KeyMap<()>>> {
     let limit = pending_limit(after);
@@ -187,8 +190,7 @@ async fn pending_keys(
     // nothing is read: a first normalize of a large ingest, say, would otherwise normalize
     // `CHUNK` records only to give up. (Sequences of a failed ingest are never used, so the
     // bound may exceed the count; such an increment only loses the gathering, not a result.)
-    let handed_out = ctx.catalog.next_sequence().await? - 1 - after;
-    if usize::try_from(handed_out).is_ok_and(|n| n > limit) {
+    if usize::try_from(last - after).is_ok_and(|n| n > limit) {
         return Ok(None);
     }
     let sql = format!("SELECT sequence, call, source, raw FROM raw WHERE sequence > {after}");
