@@ -15,7 +15,9 @@ use crate::history::{EntityHistory, RelationshipHistory};
 use crate::identity::{IdentityStore, Key, Merge};
 use crate::interpret::{Machine, RelateLookup, Slot, Snapshot};
 use crate::normalize::normalize_hint;
-use crate::replay::{replay_entities, EntityJob, EntityReplay, LedgerEvent, MERGE_EVENT_TYPE};
+use crate::replay::{
+    prefetch, replay_entities, EntityJob, EntityReplay, LedgerEvent, MERGE_EVENT_TYPE,
+};
 use crate::results::EventFailure;
 use crate::value::Instant;
 
@@ -173,8 +175,9 @@ fn sort_failures(failures: &mut Failures) {
 
 type Failures = Vec<((Instant, i64), EventFailure)>;
 
-/// Runs a build over `slots`, the key's working state (a FULL build starts it afresh), which
-/// it updates in place; the output lists the slots it changed.
+/// Runs a build over `slots`, the key's working state, which an incremental build updates in
+/// place, the output listing the slots it changed. A FULL build starts afresh and moves every
+/// slot into the output, leaving `slots` empty.
 pub fn run<S: IdentityStore + Sync>(
     inputs: &BuildInputs<'_, S>,
     plan: &BuildPlan,
@@ -189,12 +192,17 @@ pub fn run<S: IdentityStore + Sync>(
         touched_slots: BTreeSet::new(),
         positions: OnceLock::new(),
     };
-    let existed: BTreeSet<EntityKey> = slots
-        .iter()
-        .filter(|(_, s)| s.entity.is_some())
-        .map(|(k, _)| k.clone())
-        .collect();
     let full = plan.replays_everything();
+    // What an incremental build counts as updated rather than created.
+    let existed: BTreeSet<EntityKey> = if full {
+        BTreeSet::new()
+    } else {
+        slots
+            .iter()
+            .filter(|(_, s)| s.entity.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
     if full {
         slots.clear();
         b.full(slots);
@@ -224,9 +232,11 @@ pub fn run<S: IdentityStore + Sync>(
     (failure_order, b.result.failures) = failures.into_iter().unzip();
     b.result.events_failed = b.result.failures.len() as u64;
     let out_slots: BTreeMap<EntityKey, Option<Slot>> = if full {
-        slots
-            .iter()
-            .map(|(k, s)| (k.clone(), Some(s.clone())))
+        // Every slot is the output's: moved, not copied (a copy of each entity's properties
+        // was 4 % of a FULL build).
+        std::mem::take(slots)
+            .into_iter()
+            .map(|(k, s)| (k, Some(s)))
             .collect()
     } else {
         b.touched_slots
@@ -341,6 +351,14 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
             .iter()
             .filter_map(|s| positions.find(ledger, *s).map(|i| &ledger[i]))
             .collect();
+        // The rows lie far apart in the ledger: all of them asked of memory before the sort
+        // reads the first, so their cache misses overlap.
+        for e in &events {
+            let at: *const u8 = (*e as *const LedgerEvent).cast();
+            for line in (0..std::mem::size_of::<LedgerEvent>()).step_by(64) {
+                prefetch(at.wrapping_add(line));
+            }
+        }
         events.sort_by_key(|e| e.order_key());
         events
     }
@@ -416,7 +434,12 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
         };
         // Everything starts empty and the replays come in key order: the maps are built from
         // sorted runs at once (a key compared once, not searched for at every insert).
-        let (mut changes, mut touched, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let n = keys.len();
+        let (mut changes, mut touched, mut kept) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let replays = self.replay(&keys);
         for (key, r) in keys.into_iter().zip(replays) {
             self.failures.extend(r.failures);

@@ -601,7 +601,14 @@ impl Engine {
             let inputs = self.inputs(&all);
             build::run(&inputs, plan, &mut slots)
         };
-        self.slots = slots;
+        self.slots = if out.full {
+            std::mem::take(&mut out.slots)
+                .into_iter()
+                .filter_map(|(k, s)| Some((k, s?)))
+                .collect()
+        } else {
+            slots
+        };
         build::apply_changes(
             &mut self.history,
             &mut self.relationships,
