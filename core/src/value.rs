@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fasthash::same_text;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
 /// An instant, UTC, nanosecond precision.
@@ -98,7 +99,7 @@ impl Value {
             (Value::Int(a), Value::Float(b)) | (Value::Float(b), Value::Int(a)) => {
                 (*a as f64) == *b
             }
-            (Value::String(a), Value::String(b)) => a == b,
+            (Value::String(a), Value::String(b)) => same_text(a, b),
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::DateTime(a), Value::DateTime(b)) => a == b,
             (Value::Duration(a), Value::Duration(b)) => a == b,
@@ -113,7 +114,7 @@ impl Value {
             (Value::Null, Value::Null) => true,
             (Value::Int(a), Value::Int(b)) => a == b,
             (Value::Float(a), Value::Float(b)) => a == b || (a.is_nan() && b.is_nan()),
-            (Value::String(a), Value::String(b)) => a == b,
+            (Value::String(a), Value::String(b)) => same_text(a, b),
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::DateTime(a), Value::DateTime(b)) => a == b,
             (Value::Duration(a), Value::Duration(b)) => a == b,
