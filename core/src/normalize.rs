@@ -304,7 +304,14 @@ fn top_field<'j>(raw: &'j Json, key: &str) -> Option<&'j Json> {
 /// Walks a `from` dot path (§2.4): object keys, array indexes; anything else is absent.
 pub fn walk_path<'j>(raw: &'j Json, path: &str) -> Option<&'j Json> {
     let mut node = raw;
-    for segment in path.split('.') {
+    let mut rest = path;
+    loop {
+        // Segments found by a byte loop: paths are a word or two, shorter than what
+        // `str::split`'s searcher sets up to scan.
+        let (segment, next) = match rest.bytes().position(|b| b == b'.') {
+            Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+            None => (rest, None),
+        };
         node = match node {
             Json::Object(m) => object_field(m, segment)?,
             Json::Array(items)
@@ -314,8 +321,11 @@ pub fn walk_path<'j>(raw: &'j Json, path: &str) -> Option<&'j Json> {
             }
             _ => return None,
         };
+        match next {
+            Some(after) => rest = after,
+            None => return Some(node),
+        }
     }
-    Some(node)
 }
 
 /// The coercions of the §2.4 table.
@@ -436,11 +446,13 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
     if b.len() < 20 {
         return None;
     }
+    // Digits read in place (at most 9 of them, so a u32 holds them): `str::parse` checked for
+    // signs and overflow at each of the seven fields of every event's timestamp.
     let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(range)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
+        b.get(range)?.iter().try_fold(0u32, |n, c| {
+            let digit = c.wrapping_sub(b'0');
+            (digit <= 9).then(|| n * 10 + u32::from(digit))
+        })
     };
     if b[4] != b'-'
         || b[7] != b'-'
@@ -464,7 +476,7 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
         if digits == 0 || digits > 9 {
             return None;
         }
-        nanos = s[start..end].parse::<u32>().ok()? * 10u32.pow(9 - digits as u32);
+        nanos = num(start..end)? * 10u32.pow(9 - digits as u32);
         i = end;
     }
     let offset_secs: i64 = match &s[i..] {
@@ -486,8 +498,11 @@ pub fn parse_rfc3339(s: &str) -> Option<Instant> {
     // A leap second (:60) is accepted as the last nanosecond-carrying second, like chrono does.
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second.min(59), nanos)?;
     let local = NaiveDateTime::new(date, time);
-    let utc = Utc.from_utc_datetime(&local) - chrono::Duration::seconds(offset_secs);
-    Some(utc)
+    let utc = Utc.from_utc_datetime(&local);
+    if offset_secs == 0 {
+        return Some(utc);
+    }
+    Some(utc - chrono::Duration::seconds(offset_secs))
 }
 
 /// §2.6: `e_` + SHA-256 of `event_type|PAIRS`.
@@ -831,6 +846,12 @@ mod tests {
             assert_eq!(walk_path(&raw, &format!("a.b.0.f{width}")), None);
             assert_eq!(walk_path(&raw, "a.b.1.f0"), None);
             assert_eq!(walk_path(&raw, "a.b.0.f0.x"), None);
+            // Empty segments are keys like any other, before, between and after the dots.
+            let odd = serde_json::json!({"": {"x": 1, "": {"": 3}}, "a": {"": 2}});
+            assert_eq!(walk_path(&odd, ".x"), Some(&Json::from(1)));
+            assert_eq!(walk_path(&odd, "a."), Some(&Json::from(2)));
+            assert_eq!(walk_path(&odd, ".."), Some(&Json::from(3)));
+            assert_eq!(walk_path(&odd, "a..x"), None);
             assert_eq!(top_field(&raw, "type"), Some(&Json::from("t")));
             assert_eq!(top_field(&raw, "typ"), None);
             assert_eq!(top_field(&Json::from(3), "type"), None);

@@ -409,9 +409,17 @@ pub mod typed {
         }
     }
 
-    /// A JSON string (serde_json's escaping), appended.
+    /// A JSON string (serde_json's escaping), appended. Most texts need no escape (serde_json
+    /// escapes only `"`, `\` and control characters): those are copied between quotes at once.
     pub fn write_str(out: &mut Vec<u8>, s: &str) {
-        serde_json::to_writer(&mut *out, s).expect("writing to memory");
+        if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut *out, s).expect("writing to memory");
+        }
     }
 
     fn write_tag(out: &mut Vec<u8>, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
@@ -543,6 +551,38 @@ pub mod typed {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them() {
+            let mut samples: Vec<String> = [
+                "",
+                "plain",
+                "quote \" inside",
+                "back\\slash",
+                "tab\tnew\nline",
+                "\u{7f} del, \u{1f} unit separator, \u{0} nul",
+                "é ü ✓ 𝄞",
+                "/slash/",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            samples.extend((0u8..128).map(|b| format!("a{}b", char::from(b))));
+            // The same bytes at other places of a longer text.
+            for b in 0u8..128 {
+                for at in [0, 3, 7, 8, 12, 15, 16, 19] {
+                    let mut text = vec![b'a'; 20];
+                    text[at] = b;
+                    samples.push(String::from_utf8(text).unwrap());
+                }
+            }
+            for s in samples {
+                let mut out = b"x".to_vec();
+                write_str(&mut out, &s);
+                let expected = format!("x{}", serde_json::to_string(&s).unwrap());
+                assert_eq!(String::from_utf8(out).unwrap(), expected, "{s:?}");
+            }
+        }
 
         #[test]
         fn integers_are_written_as_display_writes_them() {
