@@ -59,6 +59,18 @@ impl EntityHistory {
             state_entered_time: s.state_entered_time,
             created_time: s.created_time,
         };
+        // A replay writes in time order: the row goes after the last one, which it closes.
+        if self
+            .rows
+            .last()
+            .is_none_or(|r| r.valid_from < row.valid_from)
+        {
+            if let Some(previous) = self.rows.last_mut() {
+                previous.valid_to = Some(row.valid_from);
+            }
+            self.rows.push(row);
+            return true;
+        }
         match self
             .rows
             .binary_search_by(|r| r.valid_from.cmp(&row.valid_from))
