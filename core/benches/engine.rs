@@ -1,7 +1,12 @@
 //! Engine throughput: normalize, resolve and replay N generated events in memory, at one and
 //! two workers, with peak memory. Prints figures; never fails on time.
 //!
-//! `DEFACTO_BENCH_EVENTS` sets N (default 1 000 000, ~100 000 customers).
+//! `DEFACTO_BENCH_EVENTS` sets N (default 1 000 000, ~100 000 customers);
+//! `DEFACTO_BENCH_WORKERS` the pool sizes (default `1,2`; empty: normalize only);
+//! `DEFACTO_BENCH_REPEAT` the FULL replays per pool size (default 3), all printed, the best
+//! being the figure to compare. On a noisy machine, compare CPU-bound changes by instruction
+//! count instead: `valgrind --tool=callgrind --toggle-collect='*Normalizer*normalize*'` (or
+//! `'*build*run*'`, `'*resolve_step*'`) on the bench binary with a small N.
 
 use std::path::Path;
 use std::time::Instant as Clock;
