@@ -332,16 +332,26 @@ impl<S: IdentityStore + Sync> Builder<'_, '_, S> {
 
     fn events_of(&self, key: &EntityKey) -> Vec<&LedgerEvent> {
         let cluster = self.cluster(&key.1);
+        let (assignments, cursor) = (self.inputs.assignments, self.plan.resolve_cursor);
         let mut seqs: Vec<i64> = Vec::new();
-        let mut of = (key.0.clone(), String::new());
-        for id in &cluster {
-            of.1.clone_from(id);
-            if let Some(s) = self.inputs.assignments.get(&of) {
-                seqs.extend(s.range(..=self.plan.resolve_cursor));
+        let mut add = |set: &BTreeSet<i64>| {
+            seqs.reserve(set.len());
+            seqs.extend(set.range(..=cursor));
+        };
+        if cluster.len() == 1 {
+            // An entity nothing merged into (most): its own key, not a copy to look up by.
+            if let Some(set) = assignments.get(key) {
+                add(set);
             }
-        }
-        // One entity's sequences come sorted and distinct; a cluster's may interleave.
-        if cluster.len() > 1 {
+        } else {
+            let mut of = (key.0.clone(), String::new());
+            for id in &cluster {
+                of.1.clone_from(id);
+                if let Some(set) = assignments.get(&of) {
+                    add(set);
+                }
+            }
+            // One entity's sequences come sorted and distinct; a cluster's may interleave.
             seqs.sort_unstable();
             seqs.dedup();
         }
