@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::definitions::{Definitions, Entity, Mapping, Source, SourceEvent};
 use crate::expr::{Expr, Scope};
-use crate::fasthash::{ByName, FastIndexMap, FastSet, SCANNED_NAMES};
+use crate::fasthash::{same_text, ByName, FastIndexMap, FastSet, SCANNED_NAMES};
 use crate::results::EventFailure;
 use crate::value::{float_text, instant_from_nanos, typed, Instant, Value};
 
@@ -290,7 +290,7 @@ fn coerce_mapped(field: &str, mapping: &Mapping, value: Value) -> Result<Value, 
 /// are hashed.
 fn object_field<'j>(map: &'j serde_json::Map<String, Json>, key: &str) -> Option<&'j Json> {
     if map.len() <= SCANNED_NAMES {
-        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        map.iter().find(|(k, _)| same_text(k, key)).map(|(_, v)| v)
     } else {
         map.get(key)
     }
@@ -618,10 +618,7 @@ fn hint_value(entity: Option<&Entity>, field: &str, v: &Value, as_of: Instant) -
     match v {
         // A String is its own text: the expression reads it as it is, not a copy.
         Value::String(_) => normalized(expr, v.clone(), as_of).or_else(|| hint_text(v)),
-        _ => {
-            let text = hint_text(v)?;
-            Some(normalized(expr, Value::str(text.as_str()), as_of).unwrap_or(text))
-        }
+        _ => Some(normalized_text(expr, hint_text(v)?, as_of)),
     }
 }
 
@@ -629,9 +626,14 @@ fn hint_value(entity: Option<&Entity>, field: &str, v: &Value, as_of: Instant) -
 /// leaves the value as it was (§2.5 step 2).
 pub fn normalize_hint(entity: &Entity, field: &str, text: String, as_of: Instant) -> String {
     match normalize_expr(entity, field) {
-        Some(expr) => normalized(expr, Value::str(text.as_str()), as_of).unwrap_or(text),
+        Some(expr) => normalized_text(expr, text, as_of),
         None => text,
     }
+}
+
+/// `normalized` on a hint text, the text itself when the expression gives no String.
+fn normalized_text(expr: &Expr, text: String, as_of: Instant) -> String {
+    normalized(expr, Value::str(text.as_str()), as_of).unwrap_or(text)
 }
 
 /// The `normalize` expression of `entity`'s identity field `field`, if any.

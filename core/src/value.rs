@@ -6,8 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fasthash::same_text;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+
+use crate::fasthash::same_text;
 
 /// An instant, UTC, nanosecond precision.
 pub type Instant = DateTime<Utc>;

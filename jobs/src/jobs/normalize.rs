@@ -176,9 +176,9 @@ fn pending_limit(normalized: i64) -> usize {
 
 /// The dedup keys of the events the raw records after `after` normalize to, when there are
 /// at most `pending_limit(after)` of them (`None` beyond; `last` is the last sequence handed
-/// out). An increment is normalized here
-/// once just for its ids — cheap next to the scan of every ledger id — so that of the
-/// ledger's ids only those it can collide with are kept (`known_events`).
+/// out). An increment is normalized here once just for its ids — cheap next to the scan of
+/// every ledger id — so that of the ledger's ids only those it can collide with are kept
+/// (`known_events`).
 async fn pending_keys(
     ctx: &Context,
     after: i64,
